@@ -1,0 +1,210 @@
+"""`chatfed`: bootstrap the sites, inspect them, search, replay dead letters, rebuild search views."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import msgspec
+import nats
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from chatfed_cli import flows as flow_procs
+from chatfed_cli.inspect import SiteStatus, site_status
+from chatfed_cli.topology import SiteInfo, Topology, load_topology
+from connectors import dlq
+from connectors.bootstrap import bootstrap_site
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False)
+flows_app = typer.Typer(help="Run the dataflows of every site in the background.", no_args_is_help=True)
+dlq_app = typer.Typer(help="List and replay a site's dead letters.", no_args_is_help=True)
+app.add_typer(flows_app, name="flows")
+app.add_typer(dlq_app, name="dlq")
+console = Console()
+
+
+async def connect(site: SiteInfo) -> nats.aio.client.Client:
+    options: dict[str, object] = {"servers": [site.nats_url], "name": "chatfed-cli"}
+    if site.nats_user:
+        options.update(user=site.nats_user, password=site.nats_password)
+    if site.nats_creds:
+        options["user_credentials"] = site.nats_creds
+    return await nats.connect(**options)  # type: ignore[arg-type]
+
+
+async def _bootstrap(topology: Topology, sites: list[str]) -> None:
+    for site in sites:
+        client = await connect(topology.sites[site])
+        try:
+            await bootstrap_site(client, site, topology.site_ids)
+        finally:
+            await client.close()
+        typer.echo(f"{site}: streams, sources and consumers ready")
+
+
+@app.command()
+def bootstrap(
+    site: list[str] = typer.Option([], "--site", "-s", help="Only these sites (default: every configured site)."),
+) -> None:
+    """Create or update every stream, source and durable consumer, then verify them (idempotent)."""
+    topology = load_topology()
+    chosen = site or topology.site_ids
+    unknown = [s for s in chosen if s not in topology.sites]
+    if unknown:
+        raise typer.BadParameter(f"unknown site(s) {', '.join(unknown)}; configured: {', '.join(topology.site_ids)}")
+    asyncio.run(_bootstrap(topology, chosen))
+
+
+def _site(topology: Topology, site: str) -> SiteInfo:
+    if site not in topology.sites:
+        raise typer.BadParameter(f"unknown site {site!r}; configured: {', '.join(topology.site_ids)}", param_hint="--site")
+    return topology.sites[site]
+
+
+async def _statuses(topology: Topology) -> list[SiteStatus]:
+    procs = flow_procs.running()
+    statuses = []
+    for site, info in topology.sites.items():
+        client = await connect(info)
+        try:
+            statuses.append(await site_status(client, site, procs))
+        finally:
+            await client.close()
+    return statuses
+
+
+@app.command()
+def status(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables.")) -> None:
+    """Per site: each durable's pending and ack-pending, each INBOX source's lag and error, each flow's processes."""
+    statuses = asyncio.run(_statuses(load_topology()))
+    if as_json:
+        typer.echo(msgspec.json.encode(statuses).decode())
+        return
+    for st in statuses:
+        table = Table(title=f"site {st.site}", title_justify="left")
+        for column in ("what", "name", "pending", "ack pending", "redelivered", "detail"):
+            table.add_column(column)
+        for d in st.durables:
+            detail = "missing" if not d.exists else f"{d.waiting} pull(s) waiting"
+            table.add_row("durable", f"{d.stream}/{d.durable}", str(d.pending), str(d.ack_pending), str(d.redelivered), detail)
+        for src in st.sources:
+            active = "never" if src.active_s is None else f"active {src.active_s:.1f}s ago"
+            table.add_row("source", src.name, f"lag {src.lag}", "", "", src.error or active)
+        for f in st.flows:
+            table.add_row("flow", f.flow, "", "", "", "alive pid " + ",".join(map(str, f.processes)) if f.alive else "NOT RUNNING")
+        console.print(table)
+
+
+@flows_app.command("up")
+def flows_up(
+    processes: int = typer.Option(1, "--processes", "-p", min=1, max=16, help="Processes per flow (a Bytewax cluster)."),
+    timeout: float = typer.Option(60, help="Seconds to wait until every flow is consuming."),
+) -> None:
+    """Bootstrap, start every flow of every site, and return once each one is pulling from its durable."""
+    topology = load_topology()
+    asyncio.run(_bootstrap(topology, topology.site_ids))
+    started = flow_procs.start(topology, processes=processes)
+    for proc in started:
+        typer.echo(f"started {proc.name} pid {proc.pid}")
+    deadline = time.monotonic() + timeout
+    while True:
+        statuses = asyncio.run(_statuses(topology))
+        idle = [
+            f"{st.site}/{d.durable}"
+            for st in statuses
+            for d in st.durables
+            if d.waiting == 0
+        ]
+        dead = [f"{st.site}/{f.flow}" for st in statuses for f in st.flows if not f.alive]
+        if dead:
+            typer.echo(f"flow(s) exited: {', '.join(dead)}; see {flow_procs.LOG_DIR}", err=True)
+            raise typer.Exit(1)
+        if not idle:
+            typer.echo("every flow is consuming")
+            return
+        if time.monotonic() > deadline:
+            typer.echo(f"not consuming after {timeout:.0f}s: {', '.join(idle)}; see {flow_procs.LOG_DIR}", err=True)
+            raise typer.Exit(1)
+        time.sleep(0.5)
+
+
+@flows_app.command("down")
+def flows_down() -> None:
+    """Stop every flow process started by `flows up`."""
+    for proc in flow_procs.stop():
+        typer.echo(f"stopped {proc.name} pid {proc.pid}")
+
+
+@flows_app.command("status")
+def flows_status() -> None:
+    """List the flow processes that are alive."""
+    procs = flow_procs.running()
+    for proc in procs:
+        typer.echo(f"{proc.name}\tpid {proc.pid}")
+    if not procs:
+        typer.echo("no flow running")
+
+
+@dlq_app.command("list")
+def dlq_list(
+    site: str = typer.Option(..., "--site", "-s"),
+    limit: int = typer.Option(100, min=1),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """The dead letters of a site, oldest first: why, and where each came from."""
+    info = _site(load_topology(), site)
+
+    async def fetch() -> list[dlq.DeadLetter]:
+        client = await connect(info)
+        try:
+            return await dlq.list_dead_letters(client, site, limit=limit)
+        finally:
+            await client.close()
+
+    letters = asyncio.run(fetch())
+    if as_json:
+        typer.echo(msgspec.json.encode([msgspec.structs.replace(x, data=b"") for x in letters]).decode())
+        return
+    table = Table(title=f"DLQ_{site}: {len(letters)} dead letter(s)", title_justify="left")
+    for column in ("seq", "flow", "from", "deliveries", "reason"):
+        table.add_column(column)
+    for x in letters:
+        table.add_row(str(x.seq), x.flow, f"{x.stream}#{x.stream_seq} {x.subject}", str(x.deliveries), x.reason)
+    console.print(table)
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    site: str = typer.Option(..., "--site", "-s"),
+    seq: list[int] = typer.Option([], "--seq", help="Only these DLQ sequence numbers (default: all)."),
+    flow: str = typer.Option("", help="Only dead letters of this flow."),
+    keep: bool = typer.Option(False, help="Keep the dead letters after replaying them."),
+) -> None:
+    """Publish dead letters back to their original subjects with a new dedup id, then remove them."""
+    info = _site(load_topology(), site)
+
+    async def run_replay() -> int:
+        client = await connect(info)
+        try:
+            letters = await dlq.list_dead_letters(client, site, limit=1_000_000)
+            chosen = [x for x in letters if (not seq or x.seq in seq) and (not flow or x.flow == flow)]
+            missing = set(seq) - {x.seq for x in chosen}
+            if missing:
+                raise typer.BadParameter(f"no dead letter with seq {sorted(missing)}", param_hint="--seq")
+            return await dlq.replay(client, site, chosen, keep=keep)
+        finally:
+            await client.close()
+
+    typer.echo(f"replayed {asyncio.run(run_replay())} dead letter(s)")
+
+
+def run() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    app()
+
+
+if __name__ == "__main__":
+    run()

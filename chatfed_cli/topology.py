@@ -1,0 +1,47 @@
+"""Where each site's servers are: `scripts/services.py info`, or a JSON file named by CHATFED_INFO."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class SiteInfo(msgspec.Struct, frozen=True, kw_only=True):
+    nats_url: str
+    mongo_db: str
+    domain: str
+    nats_user: str = ""
+    nats_password: str = ""
+    nats_creds: str = ""
+
+
+class Topology(msgspec.Struct, frozen=True, kw_only=True):
+    sites: dict[str, SiteInfo]
+    mongo_uri: str
+    es_url: str
+
+    @property
+    def site_ids(self) -> list[str]:
+        return list(self.sites)
+
+
+def load_topology() -> Topology:
+    """The servers of every configured site."""
+    path = os.environ.get("CHATFED_INFO", "")
+    raw: Any
+    if path:
+        raw = json.loads(Path(path).read_text())
+    else:
+        out = subprocess.run(
+            [sys.executable, str(REPO / "scripts" / "services.py"), "info"], check=True, capture_output=True, text=True
+        )
+        raw = json.loads(out.stdout)
+    return msgspec.convert(raw, Topology)

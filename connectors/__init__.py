@@ -1,0 +1,1 @@
+"""I/O: JetStream, Elasticsearch and MongoDB. The only package that talks to servers."""

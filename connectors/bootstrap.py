@@ -1,0 +1,127 @@
+"""Create or update a site's streams, sources and durable consumers, then verify them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from nats.aio.client import Client
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    ExternalStream,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+    StreamInfo,
+    StreamSource,
+    SubjectTransform,
+)
+from nats.js.client import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from schemas.streams import ConsumerSpec, SourceSpec, StreamSpec, site_consumers, site_streams
+
+log = logging.getLogger(__name__)
+
+
+class BootstrapError(RuntimeError):
+    """A stream, source or consumer is missing or broken after bootstrap."""
+
+
+def _source_config(spec: SourceSpec, federated: bool) -> StreamSource:
+    # the transform's source is the filter: a separate filter_subject is rejected (err 10144, FINDINGS)
+    external = federated and bool(spec.external_api_prefix)
+    return StreamSource(
+        name=spec.name,
+        external=ExternalStream(api=spec.external_api_prefix) if external else None,
+        subject_transforms=[SubjectTransform(src=spec.transform_src, dest=spec.transform_dest)],
+    )
+
+
+def stream_config(spec: StreamSpec, *, federated: bool = True) -> StreamConfig:
+    """nats-py config for `spec`; `federated=False` reads sources from the same server (tests)."""
+    return StreamConfig(
+        name=spec.name,
+        subjects=list(spec.subjects),
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        max_age=float(spec.max_age_s),
+        duplicate_window=float(spec.duplicate_window_s),
+        sources=[_source_config(source, federated) for source in spec.sources] or None,
+    )
+
+
+def consumer_config(spec: ConsumerSpec) -> ConsumerConfig:
+    filters = list(spec.filter_subjects)
+    return ConsumerConfig(
+        durable_name=spec.durable,
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL if spec.deliver_all else DeliverPolicy.NEW,
+        ack_wait=float(spec.ack_wait_s),
+        max_deliver=spec.max_deliver,
+        max_ack_pending=spec.max_ack_pending,
+        max_waiting=512,
+        filter_subject=filters[0] if len(filters) == 1 else None,
+        filter_subjects=filters if len(filters) > 1 else None,
+    )
+
+
+async def ensure_stream(js: JetStreamContext, spec: StreamSpec, *, federated: bool = True) -> StreamInfo:
+    config = stream_config(spec, federated=federated)
+    try:
+        await js.stream_info(spec.name)
+    except NotFoundError:
+        return await js.add_stream(config)
+    return await js.update_stream(config)
+
+
+async def ensure_consumer(js: JetStreamContext, spec: ConsumerSpec) -> None:
+    await js.add_consumer(spec.stream, consumer_config(spec))
+
+
+async def verify_site(js: JetStreamContext, site: str, all_sites: list[str], *, wait_s: float = 10) -> None:
+    """Every stream present and every INBOX source present and not in error (sources may take a moment)."""
+    deadline = asyncio.get_running_loop().time() + wait_s
+    while True:
+        problems: list[str] = []
+        for spec in site_streams(site, all_sites):
+            try:
+                info = await js.stream_info(spec.name)
+            except NotFoundError:
+                problems.append(f"stream {spec.name} missing")
+                continue
+            present = {source.name: source for source in info.sources or []}
+            for source in spec.sources:
+                found = present.get(source.name)
+                if found is None:
+                    problems.append(f"{spec.name}: source {source.name} not reported yet")
+                elif found.error is not None:
+                    problems.append(f"{spec.name}: source {source.name} error {found.error}")
+        for consumer in site_consumers(site):
+            try:
+                await js.consumer_info(consumer.stream, consumer.durable)
+            except NotFoundError:
+                problems.append(f"consumer {consumer.stream}/{consumer.durable} missing")
+        if not problems:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise BootstrapError(f"site {site}: " + "; ".join(problems))
+        await asyncio.sleep(0.25)
+
+
+async def bootstrap_site(client: Client, site: str, all_sites: list[str], *, federated: bool = True) -> None:
+    """Idempotently create or update everything `site` needs, then verify it.
+
+    `federated=False` puts all sites on one server and sources them without the external API (tests).
+    """
+    js = client.jetstream()
+    for spec in site_streams(site, all_sites):
+        await ensure_stream(js, spec, federated=federated)
+    for consumer in site_consumers(site):
+        await ensure_consumer(js, consumer)
+    await verify_site(js, site, all_sites)
+    log.info("site %s: streams and consumers ready", site)

@@ -1,0 +1,61 @@
+"""MongoDB client factory and the indexes every collection needs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pymongo import ASCENDING, MongoClient
+from pymongo.database import Database
+from pymongo.errors import AutoReconnect, ConnectionFailure, NetworkTimeout, ServerSelectionTimeoutError
+
+from connectors.settings import MongoSettings
+
+# The store is down or failing over: retry with backoff, never dead-letter at once.
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
+    AutoReconnect,
+    ConnectionFailure,
+    NetworkTimeout,
+    ServerSelectionTimeoutError,
+)
+
+Document = dict[str, Any]
+
+
+def client(settings: MongoSettings) -> MongoClient[Document]:
+    """A client for `settings`; credentials come from settings, never from a logged URI."""
+    options: dict[str, Any] = {
+        "serverSelectionTimeoutMS": 5_000,
+        "connectTimeoutMS": 5_000,
+        "socketTimeoutMS": 30_000,
+        "retryWrites": False,  # FerretDB has no sessions; our writes are idempotent anyway
+    }
+    if settings.username:
+        options["username"] = settings.username
+        options["password"] = settings.password
+    if settings.tls_ca_file:
+        options["tls"] = True
+        options["tlsCAFile"] = settings.tls_ca_file
+    return MongoClient(settings.uri, **options)
+
+
+def database(settings: MongoSettings) -> Database[Document]:
+    return client(settings)[settings.database]
+
+
+def ensure_indexes(db: Database[Document]) -> None:
+    """Create every index the flows rely on (idempotent)."""
+    db.subscriptions.create_index(
+        [("roomId", ASCENDING), ("u.account", ASCENDING)], unique=True, name="room_account_unique"
+    )
+    db.subscriptions.create_index([("u.account", ASCENDING)], name="account")
+    db.room_members.create_index(
+        [("rid", ASCENDING), ("member.type", ASCENDING), ("member.id", ASCENDING)],
+        unique=True,
+        name="room_member_unique",
+    )
+    # inbox_mirror's registers: `_id` is the key; `ts` serves the purge (FerretDB has no TTL index)
+    db.membership_guards.create_index([("ts", ASCENDING)], name="ts")
+    db.room_names.create_index([("ts", ASCENDING)], name="ts")
+    db.users.create_index([("account", ASCENDING)], unique=True, name="account_unique")
+    db.users.create_index([("sectId", ASCENDING)], name="sect")
+    db.users.create_index([("deptId", ASCENDING)], name="dept")

@@ -1,0 +1,170 @@
+"""One typed settings object, loaded from `CHATFED_*` environment variables."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from typing import Annotated, Final
+from urllib.parse import urlsplit, urlunsplit
+
+import msgspec
+from msgspec import Meta
+
+from connectors.errors import ConfigError
+
+SITE_ID_RE: Final = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+
+PositiveInt = Annotated[int, Meta(gt=0)]
+
+
+class NatsSettings(msgspec.Struct, frozen=True, kw_only=True):
+    url: str
+    user: str = ""
+    password: str = ""
+    creds: str = ""  # path to a .creds file
+
+
+class MongoSettings(msgspec.Struct, frozen=True, kw_only=True):
+    uri: str = ""
+    database: str = ""
+    username: str = ""
+    password: str = ""
+    tls_ca_file: str = ""
+
+
+class ElasticSettings(msgspec.Struct, frozen=True, kw_only=True):
+    url: str = ""
+    username: str = ""
+    password: str = ""
+    api_key: str = ""
+    ca_certs: str = ""
+    verify_certs: bool = True
+    user_room_index: str = ""
+    spotlight_index: str = ""
+
+
+class Tuning(msgspec.Struct, frozen=True, kw_only=True):
+    pull_batch: PositiveInt = 500  # messages asked for per pull request
+    pull_expires_ms: PositiveInt = 30_000
+    pull_heartbeat_ms: PositiveInt = 5_000
+    max_buffered: PositiveInt = 20_000  # stop asking for more while this many wait for Bytewax
+    flush_ms: PositiveInt = 100  # coalescing deadline of a lone event
+    flush_max: PositiveInt = 2_000  # changes coalesced per key before a forced flush
+    ack_wait_s: PositiveInt = 60
+    max_deliver: PositiveInt = 10
+    backoff_base_ms: PositiveInt = 500
+    backoff_max_ms: PositiveInt = 30_000
+    metrics_port: Annotated[int, Meta(ge=0)] = 0  # 0: no metrics endpoint
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    site: str
+    nats: NatsSettings
+    mongo: MongoSettings
+    elastic: ElasticSettings
+    tuning: Tuning
+
+    def require_mongo(self) -> MongoSettings:
+        if not self.mongo.uri:
+            raise ConfigError("CHATFED_MONGO_URI is required by this flow")
+        return self.mongo
+
+    def require_elastic(self) -> ElasticSettings:
+        if not self.elastic.url:
+            raise ConfigError("CHATFED_ES_URL is required by this flow")
+        return self.elastic
+
+    def describe(self) -> dict[str, str]:
+        """Non-secret fields, safe to log."""
+        return {
+            "site": self.site,
+            "nats": redact_url(self.nats.url),
+            "nats_user": self.nats.user or "-",
+            "mongo": redact_url(self.mongo.uri) or "-",
+            "mongo_db": self.mongo.database or "-",
+            "es": redact_url(self.elastic.url) or "-",
+        }
+
+
+_TUNING_VARS: Final = {
+    "pull_batch": "CHATFED_PULL_BATCH",
+    "pull_expires_ms": "CHATFED_PULL_EXPIRES_MS",
+    "pull_heartbeat_ms": "CHATFED_PULL_HEARTBEAT_MS",
+    "max_buffered": "CHATFED_MAX_BUFFERED",
+    "flush_ms": "CHATFED_FLUSH_MS",
+    "flush_max": "CHATFED_FLUSH_MAX",
+    "ack_wait_s": "CHATFED_ACK_WAIT_S",
+    "max_deliver": "CHATFED_MAX_DELIVER",
+    "backoff_base_ms": "CHATFED_BACKOFF_BASE_MS",
+    "backoff_max_ms": "CHATFED_BACKOFF_MAX_MS",
+    "metrics_port": "CHATFED_METRICS_PORT",
+}
+
+
+def redact_url(url: str) -> str:
+    """`url` with any password replaced by `***`."""
+    if not url:
+        return ""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
+def _required(env: Mapping[str, str], name: str) -> str:
+    value = env.get(name, "").strip()
+    if not value:
+        raise ConfigError(f"{name} is required")
+    return value
+
+
+def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
+    """Read the settings; raise ConfigError naming the variable at fault."""
+    site = _required(env, "CHATFED_SITE_ID")
+    if not SITE_ID_RE.match(site):
+        raise ConfigError(f"CHATFED_SITE_ID={site!r}: use lowercase letters, digits and '-'")
+    tuning: dict[str, int] = {}
+    for field, var in _TUNING_VARS.items():
+        raw = env.get(var, "").strip()
+        if not raw:
+            continue
+        try:
+            tuning[field] = int(raw)
+        except ValueError:
+            raise ConfigError(f"{var}={raw!r} is not an integer") from None
+    try:
+        tuned = msgspec.convert(tuning, Tuning)
+    except msgspec.ValidationError as exc:
+        field = str(exc).rsplit("$.", 1)[-1].strip("`")
+        raise ConfigError(f"{_TUNING_VARS.get(field, field)}: {exc}") from None
+    return Settings(
+        site=site,
+        nats=NatsSettings(
+            url=_required(env, "CHATFED_NATS_URL"),
+            user=env.get("CHATFED_NATS_USER", ""),
+            password=env.get("CHATFED_NATS_PASSWORD", ""),
+            creds=env.get("CHATFED_NATS_CREDS", ""),
+        ),
+        mongo=MongoSettings(
+            uri=env.get("CHATFED_MONGO_URI", ""),
+            database=env.get("CHATFED_MONGO_DB", "") or f"chat_{site}",
+            username=env.get("CHATFED_MONGO_USER", ""),
+            password=env.get("CHATFED_MONGO_PASSWORD", ""),
+            tls_ca_file=env.get("CHATFED_MONGO_TLS_CA_FILE", ""),
+        ),
+        elastic=ElasticSettings(
+            url=env.get("CHATFED_ES_URL", ""),
+            username=env.get("CHATFED_ES_USER", ""),
+            password=env.get("CHATFED_ES_PASSWORD", ""),
+            api_key=env.get("CHATFED_ES_API_KEY", ""),
+            ca_certs=env.get("CHATFED_ES_CA_CERTS", ""),
+            verify_certs=env.get("CHATFED_ES_VERIFY_CERTS", "true").lower() not in {"0", "false", "no"},
+            user_room_index=env.get("CHATFED_USER_ROOM_INDEX", "") or f"user-room-{site}",
+            spotlight_index=env.get("CHATFED_SPOTLIGHT_INDEX", "") or f"spotlight-{site}",
+        ),
+        tuning=tuned,
+    )

@@ -1,0 +1,1 @@
+"""Pure per-event logic: no I/O, no clock, no environment."""

@@ -1,0 +1,1 @@
+"""Wire types, codecs, subjects and stream configurations shared by every chatfed package."""

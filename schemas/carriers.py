@@ -1,0 +1,62 @@
+"""Plain-data items that travel through the dataflows: a delivered message and what became of it."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Final
+
+import msgspec
+
+
+class Delivery(msgspec.Struct, frozen=True, kw_only=True):
+    """One JetStream message as pulled; `reply` is the ack handle (any connection may ack with it)."""
+
+    subject: str
+    data: bytes
+    reply: str
+    stream: str
+    stream_seq: int
+    num_delivered: int
+    headers: dict[str, str] | None = None
+
+
+class Verdict(StrEnum):
+    """What the settle sink does with a message."""
+
+    ACK = "ack"  # every write derived from it is durable
+    RETRY = "retry"  # transient failure: delayed nak, dead-letter on the last delivery
+    DEAD = "dead"  # the message's own fault: dead-letter now, then ack
+
+
+class Settle(msgspec.Struct, frozen=True, kw_only=True):
+    """The final word on one delivery."""
+
+    delivery: Delivery
+    verdict: Verdict
+    reason: str = ""
+    event_ms: int = 0  # envelope timestamp, for the event-to-ack latency metric; 0 when unknown
+
+
+def poison(delivery: Delivery, reason: str) -> Settle:
+    """A message that can never succeed: it goes to the dead-letter stream with `reason`."""
+    return Settle(delivery=delivery, verdict=Verdict.DEAD, reason=reason)
+
+
+def done(delivery: Delivery, event_ms: int = 0) -> Settle:
+    """A message whose writes are all durable."""
+    return Settle(delivery=delivery, verdict=Verdict.ACK, event_ms=event_ms)
+
+
+def retry(delivery: Delivery, reason: str) -> Settle:
+    """A message that hit a transient failure."""
+    return Settle(delivery=delivery, verdict=Verdict.RETRY, reason=reason)
+
+
+# Headers on a dead-lettered message (SYSTEM.md §6).
+DLQ_REASON: Final = "Chatfed-Dlq-Reason"
+DLQ_SUBJECT: Final = "Chatfed-Dlq-Subject"
+DLQ_STREAM: Final = "Chatfed-Dlq-Stream"
+DLQ_SEQUENCE: Final = "Chatfed-Dlq-Sequence"
+DLQ_DELIVERIES: Final = "Chatfed-Dlq-Deliveries"
+DLQ_FLOW: Final = "Chatfed-Dlq-Flow"
+DLQ_ORIGINAL_MSG_ID: Final = "Chatfed-Dlq-Original-Msg-Id"

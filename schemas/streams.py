@@ -1,0 +1,152 @@
+"""Stream and durable-consumer configurations of a site, as plain values (SYSTEM.md §1)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Final
+
+import msgspec
+
+from schemas import subjects
+from schemas.envelope import EventType
+
+MINUTE_S: Final = 60
+DAY_S: Final = 24 * 60 * MINUTE_S
+
+# dedup of Nats-Msg-Id works only inside this window: SYSTEM.md §2.4
+DUPLICATE_WINDOW_S: Final = 5 * MINUTE_S
+DLQ_DUPLICATE_WINDOW_S: Final = 2 * MINUTE_S  # the server's default, stated explicitly
+ROOMS_MAX_AGE_S: Final = 7 * DAY_S
+OUTBOX_MAX_AGE_S: Final = 7 * DAY_S
+INBOX_MAX_AGE_S: Final = 30 * DAY_S  # a search index rebuild replays it
+DLQ_MAX_AGE_S: Final = 30 * DAY_S
+
+ACK_WAIT_S: Final = 60
+MAX_DELIVER: Final = 10
+ROOM_WORKER_MAX_ACK_PENDING: Final = 1_000
+# must exceed what a batching pipeline holds between pull and ack: FINDINGS
+INBOX_MAX_ACK_PENDING: Final = 20_000
+
+SEARCH_SYNC_EVENT_TYPES: Final = (
+    EventType.MEMBER_ADDED.value,
+    EventType.MEMBER_REMOVED.value,
+    EventType.ROOM_RENAMED.value,
+)
+
+
+class SourceSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """One stream source with a subject transform (which also acts as its filter: FINDINGS)."""
+
+    name: str
+    external_api_prefix: str  # `$JS.{origin}.API`; a one-server test layout may ignore it
+    transform_src: str
+    transform_dest: str
+
+
+class StreamSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """A JetStream stream to create or update."""
+
+    name: str
+    subjects: list[str]
+    duplicate_window_s: int
+    max_age_s: int
+    sources: list[SourceSpec] = msgspec.field(default_factory=list)
+
+
+class ConsumerSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """A durable pull consumer with explicit ack; an empty filter list means every subject."""
+
+    stream: str
+    durable: str
+    filter_subjects: list[str]
+    ack_wait_s: int
+    max_deliver: int
+    max_ack_pending: int
+    deliver_all: bool = True  # a new durable replays the stream: that is how an index is rebuilt
+
+
+def inbox_sources(site: str, all_sites: Iterable[str]) -> list[SourceSpec]:
+    """One source per other site: `outbox.{origin}.to.{site}.>` → `chat.inbox.{site}.aggregate.>`."""
+    sources: list[SourceSpec] = []
+    seen = {site}
+    for origin in all_sites:
+        if origin in seen:
+            continue
+        seen.add(origin)
+        sources.append(
+            SourceSpec(
+                name=subjects.outbox_stream(origin),
+                external_api_prefix=f"$JS.{origin}.API",
+                transform_src=subjects.outbox_to_filter(origin=origin, dest=site),
+                transform_dest=subjects.inbox_aggregate_filter(site),
+            )
+        )
+    return sources
+
+
+def site_streams(site: str, all_sites: Iterable[str]) -> list[StreamSpec]:
+    """ROOMS, OUTBOX, INBOX (sourcing every other site's OUTBOX) and DLQ of `site`."""
+    return [
+        StreamSpec(
+            name=subjects.rooms_stream(site),
+            subjects=[subjects.rooms_filter(site)],
+            duplicate_window_s=DUPLICATE_WINDOW_S,
+            max_age_s=ROOMS_MAX_AGE_S,
+        ),
+        StreamSpec(
+            name=subjects.outbox_stream(site),
+            subjects=[subjects.outbox_filter(site)],
+            duplicate_window_s=DUPLICATE_WINDOW_S,
+            max_age_s=OUTBOX_MAX_AGE_S,
+        ),
+        StreamSpec(
+            name=subjects.inbox_stream(site),
+            subjects=[subjects.inbox_local_filter(site), subjects.inbox_aggregate_filter(site)],
+            duplicate_window_s=DUPLICATE_WINDOW_S,
+            max_age_s=INBOX_MAX_AGE_S,
+            sources=inbox_sources(site, all_sites),
+        ),
+        StreamSpec(
+            name=subjects.dlq_stream(site),
+            subjects=[subjects.dlq_filter(site)],
+            duplicate_window_s=DLQ_DUPLICATE_WINDOW_S,
+            max_age_s=DLQ_MAX_AGE_S,
+        ),
+    ]
+
+
+def search_sync_filters(site: str) -> list[str]:
+    """Return the six member/rename subjects `search-sync` reads, local lane first."""
+    local = [subjects.inbox_local(site, t) for t in SEARCH_SYNC_EVENT_TYPES]
+    aggregate = [subjects.inbox_aggregate(site, t) for t in SEARCH_SYNC_EVENT_TYPES]
+    return local + aggregate
+
+
+def site_consumers(site: str) -> list[ConsumerSpec]:
+    """Return the durables `room-worker`, `inbox-worker` and `search-sync` of `site`."""
+    return [
+        ConsumerSpec(
+            stream=subjects.rooms_stream(site),
+            durable=subjects.ROOM_WORKER,
+            filter_subjects=[],
+            ack_wait_s=ACK_WAIT_S,
+            max_deliver=MAX_DELIVER,
+            max_ack_pending=ROOM_WORKER_MAX_ACK_PENDING,
+        ),
+        ConsumerSpec(
+            stream=subjects.inbox_stream(site),
+            durable=subjects.INBOX_WORKER,
+            filter_subjects=[subjects.inbox_aggregate_filter(site)],
+            ack_wait_s=ACK_WAIT_S,
+            max_deliver=MAX_DELIVER,
+            max_ack_pending=INBOX_MAX_ACK_PENDING,
+        ),
+        ConsumerSpec(
+            stream=subjects.inbox_stream(site),
+            durable=subjects.SEARCH_SYNC,
+            filter_subjects=search_sync_filters(site),
+            ack_wait_s=ACK_WAIT_S,
+            max_deliver=MAX_DELIVER,
+            max_ack_pending=INBOX_MAX_ACK_PENDING,
+        ),
+    ]

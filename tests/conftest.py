@@ -1,0 +1,103 @@
+"""Session fixtures describing the servers that ./run.sh started (scripts/services.py info)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from pymongo import uri_parser
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _tcp_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def _http_open(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 (configured server)
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def _unreachable(what: str, address: str, log: str) -> None:
+    pytest.fail(
+        f"{what} at {address} is not reachable (see {log}); start the servers with "
+        f"`./run.sh services up` or run the tests with `./run.sh test`",
+        pytrace=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def servers() -> dict[str, Any]:
+    """The `services.py info` description, after checking that every server in it answers."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "services.py"), "info"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if out.returncode != 0:
+        pytest.fail(f"scripts/services.py info failed: {out.stderr.strip()}", pytrace=False)
+    info: dict[str, Any] = json.loads(out.stdout)
+    for site, desc in info["sites"].items():
+        url = urlsplit(desc["nats_url"])
+        if not _tcp_open(url.hostname or "127.0.0.1", url.port or 4222):
+            _unreachable(f"NATS of site {site}", desc["nats_url"], f".local/logs/nats-{site}.log")
+    for host, port in uri_parser.parse_uri(info["mongo_uri"])["nodelist"]:
+        if not _tcp_open(host, port):
+            _unreachable("MongoDB (FerretDB)", info["mongo_uri"], ".local/logs/ferretdb.log")
+    if not _http_open(info["es_url"].rstrip("/") + "/_cluster/health"):
+        _unreachable("Elasticsearch", info["es_url"], ".local/logs/es.log and .local/logs/es/")
+    return info
+
+
+@pytest.fixture(scope="session")
+def es_url(servers: dict[str, Any]) -> str:
+    """Base URL of Elasticsearch."""
+    return str(servers["es_url"])
+
+
+@pytest.fixture(scope="session")
+def mongo_uri(servers: dict[str, Any]) -> str:
+    """MongoDB connection string (FerretDB locally)."""
+    return str(servers["mongo_uri"])
+
+
+@pytest.fixture(scope="session")
+def site_urls(servers: dict[str, Any]) -> dict[str, str]:
+    """NATS client URL of each site, in CHATFED_SITES order."""
+    return {site: desc["nats_url"] for site, desc in servers["sites"].items()}
+
+
+@pytest.fixture(scope="session")
+def federated_sites(servers: dict[str, Any]) -> dict[str, Any]:
+    """The real sites of `servers`, bootstrapped federated (each its own domain, sourcing over leafnodes)."""
+    from connectors.bootstrap import bootstrap_site
+    from tests.support import connect
+
+    async def bootstrap_all() -> None:
+        all_sites = list(servers["sites"])
+        for site, desc in servers["sites"].items():
+            client = await connect(desc["nats_url"])
+            try:
+                await bootstrap_site(client, site, all_sites)
+            finally:
+                await client.close()
+
+    asyncio.run(bootstrap_all())
+    return servers

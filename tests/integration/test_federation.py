@@ -1,0 +1,101 @@
+"""Store-and-forward between the real s1 and s2 servers: two JetStream domains joined over leafnodes."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import uuid
+from typing import Any
+
+import pytest
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.client import JetStreamContext
+
+from schemas import subjects
+from tests.support import REPO, connect, wait_for
+
+
+async def _aggregate_messages(js: JetStreamContext, dest: str, marker: str, expect: int, timeout: float = 30) -> list[Any]:
+    """Messages on `INBOX_{dest}`'s aggregate lane whose body holds `marker`, once `expect` of them arrived."""
+    found: list[Any] = []
+
+    async def collect() -> bool:
+        found.clear()
+        sub = await js.subscribe(
+            subjects.inbox_aggregate_filter(dest),
+            stream=subjects.inbox_stream(dest),
+            ordered_consumer=True,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+        )
+        try:
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=1)
+                except TimeoutError:
+                    break
+                if marker.encode() in msg.data:
+                    found.append(msg)
+        finally:
+            await sub.unsubscribe()
+        return len(found) >= expect
+
+    await wait_for(collect, timeout=timeout, interval=0.5, what=f"{expect} aggregate message(s) marked {marker}")
+    return list(found)
+
+
+async def test_outbox_event_arrives_once_on_the_destination_aggregate_lane(federated_sites: dict[str, Any]) -> None:
+    s1 = await connect(federated_sites["sites"]["s1"]["nats_url"])
+    s2 = await connect(federated_sites["sites"]["s2"]["nats_url"])
+    try:
+        js1, js2 = s1.jetstream(), s2.jetstream()
+        marker = uuid.uuid4().hex
+        msg_id = f"{marker}:s2"
+        body = f'{{"marker":"{marker}"}}'.encode()
+        first = await js1.publish(subjects.outbox(origin="s1", dest="s2", event_type="member_added"), body, headers={"Nats-Msg-Id": msg_id})
+        again = await js1.publish(subjects.outbox(origin="s1", dest="s2", event_type="member_added"), body, headers={"Nats-Msg-Id": msg_id})
+        elsewhere = f'{{"marker":"{marker}","to":"s3"}}'.encode()
+        await js1.publish(subjects.outbox(origin="s1", dest="s3", event_type="member_added"), elsewhere, headers={"Nats-Msg-Id": f"{marker}:s3"})
+        assert not first.duplicate
+        assert again.duplicate
+
+        arrived = await _aggregate_messages(js2, "s2", marker, expect=1)
+        await asyncio.sleep(1)  # give a wrongly-forwarded duplicate or s3 copy the time to show up
+        arrived = await _aggregate_messages(js2, "s2", marker, expect=1)
+        assert len(arrived) == 1
+        assert arrived[0].subject == "chat.inbox.s2.aggregate.member_added"
+        assert arrived[0].headers["Nats-Msg-Id"] == msg_id
+        assert arrived[0].data == body
+        assert "OUTBOX_s1" in arrived[0].headers.get("Nats-Stream-Source", "")
+    finally:
+        await s1.close()
+        await s2.close()
+
+
+def _services(*args: str) -> None:
+    subprocess.run([sys.executable, str(REPO / "scripts" / "services.py"), *args], check=True, capture_output=True)
+
+
+@pytest.mark.slow
+async def test_events_published_while_destination_is_down_all_arrive(federated_sites: dict[str, Any]) -> None:
+    count = 1_000
+    marker = uuid.uuid4().hex
+    _services("down", "nats-s2")
+    try:
+        s1 = await connect(federated_sites["sites"]["s1"]["nats_url"])
+        try:
+            js1 = s1.jetstream()
+            subject = subjects.outbox(origin="s1", dest="s2", event_type="member_added")
+            for index in range(count):
+                await js1.publish(subject, f'{{"marker":"{marker}","n":{index}}}'.encode(), headers={"Nats-Msg-Id": f"{marker}-{index}:s2"})
+        finally:
+            await s1.close()
+    finally:
+        _services("up")
+    s2 = await connect(federated_sites["sites"]["s2"]["nats_url"])
+    try:
+        arrived = await _aggregate_messages(s2.jetstream(), "s2", marker, expect=count, timeout=90)
+        numbers = sorted(int(msg.data.split(b'"n":')[1].rstrip(b"}")) for msg in arrived)
+        assert numbers == list(range(count))
+    finally:
+        await s2.close()

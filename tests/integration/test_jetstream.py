@@ -1,0 +1,71 @@
+"""The pull source and the settle sink against a real nats-server: delivery, ack, delayed nak, dead letter."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from connectors.jetstream import JetStreamSource, SettleSink
+from connectors.settings import NatsSettings, Tuning
+from schemas import carriers, subjects
+from schemas.carriers import Delivery, done, poison, retry
+from tests.support import bootstrap_local_sites, connect, unique_site, wait_drained
+
+
+def _poll(partition: Any, count: int, timeout: float = 20) -> list[Delivery]:
+    got: list[Delivery] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < count and time.monotonic() < deadline:
+        batch = partition.next_batch()
+        got.extend(batch)
+        if not batch:
+            time.sleep(0.005)
+    return got
+
+
+async def test_pull_ack_retry_and_dead_letter(servers: dict[str, Any]) -> None:
+    site = unique_site()
+    url = servers["sites"]["s1"]["nats_url"]
+    client = await connect(url)
+    try:
+        await bootstrap_local_sites(client, [site])
+        js = client.jetstream()
+        count = 2_000
+        for index in range(count):
+            await js.publish(subjects.inbox_local(site, "member_added"), f"m{index}".encode(), headers={"Nats-Msg-Id": f"id-{index}"})
+
+        nats_settings = NatsSettings(url=url)
+        tuning = Tuning(pull_batch=100, max_deliver=3, backoff_base_ms=200, backoff_max_ms=200)
+        partition = JetStreamSource(nats_settings, tuning, stream=subjects.inbox_stream(site), durable=subjects.SEARCH_SYNC).build("pull", 0, 1)
+        sink = SettleSink(nats_settings, tuning, flow="test", dlq_subject=subjects.dlq(site, "test")).build("settle", 0, 1)
+
+        first = _poll(partition, count)
+        assert sorted(d.stream_seq for d in first) == list(range(1, count + 1))
+        assert all(d.num_delivered == 1 and d.stream == subjects.inbox_stream(site) for d in first)
+        assert first[0].headers is not None and first[0].headers["Nats-Msg-Id"].startswith("id-")
+        verdicts = [poison(d, "bad\nbytes") if d.stream_seq == 1 else retry(d, "store down") if d.stream_seq == 2 else done(d) for d in first]
+        sink.write_batch(verdicts)
+
+        # the retried message comes back after its delay, counted; on its last delivery it is dead-lettered
+        for attempt in (2, 3):
+            again = _poll(partition, 1, timeout=10)
+            assert [(d.stream_seq, d.num_delivered) for d in again] == [(2, attempt)]
+            sink.write_batch([retry(again[0], "store down")])
+        partition.close()
+
+        await wait_drained(js, subjects.inbox_stream(site), subjects.SEARCH_SYNC, timeout=10)
+        dlq = subjects.dlq_stream(site)
+        assert (await js.stream_info(dlq)).state.messages == 2
+        reasons = {}
+        for seq in (1, 2):
+            msg = await js.get_msg(dlq, seq)
+            headers = msg.headers or {}
+            reasons[int(headers[carriers.DLQ_SEQUENCE])] = headers
+        assert reasons[1][carriers.DLQ_REASON] == "bad bytes"
+        assert reasons[2][carriers.DLQ_REASON] == "store down"
+        assert reasons[2][carriers.DLQ_DELIVERIES] == "3"
+        assert reasons[1][carriers.DLQ_SUBJECT] == subjects.inbox_local(site, "member_added")
+        assert reasons[1][carriers.DLQ_STREAM] == subjects.inbox_stream(site)
+        assert reasons[1][carriers.DLQ_ORIGINAL_MSG_ID] == "id-0"
+    finally:
+        await client.close()

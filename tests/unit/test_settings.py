@@ -1,0 +1,65 @@
+"""Settings come from CHATFED_* variables; bad values name the variable; secrets stay out of logs."""
+
+from __future__ import annotations
+
+import pytest
+
+from connectors.errors import ConfigError
+from connectors.settings import load_settings, redact_url
+
+BASE = {"CHATFED_SITE_ID": "s1", "CHATFED_NATS_URL": "nats://127.0.0.1:4222"}
+
+
+def test_defaults_derive_from_the_site() -> None:
+    settings = load_settings(BASE)
+    assert settings.mongo.database == "chat_s1"
+    assert settings.elastic.user_room_index == "user-room-s1"
+    assert settings.elastic.spotlight_index == "spotlight-s1"
+    assert settings.tuning.flush_ms < 1000
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"CHATFED_NATS_URL": "nats://x"}, "CHATFED_SITE_ID"),
+        ({"CHATFED_SITE_ID": "s1"}, "CHATFED_NATS_URL"),
+        ({**BASE, "CHATFED_SITE_ID": "S.1"}, "CHATFED_SITE_ID"),
+        ({**BASE, "CHATFED_FLUSH_MS": "soon"}, "CHATFED_FLUSH_MS"),
+        ({**BASE, "CHATFED_MAX_DELIVER": "0"}, "CHATFED_MAX_DELIVER"),
+    ],
+    ids=["no-site", "no-nats", "bad-site", "not-int", "out-of-range"],
+)
+def test_bad_configuration_names_the_variable(env: dict[str, str], variable: str) -> None:
+    with pytest.raises(ConfigError, match=variable):
+        load_settings(env)
+
+
+def test_flow_without_a_store_url_is_refused() -> None:
+    with pytest.raises(ConfigError, match="CHATFED_ES_URL"):
+        load_settings(BASE).require_elastic()
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("mongodb://app:s3cret@db:27017/chat", "mongodb://app:***@db:27017/chat"),
+        ("http://elastic:pw@127.0.0.1:9200", "http://elastic:***@127.0.0.1:9200"),
+        ("nats://127.0.0.1:4222", "nats://127.0.0.1:4222"),
+        ("", ""),
+    ],
+)
+def test_redact_url_hides_passwords(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+
+
+def test_describe_never_contains_a_secret() -> None:
+    env = {
+        **BASE,
+        "CHATFED_NATS_PASSWORD": "natspw",
+        "CHATFED_MONGO_URI": "mongodb://u:mongopw@h/",
+        "CHATFED_ES_URL": "http://e:espw@h:9200",
+        "CHATFED_ES_API_KEY": "apikey",
+    }
+    described = repr(load_settings(env).describe())
+    for secret in ("natspw", "mongopw", "espw", "apikey"):
+        assert secret not in described
