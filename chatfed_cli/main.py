@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from chatfed_cli import flows as flow_procs
+from chatfed_cli import rooms
 from chatfed_cli.inspect import SiteStatus, site_status
 from chatfed_cli.topology import SiteInfo, Topology, load_topology
 from connectors import dlq
@@ -23,6 +24,7 @@ flows_app = typer.Typer(help="Run the dataflows of every site in the background.
 dlq_app = typer.Typer(help="List and replay a site's dead letters.", no_args_is_help=True)
 app.add_typer(flows_app, name="flows")
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(rooms.app, name="room", help="Submit room commands to a site and print the result.")
 console = Console()
 
 
@@ -199,6 +201,15 @@ def dlq_replay(
             await client.close()
 
     typer.echo(f"replayed {asyncio.run(run_replay())} dead letter(s)")
+
+
+@app.command()
+def demo(timeout: float = typer.Option(30, help="Seconds each step may take to become visible everywhere.")) -> None:
+    """Seed users on both sites and play the scenario; exit 1 with the difference if any view disagrees."""
+    from chatfed_cli.demo import run_demo  # imports the flows' connectors: keep other commands light
+
+    if not run_demo(load_topology(), timeout=timeout, console=console):
+        raise typer.Exit(1)
 
 
 def run() -> None:

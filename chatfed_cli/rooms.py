@@ -1,0 +1,156 @@
+"""`chatfed room`: submit create / add / remove commands to a site's `ROOMS` stream and print the result."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import string
+import time
+from typing import Annotated, Any
+
+import nats.errors
+import typer
+import uuid_utils
+
+from chatfed_cli.topology import SiteInfo, load_topology
+from connectors.mongo import client as mongo_client
+from connectors.room_store import RoomStore
+from connectors.settings import MongoSettings
+from logic.room_commands import REQUEST_ID_HEADER
+from logic.room_plans import direct_room_id, room_type_of
+from schemas import subjects
+from schemas.commands import (
+    AddMembers,
+    CreateRoom,
+    History,
+    RemoveMember,
+    decode_command_result,
+    encode_command,
+)
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
+
+_BASE62 = string.digits + string.ascii_letters
+
+SiteOpt = typer.Option(..., "--site", "-s", help="Site that owns the room (its ROOMS stream gets the command).")
+RequesterOpt = typer.Option(..., "--requester", "-r", help="Account of the user issuing the command.")
+TimeoutOpt = typer.Option(10.0, "--timeout", min=0.1, help="Seconds to wait for the result.")
+
+
+def _site(site: str) -> tuple[SiteInfo, str]:
+    topology = load_topology()
+    if site not in topology.sites:
+        raise typer.BadParameter(f"unknown site {site}; configured: {', '.join(topology.site_ids)}", param_hint="--site")
+    return topology.sites[site], topology.mongo_uri
+
+
+def _channel_id() -> str:
+    return "".join(secrets.choice(_BASE62) for _ in range(17))
+
+
+def _dm_id(mongo_uri: str, info: SiteInfo, requester: str, other: str) -> str:
+    """dm / botDM room id from the two users' ids in the site's `users` collection."""
+    db = mongo_client(MongoSettings(uri=mongo_uri, database=info.mongo_db))[info.mongo_db]
+    found = RoomStore(db).users_by_accounts([requester, other])
+    missing = [a for a in (requester, other) if a not in found]
+    if missing:
+        raise typer.BadParameter(f"user {missing[0]} not found on this site; pass --room-id", param_hint="--user")
+    return direct_room_id(found[requester].id, found[other].id)
+
+
+async def submit(info: SiteInfo, site: str, op: str, body: CreateRoom | AddMembers | RemoveMember, account: str, timeout: float) -> dict[str, Any]:
+    options: dict[str, Any] = {"servers": [info.nats_url], "name": "chatfed-room-cli"}
+    if info.nats_user:
+        options.update(user=info.nats_user, password=info.nats_password)
+    if info.nats_creds:
+        options["user_credentials"] = info.nats_creds
+    client = await nats.connect(**options)
+    request_id = str(uuid_utils.uuid7())
+    try:
+        # subscribed before publishing, so a fast worker's result cannot be missed
+        sub = await client.subscribe(subjects.command_result(account=account, request_id=request_id))
+        await client.jetstream().publish(subjects.rooms_command(site, op), encode_command(body), headers={REQUEST_ID_HEADER: request_id})
+        msg = await sub.next_msg(timeout=timeout)
+        decode_command_result(msg.data)  # a result, not something else on the subject
+        result: dict[str, Any] = json.loads(msg.data)
+        return result
+    finally:
+        await client.close()
+
+
+def _run(site: str, op: str, body: CreateRoom | AddMembers | RemoveMember, account: str, timeout: float) -> None:
+    info, _ = _site(site)
+    try:
+        result = asyncio.run(submit(info, site, op, body, account, timeout))
+    except nats.errors.TimeoutError:
+        typer.echo(f"no result within {timeout}s", err=True)
+        raise typer.Exit(3) from None
+    typer.echo(json.dumps(result))
+    if result.get("status") != "ok":
+        raise typer.Exit(1)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@app.command()
+def create(
+    site: str = SiteOpt,
+    requester: str = RequesterOpt,
+    name: str = typer.Option("", "--name", "-n", help="Channel name; empty with exactly one --user makes a dm / botDM."),
+    user: Annotated[list[str] | None, typer.Option("--user", "-u", help="Member account (repeat).")] = None,
+    org: Annotated[list[str] | None, typer.Option("--org", "-o", help="Org id whose members join (repeat).")] = None,
+    room_id: str = typer.Option("", "--room-id", help="Room id (default: random for a channel, derived for a dm)."),
+    requester_id: str = typer.Option("", "--requester-id", help="User id of the requester."),
+    timeout: float = TimeoutOpt,
+) -> None:
+    """Create a channel, a dm or a botDM."""
+    user, org = user or [], org or []
+    if not user and not org:
+        raise typer.BadParameter("give at least one --user or --org", param_hint="--user")
+    body = CreateRoom(name=name, users=user, orgs=org, room_id=room_id or "-", requester_id=requester_id, requester_account=requester, timestamp=_now_ms())
+    if not room_id:
+        if room_type_of(body) == "channel":
+            room_id = _channel_id()
+        else:
+            info, mongo_uri = _site(site)
+            room_id = _dm_id(mongo_uri, info, requester, user[0])
+    body.room_id = room_id
+    _run(site, subjects.RoomOp.CREATE.value, body, requester, timeout)
+
+
+@app.command()
+def add(
+    site: str = SiteOpt,
+    requester: str = RequesterOpt,
+    room_id: str = typer.Option(..., "--room-id", help="Channel to add members to."),
+    user: Annotated[list[str] | None, typer.Option("--user", "-u", help="Account to add (repeat).")] = None,
+    org: Annotated[list[str] | None, typer.Option("--org", "-o", help="Org id whose members join (repeat).")] = None,
+    hide_history: bool = typer.Option(False, "--hide-history", help="New members see only messages from now on."),
+    timeout: float = TimeoutOpt,
+) -> None:
+    """Add members to a channel."""
+    user, org = user or [], org or []
+    if not user and not org:
+        raise typer.BadParameter("give at least one --user or --org", param_hint="--user")
+    history = History(mode="none" if hide_history else "all")
+    body = AddMembers(room_id=room_id, users=user, orgs=org, history=history, requester_account=requester, timestamp=_now_ms())
+    _run(site, subjects.RoomOp.MEMBER_ADD.value, body, requester, timeout)
+
+
+@app.command()
+def remove(
+    site: str = SiteOpt,
+    requester: str = RequesterOpt,
+    room_id: str = typer.Option(..., "--room-id", help="Channel to remove from."),
+    account: str = typer.Option("", "--account", "-a", help="Account to remove (yourself: leave)."),
+    org: str = typer.Option("", "--org", "-o", help="Org to remove."),
+    timeout: float = TimeoutOpt,
+) -> None:
+    """Remove one member or an org from a channel (exactly one of --account / --org)."""
+    if bool(account) == bool(org):
+        raise typer.BadParameter("give exactly one of --account and --org", param_hint="--account/--org")
+    body = RemoveMember(room_id=room_id, requester=requester, account=account, org_id=org, timestamp=_now_ms())
+    _run(site, subjects.RoomOp.MEMBER_REMOVE.value, body, requester, timeout)

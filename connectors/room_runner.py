@@ -1,0 +1,296 @@
+"""Carries out room commands: MongoDB writes, deduplicated event publishes, the requester's result, then a verdict."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Final
+
+import nats.errors
+import uuid_utils
+from nats.aio.client import Client
+
+from connectors import natsio
+from connectors.jetstream import PublishRejected, publish_all
+from connectors.mongo import TRANSIENT_ERRORS
+from connectors.room_store import RoomStore
+from logic import room_commands as rc
+from logic import room_events
+from logic import room_plans as plans
+from logic.room_commands import Command, Parsed, Publish, Rejected
+from logic.room_plans import Failure
+from schemas import subjects
+from schemas.carriers import Settle, done, poison, retry
+from schemas.commands import (
+    AddMembers,
+    CommandResult,
+    CreateRoom,
+    ErrorCode,
+    RemoveMember,
+    encode_command,
+)
+from schemas.documents import MemberType
+
+log = logging.getLogger(__name__)
+
+TRANSIENT: Final[tuple[type[Exception], ...]] = (*TRANSIENT_ERRORS, nats.errors.Error, TimeoutError, PublishRejected)
+# Retried here, in place, before giving up with a delayed nak: a nak'd command is redelivered after
+# later commands of the same room have run, so in-place retries keep stream order through short blips
+# and the nak only covers real outages (where order across the outage is lost: documented trade-off).
+RETRY_PAUSES_S: Final = (0.2, 0.5, 1.0)
+ROOM_THREADS: Final = 8
+
+
+def new_id() -> str:
+    """A subscription or row id: uuid7, 32 lowercase hex."""
+    return uuid_utils.uuid7().hex
+
+
+def mint_request_id() -> str:
+    """A request id for a command that came without a valid one: hyphenated uuid7."""
+    return str(uuid_utils.uuid7())
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class RoomCommandRunner:
+    """Applies a batch of commands: rooms in parallel threads, each room's commands in stream order."""
+
+    def __init__(
+        self,
+        store: RoomStore,
+        client: Client,
+        *,
+        site: str,
+        max_deliver: int,
+        crash_after_write: bool = False,
+        pauses: Sequence[float] = RETRY_PAUSES_S,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
+        self._store = store
+        self._client = client
+        self._site = site
+        self._max_deliver = max_deliver
+        self._crash_after_write = crash_after_write
+        self._pauses = tuple(pauses)
+        self._clock = clock
+        self._pool = ThreadPoolExecutor(ROOM_THREADS, thread_name_prefix="room")
+
+    def reject(self, item: Parsed) -> Settle:
+        """Ack an unknown suffix; dead-letter a malformed command after telling its requester."""
+        if not isinstance(item, Rejected):
+            msg = f"reject got a command: {item!r}"
+            raise TypeError(msg)
+        if item.ignored:
+            log.info("acking %s seq %s: %s", item.delivery.stream, item.delivery.stream_seq, item.reason)
+            return done(item.delivery)
+        if item.result is not None:
+            try:
+                self._send_result(item.requester, item.result)
+            except TRANSIENT as exc:  # redelivered later, so the requester still hears about it
+                return retry(item.delivery, f"transient: {exc!r}")
+        return poison(item.delivery, item.reason)
+
+    def apply(self, batches: Sequence[Sequence[object]]) -> list[Settle]:
+        """Settle every command of `batches` (lists of one room's commands, from the ordering step)."""
+        by_room: dict[str, list[Command]] = {}
+        for batch in batches:
+            for command in batch:
+                if not isinstance(command, Command):
+                    msg = f"apply got {command!r}"
+                    raise TypeError(msg)
+                by_room.setdefault(command.room_id, []).append(command)
+        groups = [sorted(cmds, key=lambda c: c.delivery.stream_seq) for cmds in by_room.values()]
+        if len(groups) == 1:
+            return self._apply_room(groups[0])
+        return [settle for settles in self._pool.map(self._apply_room, groups) for settle in settles]
+
+    def _apply_room(self, commands: list[Command]) -> list[Settle]:
+        return [self._apply_one(command) for command in commands]
+
+    def _apply_one(self, command: Command) -> Settle:
+        last: BaseException | None = None
+        for pause in (*self._pauses, None):
+            try:
+                return self._execute(command)
+            except TRANSIENT as exc:
+                last = exc
+                log.warning("room %s seq %s: transient failure: %r", command.room_id, command.delivery.stream_seq, exc)
+                if pause is not None:
+                    time.sleep(pause)
+            except Exception:
+                failure = Failure(code=ErrorCode.INTERNAL, error="internal error")
+                self._send_failure(command, failure)
+                raise  # our own bug: stop loudly, JetStream still holds the command (STYLE §2)
+        if command.delivery.num_delivered >= self._max_deliver:  # the settle sink dead-letters it now
+            self._send_failure(command, Failure(code=ErrorCode.INTERNAL, error=f"gave up after retries: {last!r}"))
+        return retry(command.delivery, f"transient: {last!r}")
+
+    def _execute(self, command: Command) -> Settle:
+        body = command.body
+        if isinstance(body, CreateRoom):
+            outcome = self._create(command, body)
+        elif isinstance(body, AddMembers):
+            outcome = self._add(command, body)
+        elif body.org_id:
+            outcome = self._remove_org(command, body)
+        else:
+            outcome = self._remove_one(command, body)
+        if isinstance(outcome, Failure):
+            self._send_failure(command, outcome)
+            return poison(command.delivery, f"{outcome.code.value}: {outcome.error}")
+        if self._crash_after_write:
+            log.error("test hook: dying between the writes and the publishes of %s", command.request_id)
+            os._exit(137)
+        self._publish(outcome)
+        self._send_result(rc.requester_of(body), rc.ok_result(command, command.room_id, self._clock()))
+        return done(command.delivery, body.timestamp)
+
+    def _create(self, command: Command, body: CreateRoom) -> list[Publish] | Failure:
+        store = self._store
+        found = store.users_by_accounts([body.requester_account, *body.users])
+        requester = found.get(body.requester_account)
+        if requester is None:
+            return Failure(code=ErrorCode.NOT_FOUND, error=f"requester {body.requester_account} not found")
+        org_members = store.org_members(body.orgs)
+        plan = plans.plan_create(body, home=self._site, requester=requester, found=found, org_members=org_members, new_id=new_id)
+        if isinstance(plan, Failure):
+            return plan
+        room = store.insert_room(plan.room)
+        if (room.type, room.site_id) != (plan.room.type, plan.room.site_id):
+            return Failure(code=ErrorCode.CONFLICT, error=f"room {room.id} exists as a {room.type} of site {room.site_id}")
+        store.insert_subscriptions(plan.subscriptions)
+        store.insert_room_members(plan.room_members)
+        store.recount(room.id, self._clock())
+        return room_events.member_added_publishes(
+            room=room,
+            members=plan.members,
+            requester_account=requester.account,
+            joined_at=body.timestamp,
+            history_shared_since=0,
+            now_ms=self._clock(),
+            dedup_base=command.dedup_base,
+        )
+
+    def _add(self, command: Command, body: AddMembers) -> list[Publish] | Failure:
+        store = self._store
+        room = store.room(body.room_id)
+        found = store.users_by_accounts([body.requester_account, *body.users])
+        plan = plans.plan_add(
+            body,
+            home=self._site,
+            room=room,
+            requester=found.get(body.requester_account),
+            found=found,
+            org_members=store.org_members(body.orgs),
+            subscribers=store.subscribers(body.room_id),
+            room_orgs=store.room_orgs(body.room_id),
+            new_id=new_id,
+        )
+        if isinstance(plan, Failure) or room is None:
+            return plan if isinstance(plan, Failure) else Failure(code=ErrorCode.NOT_FOUND, error="room not found")
+        announced = set(store.record_change(f"add:{command.dedup_base}", room.id, plan.new_accounts, self._clock()))
+        members = [u for u in plan.candidates if u.account in announced]
+        hss = plans.history_shared_since(body)
+        subs = plans.subscriptions_for(room, members, owner="", joined_at=body.timestamp, history_shared_since=hss, new_id=new_id)
+        store.insert_subscriptions(subs)
+        store.insert_room_members(plan.room_members)
+        store.recount(room.id, self._clock())
+        return room_events.member_added_publishes(
+            room=room,
+            members=members,
+            requester_account=body.requester_account,
+            joined_at=body.timestamp,
+            history_shared_since=hss,
+            now_ms=self._clock(),
+            dedup_base=command.dedup_base,
+        )
+
+    def _remove_one(self, command: Command, body: RemoveMember) -> list[Publish] | Failure:
+        store = self._store
+        user = store.users_by_accounts([body.account]).get(body.account)
+        own_roles = store.roles_of(body.room_id, body.account)
+        plan = plans.plan_remove_one(
+            body,
+            home=self._site,
+            room=store.room(body.room_id),
+            user=user,
+            is_member=own_roles is not None,
+            requester_roles=own_roles if body.requester == body.account else store.roles_of(body.room_id, body.requester),
+            room_orgs=store.room_orgs(body.room_id),
+        )
+        if isinstance(plan, Failure) or user is None:
+            return plan if isinstance(plan, Failure) else Failure(code=ErrorCode.NOT_FOUND, error="user not found")
+        store.delete_room_member(body.room_id, MemberType.INDIVIDUAL, user.id)
+        if plan.demote is not None:  # still in through an org: only the individual standing goes
+            store.drop_owner(body.room_id, user.account)
+            return []
+        announced = store.record_change(f"remove:{command.dedup_base}", body.room_id, [u.account for u in plan.remove], self._clock())
+        store.delete_subscriptions(body.room_id, announced)
+        store.recount(body.room_id, self._clock())
+        members = [user] if user.account in announced else []
+        return room_events.member_removed_publishes(
+            home=self._site,
+            room_id=body.room_id,
+            members=members,
+            inner_type=plan.inner_type,
+            org_id="",
+            now_ms=self._clock(),
+            dedup_base=command.dedup_base,
+        )
+
+    def _remove_org(self, command: Command, body: RemoveMember) -> list[Publish] | Failure:
+        store = self._store
+        org_members = store.org_members([body.org_id])
+        plan = plans.plan_remove_org(
+            body,
+            home=self._site,
+            room=store.room(body.room_id),
+            org_members=org_members,
+            subscribers=store.subscribers(body.room_id),
+            individual_ids=store.individual_ids(body.room_id),
+            requester_roles=store.roles_of(body.room_id, body.requester),
+            room_orgs=store.room_orgs(body.room_id),
+        )
+        if isinstance(plan, Failure):
+            return plan
+        announced = set(store.record_change(f"remove:{command.dedup_base}", body.room_id, [u.account for u in plan.remove], self._clock()))
+        store.delete_subscriptions(body.room_id, sorted(announced))
+        store.delete_room_member(body.room_id, MemberType.ORG, body.org_id)
+        store.recount(body.room_id, self._clock())
+        members = [u for u in sorted(org_members, key=lambda u: u.account) if u.account in announced]
+        return room_events.member_removed_publishes(
+            home=self._site,
+            room_id=body.room_id,
+            members=list({u.account: u for u in members}.values()),
+            inner_type=plan.inner_type,
+            org_id=body.org_id,
+            now_ms=self._clock(),
+            dedup_base=command.dedup_base,
+        )
+
+    def _publish(self, publishes: list[Publish]) -> None:
+        if publishes:
+            natsio.run(publish_all(self._client, [(p.subject, p.data, p.msg_id) for p in publishes]), timeout=30)
+
+    def _send_failure(self, command: Command, failure: Failure) -> None:
+        result = rc.error_result(command.request_id, rc.operation_of(command.body), command.room_id, failure, self._clock())
+        self._send_result(rc.requester_of(command.body), result)
+
+    def _send_result(self, account: str, result: CommandResult) -> None:
+        """Core-NATS publish of the result; no requester to tell is logged, not an error."""
+        if not subjects.is_valid_token(account) or not subjects.is_valid_token(result.request_id):
+            log.warning("no result sent for request %s: requester %r is not a subject token", result.request_id, account)
+            return
+        subject = subjects.command_result(account=account, request_id=result.request_id)
+        natsio.run(self._publish_core(subject, encode_command(result)), timeout=30)
+
+    async def _publish_core(self, subject: str, data: bytes) -> None:
+        await self._client.publish(subject, data)
+        await asyncio.wait_for(self._client.flush(), timeout=10)

@@ -1,0 +1,148 @@
+"""Every MongoDB read and write of room_worker: users, rooms, subscriptions, room_members and change records."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any, Final
+
+from pymongo.database import Database
+from pymongo.errors import BulkWriteError, DuplicateKeyError
+
+from connectors import metrics
+from connectors.mongo import Document
+from schemas.documents import (
+    MemberType,
+    Room,
+    RoomMember,
+    Subscription,
+    User,
+    from_mongo,
+    to_mongo,
+)
+
+FLOW: Final = "room_worker"
+DUPLICATE_KEY: Final = 11000
+
+
+def _insert_only(collection: Any, docs: Sequence[dict[str, object]]) -> int:
+    """Insert what is not there yet; a duplicate key is an earlier delivery's (or a race's) insert.
+
+    `insert_many` rather than upserts with `$setOnInsert`: the FerretDB we test on drops null
+    fields from `$setOnInsert` (a dm's `roles: null` would vanish).
+    """
+    if not docs:
+        return 0
+    try:
+        return len(collection.insert_many(list(docs), ordered=False).inserted_ids)
+    except BulkWriteError as exc:
+        others = [e for e in exc.details.get("writeErrors", []) if e.get("code") != DUPLICATE_KEY]
+        if others:
+            raise
+        return int(exc.details.get("nInserted", 0))
+
+
+class RoomStore:
+    """MongoDB I/O of one site's room_worker; every write is idempotent (SYSTEM.md §3)."""
+
+    def __init__(self, db: Database[Document]) -> None:
+        self._db = db
+
+    def users_by_accounts(self, accounts: Iterable[str]) -> dict[str, User]:
+        """Users found for `accounts`, by account."""
+        wanted = sorted(set(accounts))
+        if not wanted:
+            return {}
+        return {u.account: u for u in (from_mongo(User, d) for d in self._db.users.find({"account": {"$in": wanted}}))}
+
+    def org_members(self, orgs: Iterable[str]) -> list[User]:
+        """Users whose `sectId` or `deptId` is one of `orgs`."""
+        wanted = sorted(set(orgs))
+        if not wanted:
+            return []
+        found = self._db.users.find({"$or": [{"sectId": {"$in": wanted}}, {"deptId": {"$in": wanted}}]})
+        return [from_mongo(User, d) for d in found]
+
+    def room(self, room_id: str) -> Room | None:
+        """The room document, or `None`."""
+        doc = self._db.rooms.find_one({"_id": room_id})
+        return None if doc is None else from_mongo(Room, doc)
+
+    def insert_room(self, room: Room) -> Room:
+        """Insert `room` unless a room with its id exists; return what is stored."""
+        try:
+            self._db.rooms.insert_one(to_mongo(room))
+        except DuplicateKeyError:
+            stored = self.room(room.id)
+            if stored is None:  # pragma: no cover - a duplicate key means it exists
+                raise
+            return stored
+        return room
+
+    def subscribers(self, room_id: str) -> dict[str, str]:
+        """The room's subscribed accounts, mapped to their user ids."""
+        docs = self._db.subscriptions.find({"roomId": room_id}, {"u": 1})
+        return {d["u"]["account"]: d["u"].get("_id", "") for d in docs}
+
+    def roles_of(self, room_id: str, account: str) -> list[str] | None:
+        """`roles` of `account`'s subscription to the room; `None` if not a member."""
+        doc = self._db.subscriptions.find_one({"roomId": room_id, "u.account": account}, {"roles": 1})
+        return None if doc is None else list(doc.get("roles") or [])
+
+    def insert_subscriptions(self, subs: Sequence[Subscription]) -> int:
+        """Insert-only on the unique `(roomId, u.account)`: a replay never overwrites read state."""
+        started = time.perf_counter()
+        inserted = _insert_only(self._db.subscriptions, [to_mongo(s) for s in subs])
+        metrics.observe_write(FLOW, "mongo", len(subs), time.perf_counter() - started)
+        return inserted
+
+    def delete_subscriptions(self, room_id: str, accounts: Sequence[str]) -> int:
+        """Delete these accounts' subscriptions to the room."""
+        if not accounts:
+            return 0
+        return int(self._db.subscriptions.delete_many({"roomId": room_id, "u.account": {"$in": list(accounts)}}).deleted_count)
+
+    def drop_owner(self, room_id: str, account: str) -> None:
+        """Take the owner role from `account` (an org member who stops being an individual member)."""
+        self._db.subscriptions.update_one({"roomId": room_id, "u.account": account}, {"$pull": {"roles": "owner"}})
+
+    def recount(self, room_id: str, now_ms: int) -> None:
+        """Recompute `userCount` (humans) and `appCount` (bots); a replay that changes no count changes nothing."""
+        subs = self._db.subscriptions
+        apps = subs.count_documents({"roomId": room_id, "u.isBot": True})
+        users = subs.count_documents({"roomId": room_id}) - apps
+        changed = {"_id": room_id, "$or": [{"userCount": {"$ne": users}}, {"appCount": {"$ne": apps}}]}
+        self._db.rooms.update_one(changed, {"$set": {"userCount": users, "appCount": apps, "updatedAt": now_ms}})
+
+    def room_orgs(self, room_id: str) -> set[str]:
+        """Ids of the orgs that are members of the room."""
+        rows = self._db.room_members.find({"rid": room_id, "member.type": MemberType.ORG.value}, {"member": 1})
+        return {r["member"]["id"] for r in rows}
+
+    def individual_ids(self, room_id: str) -> set[str]:
+        """User ids of the room's individual members (`room_members` rows)."""
+        rows = self._db.room_members.find({"rid": room_id, "member.type": MemberType.INDIVIDUAL.value}, {"member": 1})
+        return {r["member"]["id"] for r in rows}
+
+    def insert_room_members(self, rows: Sequence[RoomMember]) -> int:
+        """Insert-only on the unique `(rid, member.type, member.id)`."""
+        return _insert_only(self._db.room_members, [to_mongo(r) for r in rows])
+
+    def delete_room_member(self, room_id: str, member_type: MemberType, member_id: str) -> None:
+        """Delete one `room_members` row."""
+        self._db.room_members.delete_one({"rid": room_id, "member.type": member_type.value, "member.id": member_id})
+
+    def record_change(self, change_id: str, room_id: str, accounts: Sequence[str], now_ms: int) -> list[str]:
+        """Remember which accounts a command announces; a redelivery gets the first delivery's list back.
+
+        This is what makes add/remove retry-safe: after a crash between the writes and the publishes,
+        Mongo no longer shows who was new, but the record does (issue 5).
+        """
+        try:
+            self._db.room_changes.insert_one({"_id": change_id, "rid": room_id, "accounts": list(accounts), "ts": now_ms})
+        except DuplicateKeyError:
+            stored = self._db.room_changes.find_one({"_id": change_id})
+            if stored is None:  # pragma: no cover - a duplicate key means it exists
+                raise
+            return list(stored.get("accounts") or [])
+        return list(accounts)

@@ -1,0 +1,82 @@
+"""room_worker: reads room commands from `ROOMS_{site}`, writes MongoDB and publishes membership events to INBOX and OUTBOX."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from datetime import timedelta
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow
+from bytewax.inputs import Source
+from bytewax.outputs import Sink
+
+from connectors import metrics, mongo, natsio
+from connectors.jetstream import JetStreamSource, SettleSink, stop_on_sigterm
+from connectors.room_runner import RoomCommandRunner, mint_request_id
+from connectors.room_store import RoomStore
+from connectors.settings import load_settings
+from logic import room_commands
+from logic.settlement import collect_for
+from schemas import subjects
+from schemas.carriers import Delivery, Settle
+
+FLOW = "room_worker"
+log = logging.getLogger(__name__)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def build_flow(
+    source: Source[Delivery],
+    runner: room_commands.CommandRunner,
+    sink: Sink[Settle],
+    *,
+    site: str,
+    order_window: timedelta,
+    order_max: int,
+) -> Dataflow:
+    """The graph; `runner` does the I/O of each command (connectors/room_runner.py)."""
+    flow = Dataflow(FLOW)
+    msgs = op.input("pull", flow, source)
+    parsed = op.map("decode", msgs, lambda d: room_commands.parse_command(d, site=site, mint_id=mint_request_id, now_ms=_now_ms()))
+    split = op.branch("split_rejected", parsed, room_commands.is_command)
+    rejected = op.map("reject", split.falses, runner.reject)  # error result to the requester, then dead-letter
+    keyed = op.key_on("key_by_room", split.trues, room_commands.room_key)
+    # a room's commands meet on one worker and are sorted by stream sequence within the window
+    in_order = op.key_rm("unkey", collect_for("order_by_room", keyed, order_window, order_max))
+    applied = op.flat_map_batch("apply", in_order, runner.apply)  # writes, publishes, result
+    op.output("settle", op.merge("settled", rejected, applied), sink)  # ack / delayed nak / DLQ
+    return flow
+
+
+def __getattr__(name: str) -> Dataflow:
+    """Build `flow` from the `CHATFED_*` settings when `python -m bytewax.run dataflows.room_worker` asks."""
+    if name != "flow":
+        raise AttributeError(name)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = load_settings()
+    stop_on_sigterm()
+    metrics.serve(settings.tuning.metrics_port)
+    log.info("room_worker starting: %s", settings.describe())
+    db = mongo.database(settings.require_mongo())
+    mongo.ensure_indexes(db)
+    runner = RoomCommandRunner(
+        RoomStore(db),
+        natsio.connection(settings.nats),
+        site=settings.site,
+        max_deliver=settings.tuning.max_deliver,
+        # test hook (issue 5): die after the writes, before the publishes
+        crash_after_write=os.environ.get("CHATFED_TEST_CRASH_AFTER_WRITE", "") == "1",
+    )
+    return build_flow(
+        JetStreamSource(settings.nats, settings.tuning, stream=subjects.rooms_stream(settings.site), durable=subjects.ROOM_WORKER),
+        runner,
+        SettleSink(settings.nats, settings.tuning, flow=FLOW, dlq_subject=subjects.dlq(settings.site, FLOW)),
+        site=settings.site,
+        order_window=timedelta(milliseconds=settings.tuning.flush_ms),
+        order_max=settings.tuning.flush_max,
+    )

@@ -1,0 +1,63 @@
+"""A room_worker killed between its MongoDB writes and its publishes still publishes every event exactly once."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from schemas import subjects
+from tests.integration.room_support import RoomHarness, run, user, with_harness
+from tests.support import wait_for
+
+TS = 1767225600000
+
+
+def _people(home: str, remote: str) -> list[dict[str, Any]]:
+    return [user("alice", home), user("bob", home), user("carol", remote), user("dave", remote), user("erin", home)]
+
+
+async def _crash_then_recover(h: RoomHarness, op: str, body: dict[str, Any], rid: str, written: list[str]) -> None:
+    """Run `op` on a worker that dies after its writes, then on a healthy one (redelivery after ack_wait)."""
+    assert h.flow is not None
+    h.flow.stop()
+    published = len(await h.local_events())
+    h.start_flow(CHATFED_TEST_CRASH_AFTER_WRITE="1")
+    await h.send(op, body, request_id=rid)
+    crashed = h.flow
+
+    def died() -> bool:
+        return all(p.poll() is not None for p in crashed.procs)
+
+    await wait_for(died, timeout=30, what="the worker to die at the crash hook")
+    crashed.procs.clear()
+    assert sorted(h.subs(body["roomId"])) == written, "the writes happen before the crash"
+    assert len(await h.local_events()) == published, "the crash comes before any publish"
+    h.start_flow()
+    await h.drained()
+
+
+def test_crash_between_writes_and_publishes_publishes_once_after_redelivery(servers: dict[str, Any]) -> None:
+    async def scenario(h: RoomHarness) -> None:
+        # a short ack_wait so the killed worker's command comes back within the test
+        js = h.client.jetstream()
+        config = ConsumerConfig(
+            durable_name=subjects.ROOM_WORKER, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL, ack_wait=2, max_deliver=10
+        )
+        await js.add_consumer(subjects.rooms_stream(h.site), config)
+
+        create = {"name": "eng", "users": ["bob", "carol"], "roomId": "r-crash", "requesterAccount": "alice", "timestamp": TS}
+        await _crash_then_recover(h, "create", create, "0195f0a2-0000-7000-8000-00000000c001", ["alice", "bob", "carol"])
+        add = {"roomId": "r-crash", "users": ["dave", "erin"], "requesterAccount": "alice", "timestamp": TS + 1}
+        everyone = ["alice", "bob", "carol", "dave", "erin"]
+        await _crash_then_recover(h, "member.add", add, "0195f0a2-0000-7000-8000-00000000c002", everyone)
+
+        assert sorted(h.subs("r-crash")) == ["alice", "bob", "carol", "dave", "erin"]
+        local = await h.local_events()
+        assert [e.inner["accounts"] for e in local] == [["alice", "bob", "carol"], ["dave", "erin"]]
+        outbox = await h.outbox_events()
+        assert [e.inner["accounts"] for e in outbox] == [["carol"], ["dave"]]
+        assert set(Counter(e.msg_id for e in local + outbox).values()) == {1}
+
+    run(with_harness(servers, _people, scenario))

@@ -1,0 +1,87 @@
+"""room_worker on the real two-domain layout: a channel created on s1 reaches INBOX_s2 over the leafnode, once."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import uuid
+from typing import Any
+
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from pymongo import MongoClient
+
+from connectors.mongo import ensure_indexes
+from schemas import subjects
+from tests.support import FlowProcess, connect, flow_env, wait_drained, wait_for
+
+
+async def _aggregate_for(url: str, room_id: str) -> list[dict[str, Any]]:
+    """Envelopes on INBOX_s2's aggregate lane about `room_id`."""
+    nc = await connect(url)
+    try:
+        js = nc.jetstream()
+        sub = await js.subscribe(
+            subjects.inbox_aggregate_filter("s2"),
+            stream=subjects.inbox_stream("s2"),
+            ordered_consumer=True,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+        )
+        found: list[dict[str, Any]] = []
+        try:
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=1)
+                except TimeoutError:
+                    return found
+                if not msg.data.startswith(b'{"type":'):  # other tests share this lane with raw bodies
+                    continue
+                envelope = json.loads(msg.data)
+                inner = json.loads(base64.b64decode(envelope["payload"]))
+                if inner.get("roomId") == room_id:
+                    found.append({"subject": msg.subject, "envelope": envelope, "inner": inner})
+        finally:
+            await sub.unsubscribe()
+    finally:
+        await nc.close()
+
+
+def test_channel_created_on_s1_reaches_inbox_s2_exactly_once(federated_sites: dict[str, Any]) -> None:
+    servers = federated_sites
+    tag = uuid.uuid4().hex[:8]
+    alice, bob, carol = f"alice-{tag}", f"bob-{tag}", f"carol-{tag}"
+    room_id = f"r-{tag}"
+    mongo: MongoClient[Any] = MongoClient(servers["mongo_uri"], retryWrites=False)
+    db = mongo["chat_s1"]
+    ensure_indexes(db)
+    db.users.insert_many([{"_id": f"u-{a}", "account": a, "siteId": s} for a, s in ((alice, "s1"), (bob, "s1"), (carol, "s2"))])
+
+    async def scenario() -> None:
+        nc = await connect(servers["sites"]["s1"]["nats_url"])
+        try:
+            js = nc.jetstream()
+            body = {"name": "fed", "users": [bob, carol], "roomId": room_id, "requesterAccount": alice, "timestamp": 1767225600000}
+            sub = await nc.subscribe(subjects.command_result(account=alice, request_id=(rid := str(uuid.uuid4()))))
+            await js.publish(subjects.rooms_command("s1", "create"), json.dumps(body).encode(), headers={"X-Request-ID": rid})
+            result = json.loads((await sub.next_msg(timeout=30)).data)
+            assert result["status"] == "ok"
+            await wait_drained(js, subjects.rooms_stream("s1"), subjects.ROOM_WORKER)
+        finally:
+            await nc.close()
+        s2 = servers["sites"]["s2"]["nats_url"]
+        [event] = await wait_for(lambda: _aggregate_for(s2, room_id), timeout=30, what="the aggregate member_added on INBOX_s2")
+        assert event["subject"] == "chat.inbox.s2.aggregate.member_added"
+        assert (event["envelope"]["siteId"], event["envelope"]["destSiteId"]) == ("s1", "s2")
+        assert event["inner"]["accounts"] == [carol]
+        assert (event["inner"]["roomType"], event["inner"]["requesterAccount"]) == ("channel", alice)
+        await asyncio.sleep(1)  # nothing else trickles in
+        assert len(await _aggregate_for(s2, room_id)) == 1
+
+    try:
+        with FlowProcess("dataflows.room_worker", flow_env(servers, "s1")):
+            asyncio.run(scenario())
+    finally:
+        db.subscriptions.delete_many({"roomId": room_id})
+        db.rooms.delete_one({"_id": room_id})
+        db.users.delete_many({"account": {"$in": [alice, bob, carol]}})
+        mongo.close()
