@@ -1,0 +1,142 @@
+"""Benchmark search_sync against a naive consumer (nats-py fetch + one bulk per fetch + ack): backlog rate and publish-to-searchable latency.
+
+Run with the servers up: `.venv/bin/python -m bench.search_sync_bench [--backlog 100000] [--rate 200] [--seconds 20]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from typing import Any
+
+from elasticsearch import Elasticsearch
+
+from connectors.elastic import SearchIndexes, install
+from logic.search_views import MemberChange, parse
+from schemas import subjects
+from schemas.carriers import Delivery
+from tests.integration.search_helpers import SearchSite, close_site, open_site
+from tests.support import REPO
+from tests.unit.search_oracle import added
+
+
+def _servers() -> dict[str, Any]:
+    out = subprocess.run([sys.executable, str(REPO / "scripts" / "services.py"), "info"], capture_output=True, text=True, check=True)
+    info: dict[str, Any] = json.loads(out.stdout)
+    return info
+
+
+def _event(site: str, index: int, ts: int) -> tuple[str, bytes]:
+    # 1,000 accounts x many rooms: realistic fan-in per account, one account per event
+    return subjects.inbox_local(site, "member_added"), added(f"r{index}", [f"u{index % 1000}"], ts, name=f"room {index}")
+
+
+async def _naive_consumer(site: SearchSite, stop: asyncio.Event) -> None:
+    """The straightforward consumer: fetch a batch, one bulk (no coalescing, no LWW guard), ack each message."""
+    js = site.nc.jetstream()
+    sub = await js.pull_subscribe_bind(durable=subjects.SEARCH_SYNC, stream=subjects.inbox_stream(site.site))
+    idx = site.indexes
+    while not stop.is_set():
+        try:
+            msgs = await sub.fetch(500, timeout=0.5)
+        except TimeoutError:
+            continue
+        ops: list[dict[str, Any]] = []
+        for msg in msgs:
+            parsed = parse(_delivery(msg))
+            for part in parsed if isinstance(parsed, list) else []:
+                assert isinstance(part, MemberChange)
+                ops += [{"update": {"_index": idx.user_room, "_id": part.account}}, {"doc": {"userAccount": part.account}, "doc_as_upsert": True}]
+                ops += [
+                    {"index": {"_index": idx.spotlight, "_id": f"{part.account}_{part.room_id}", "version": part.ts, "version_type": "external_gte"}},
+                    {"userAccount": part.account, "roomId": part.room_id, "roomName": part.room_name, "roomType": part.room_type, "joinedAt": part.joined_at},
+                ]
+        if ops:
+            await asyncio.to_thread(site.es.bulk, operations=ops)
+        for msg in msgs:
+            await msg.ack()
+
+
+def _delivery(msg: Any) -> Delivery:
+    return Delivery(subject=msg.subject, data=msg.data, reply=msg.reply, stream="", stream_seq=0, num_delivered=1)
+
+
+async def _drain_time(site: SearchSite, count: int) -> float:
+    started = time.perf_counter()
+    await site.drain(timeout=1800)
+    return count / (time.perf_counter() - started)
+
+
+async def _latencies(site: SearchSite, rate: int, seconds: int) -> list[float]:
+    """Publish at `rate`/s; poll search until each event's spotlight doc is searchable."""
+    sent: dict[str, float] = {}
+    seen: dict[str, float] = {}
+    base = 10_000_000
+
+    async def poll() -> None:
+        while len(seen) < rate * seconds:
+            waiting = [doc_id for doc_id in sent if doc_id not in seen]
+            if waiting:
+                hits = (await asyncio.to_thread(site.es.search, index=site.indexes.spotlight, size=len(waiting), query={"ids": {"values": waiting}}, source=False))["hits"]["hits"]
+                now = time.perf_counter()
+                for hit in hits:
+                    seen.setdefault(hit["_id"], now)
+            await asyncio.sleep(0.02)
+
+    poller = asyncio.create_task(poll())
+    js = site.nc.jetstream()
+    t0 = time.perf_counter()
+    for i in range(rate * seconds):
+        index = base + i
+        subject, data = _event(site.site, index, int(time.time() * 1000))
+        await js.publish(subject, data)
+        sent[f"u{index % 1000}_r{index}"] = time.perf_counter()
+        await asyncio.sleep(max(0.0, t0 + (i + 1) / rate - time.perf_counter()))
+    await asyncio.wait_for(poller, timeout=120)
+    return sorted(seen[k] - sent[k] for k in sent)
+
+
+def _pct(values: list[float], p: float) -> float:
+    return values[min(len(values) - 1, int(p * len(values)))] * 1000
+
+
+async def main(backlog: int, rate: int, seconds: int) -> None:
+    servers = _servers()
+    es = Elasticsearch(servers["es_url"], request_timeout=60)
+    rows: list[tuple[str, float, float, float]] = []
+    for name in ("search_sync flow", "baseline fetch+bulk+ack"):
+        site = await open_site(servers, es)
+        install(es, SearchIndexes(user_room=site.indexes.user_room, spotlight=site.indexes.spotlight, room_names=site.indexes.room_names))
+        try:
+            await site.publish([_event(site.site, i, 1_000 + i) for i in range(backlog)], chunk=1000)
+            stop = asyncio.Event()
+            naive = None
+            if name.startswith("search_sync"):
+                site.start_flow()
+            else:
+                naive = asyncio.create_task(_naive_consumer(site, stop))
+            throughput = await _drain_time(site, backlog)
+            lat = await _latencies(site, rate, seconds)
+            stop.set()
+            if naive:
+                await naive
+            rows.append((name, throughput, _pct(lat, 0.5), _pct(lat, 0.99)))
+        finally:
+            await close_site(site)
+    print(f"\nbacklog {backlog:,} events; steady {rate}/s for {seconds}s (spotlight refresh_interval 1s)")
+    print(f"{'consumer':<26} {'backlog ev/s':>12} {'p50 ms':>8} {'p99 ms':>8}")
+    for name, throughput, p50, p99 in rows:
+        print(f"{name:<26} {throughput:>12,.0f} {p50:>8.0f} {p99:>8.0f}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--backlog", type=int, default=100_000)
+    parser.add_argument("--rate", type=int, default=200)
+    parser.add_argument("--seconds", type=int, default=20)
+    args = parser.parse_args()
+    asyncio.run(main(args.backlog, args.rate, args.seconds))

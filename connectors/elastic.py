@@ -1,0 +1,366 @@
+"""Elasticsearch for search_sync: client, index templates behind aliases, and the coalescing guarded bulk writer."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any, Final, TypeVar
+
+import elastic_transport
+import msgspec
+from elasticsearch import ApiError, BadRequestError, Elasticsearch
+
+from connectors import metrics
+from connectors.settings import ElasticSettings
+from logic import search_views as views
+from logic.membership import DIRECT_TYPES
+from logic.search_views import (
+    ItemOutcome,
+    MemberChange,
+    RoomName,
+    RoomRename,
+    SpotlightBody,
+)
+from logic.settlement import PartOutcome
+from schemas.documents import UserRoomDoc, from_mongo, spotlight_doc_id, to_mongo
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T", bound=msgspec.Struct)
+Meta = tuple[int, int]  # (_seq_no, _primary_term) for optimistic concurrency
+Action = tuple[dict[str, Any], dict[str, Any] | None]
+
+STORE: Final = "elasticsearch"
+MAX_ROUNDS: Final = 5  # conflicts are rare: one worker owns an account
+RENAME_PAGE: Final = 500
+
+
+class Transient(Exception):
+    """Elasticsearch is unreachable or overloaded, or kept conflicting: retry the messages later."""
+
+
+class SearchIndexes(msgspec.Struct, frozen=True, kw_only=True):
+    """Alias names the flow writes and reads through (a rebuild swaps the concrete index behind them)."""
+
+    user_room: str
+    spotlight: str
+    room_names: str
+
+    @classmethod
+    def for_site(cls, settings: ElasticSettings, site: str) -> SearchIndexes:
+        return cls(user_room=settings.user_room_index, spotlight=settings.spotlight_index, room_names=f"room-names-{site}")
+
+
+def elastic_client(settings: ElasticSettings) -> Elasticsearch:
+    """A client for `settings`; one retry only, since a failed batch is retried by JetStream redelivery."""
+    options: dict[str, Any] = {"request_timeout": 30, "max_retries": 1, "retry_on_timeout": True}
+    if settings.api_key:
+        options["api_key"] = settings.api_key
+    elif settings.username:
+        options["basic_auth"] = (settings.username, settings.password)
+    if settings.ca_certs:
+        options["ca_certs"] = settings.ca_certs
+    if not settings.verify_certs:
+        options["verify_certs"] = False
+    return Elasticsearch(settings.url, **options)
+
+
+_KEYWORD: Final = {"type": "keyword"}
+_DATE: Final = {"type": "date", "format": "epoch_millis"}
+_SETTINGS: Final = {"number_of_shards": 1, "auto_expand_replicas": "0-1"}  # 1 shard: terms-lookup source
+
+
+def templates(indexes: SearchIndexes) -> dict[str, dict[str, Any]]:
+    """Index templates by alias; each covers the alias's concrete indexes `{alias}-v*`."""
+    return {
+        indexes.user_room: {
+            "dynamic": False,
+            "properties": {
+                "userAccount": _KEYWORD,
+                "rooms": _KEYWORD,
+                "restrictedRooms": {"type": "flattened"},
+                "roomTimestamps": {"type": "flattened"},
+                "createdAt": _DATE,
+                "updatedAt": _DATE,
+            },
+        },
+        indexes.spotlight: {
+            "dynamic": False,
+            "properties": {
+                "userAccount": _KEYWORD,
+                "roomId": _KEYWORD,
+                # search_as_you_type needs the mapper-extras module, absent from this distribution;
+                # a lowercased standard-analysed text field serves multi_match bool_prefix as well
+                "roomName": {"type": "text", "analyzer": "standard", "fields": {"keyword": {"type": "keyword", "ignore_above": 256}}},
+                "roomType": _KEYWORD,
+                "siteId": _KEYWORD,
+                "joinedAt": _DATE,
+                "nameTs": {"type": "long"},
+            },
+        },
+        indexes.room_names: {
+            "dynamic": False,
+            "properties": {"roomId": _KEYWORD, "name": {"type": "keyword", "index": False}, "nameTs": {"type": "long"}},
+        },
+    }
+
+
+def install(es: Elasticsearch, indexes: SearchIndexes) -> None:
+    """Put the templates and create `{alias}-v1` behind each alias that does not exist yet (idempotent)."""
+    for alias, mappings in templates(indexes).items():
+        es.indices.put_index_template(
+            name=f"chatfed-{alias}",
+            index_patterns=[f"{alias}-v*"],
+            priority=200,
+            template={"settings": _SETTINGS, "mappings": mappings},
+        )
+        if es.indices.exists_alias(name=alias):
+            continue
+        try:
+            es.indices.create(index=f"{alias}-v1", aliases={alias: {"is_write_index": True}})
+        except BadRequestError as exc:
+            if exc.error != "resource_already_exists_exception":  # another process won the race
+                raise
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Connection trouble, 429 and 5xx are worth retrying; anything else is our fault."""
+    if isinstance(exc, (elastic_transport.ConnectionError, elastic_transport.ConnectionTimeout)):
+        return True
+    return isinstance(exc, ApiError) and (exc.meta.status == 429 or exc.meta.status >= 500)
+
+
+def _decode(doc_type: type[T], source: Mapping[str, Any]) -> T:
+    return from_mongo(doc_type, source)
+
+
+class _Fetched:
+    """Documents read in one mget, with their concurrency tokens."""
+
+    def __init__(self) -> None:
+        self.user_rooms: dict[str, tuple[UserRoomDoc, Meta]] = {}
+        self.spotlight: dict[str, tuple[SpotlightBody, Meta]] = {}
+        self.names: dict[str, tuple[RoomName, Meta]] = {}
+
+
+class SearchViewsWriter:
+    """Writes coalesced batches to user-room and spotlight; one `PartOutcome` per part (SYSTEM.md §5)."""
+
+    def __init__(self, settings: ElasticSettings, indexes: SearchIndexes, *, flow: str) -> None:
+        self._settings = settings
+        self._indexes = indexes
+        self._flow = flow
+        self._es: Elasticsearch | None = None
+
+    @property
+    def es(self) -> Elasticsearch:
+        if self._es is None:  # opened lazily, in the process that writes
+            self._es = elastic_client(self._settings)
+        return self._es
+
+    def write(self, batch: list[tuple[str, list[object]]]) -> list[PartOutcome]:
+        """Apply every part of `batch` (key, parts) and report each part's outcome."""
+        members: dict[str, list[MemberChange]] = {}
+        renames: dict[str, list[RoomRename]] = {}
+        parts: list[views.Part] = []
+        for key, items in batch:
+            for item in items:
+                if isinstance(item, MemberChange):
+                    members.setdefault(key, []).append(item)
+                elif isinstance(item, RoomRename):
+                    renames.setdefault(key, []).append(item)
+                else:
+                    raise TypeError(f"unexpected part {type(item).__name__}")
+                parts.append(item)
+        failed: dict[str, str] = {}
+        try:
+            if members:
+                self._write_members(members, failed)
+            for key, room_renames in renames.items():
+                self._rename(key, room_renames, failed)
+        except Transient as exc:
+            log.warning("elasticsearch write of %d parts failed, will retry: %s", len(parts), exc)
+            failed = {views.part_key(part): str(exc) for part in parts}
+        return [
+            PartOutcome(delivery=p.delivery, parts=p.parts, ok=views.part_key(p) not in failed, reason=failed.get(views.part_key(p), ""), event_ms=p.ts)
+            for p in parts
+        ]
+
+    def _call(self, what: str, fn: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(**kwargs)
+        except (ApiError, elastic_transport.TransportError) as exc:
+            if is_transient(exc):
+                raise Transient(f"{what}: {exc}") from exc
+            raise
+
+    def _mget(self, docs: list[dict[str, str]]) -> list[dict[str, Any]]:
+        if not docs:
+            return []
+        found: list[dict[str, Any]] = self._call("mget", self.es.mget, docs=docs)["docs"]
+        for doc in found:
+            if "error" in doc:
+                raise Transient(f"mget {doc.get('_index')}/{doc.get('_id')}: {doc['error']}")
+        return found
+
+    def _fetch(self, accounts: Iterable[str], members: Mapping[str, list[MemberChange]]) -> _Fetched:
+        idx = self._indexes
+        wanted: list[dict[str, str]] = []
+        rooms: set[str] = set()
+        for account in accounts:
+            wanted.append({"_index": idx.user_room, "_id": account})
+            for room_id in {change.room_id for change in members[account]}:
+                wanted.append({"_index": idx.spotlight, "_id": spotlight_doc_id(account=account, room_id=room_id)})
+                rooms.add(room_id)
+        wanted.extend({"_index": idx.room_names, "_id": room_id} for room_id in sorted(rooms))
+        fetched = _Fetched()
+        for doc, want in zip(self._mget(wanted), wanted):
+            if not doc.get("found"):
+                continue
+            meta = (int(doc["_seq_no"]), int(doc["_primary_term"]))
+            if want["_index"] == idx.user_room:
+                fetched.user_rooms[want["_id"]] = (_decode(UserRoomDoc, doc["_source"]), meta)
+            elif want["_index"] == idx.spotlight:
+                fetched.spotlight[want["_id"]] = (_decode(SpotlightBody, doc["_source"]), meta)
+            else:
+                fetched.names[want["_id"]] = (_decode(RoomName, doc["_source"]), meta)
+        return fetched
+
+    def _bulk(self, actions: list[Action]) -> list[ItemOutcome]:
+        body: list[dict[str, Any]] = []
+        for meta, source in actions:
+            body.append(meta)
+            if source is not None:
+                body.append(source)
+        started = time.perf_counter()
+        # require_alias: a missing alias must fail loudly, not auto-create an unmapped index
+        response = self._call("bulk", self.es.bulk, operations=body, require_alias=True, refresh=False)
+        metrics.observe_write(self._flow, STORE, len(actions), time.perf_counter() - started)
+        outcomes: list[ItemOutcome] = []
+        for item in response["items"]:
+            action, result = next(iter(item.items()))
+            error = result.get("error") or {}
+            outcome = views.classify_bulk_item(action, int(result["status"]), error.get("type", ""))
+            if outcome is ItemOutcome.FATAL:
+                raise RuntimeError(f"elasticsearch rejected {action} {result.get('_index')}/{result.get('_id')}: {error}")
+            outcomes.append(outcome)
+        return outcomes
+
+    def _write_members(self, members: dict[str, list[MemberChange]], failed: dict[str, str]) -> None:
+        """mget, plan, bulk; re-read and re-plan the accounts that hit a conflict or a concurrent rename."""
+        idx = self._indexes
+        todo = sorted(members)
+        for _ in range(MAX_ROUNDS):
+            if not todo:
+                return
+            fetched = self._fetch(todo, members)
+            names = {room_id: name for room_id, (name, _) in fetched.names.items()}
+            spotlight = {doc_id: doc for doc_id, (doc, _) in fetched.spotlight.items()}
+            actions: list[Action] = []
+            owners: list[str] = []
+            named: dict[str, set[str]] = {}  # room -> accounts whose spotlight name came from this round's read
+            for account in todo:
+                stored = fetched.user_rooms.get(account)
+                plan = views.plan_account(account, members[account], stored[0] if stored else None, spotlight, names)
+                if plan.user_room is not None:
+                    actions.append(_put(idx.user_room, account, plan.user_room, stored[1] if stored else None))
+                    owners.append(account)
+                for doc in plan.upserts:
+                    doc_id = spotlight_doc_id(account=account, room_id=doc.room_id)
+                    current = fetched.spotlight.get(doc_id)
+                    actions.append(_put(idx.spotlight, doc_id, doc, current[1] if current else None))
+                    owners.append(account)
+                    if doc.room_type not in DIRECT_TYPES:
+                        named.setdefault(doc.room_id, set()).add(account)
+                for doc_id in plan.deletes:
+                    seq_no, term = fetched.spotlight[doc_id][1]
+                    actions.append(({"delete": {"_index": idx.spotlight, "_id": doc_id, "if_seq_no": seq_no, "if_primary_term": term}}, None))
+                    owners.append(account)
+            retry: set[str] = set()
+            for owner, outcome in zip(owners, self._bulk(actions) if actions else []):
+                if outcome is ItemOutcome.CONFLICT:
+                    retry.add(owner)
+                elif outcome is ItemOutcome.RETRY:
+                    failed[owner] = "elasticsearch overloaded or unavailable (429/5xx)"
+            retry |= self._renamed_meanwhile(named, names)
+            todo = sorted(retry - failed.keys())
+        for account in todo:
+            failed[account] = f"version conflicts on {account} after {MAX_ROUNDS} rounds"
+
+    def _renamed_meanwhile(self, named: dict[str, set[str]], used: Mapping[str, RoomName]) -> set[str]:
+        """Accounts whose spotlight name may be stale because a rename landed after we read the names.
+
+        The rename path writes the name first and then searches refreshed spotlight documents, so a
+        document written before that write is found by its search, and one written after is caught here.
+        """
+        if not named:
+            return set()
+        rooms = sorted(named)
+        found = self._mget([{"_index": self._indexes.room_names, "_id": room_id} for room_id in rooms])
+        stale: set[str] = set()
+        for room_id, doc in zip(rooms, found):
+            if doc.get("found"):
+                name = _decode(RoomName, doc["_source"])
+                if room_id not in used or name.name_ts > used[room_id].name_ts:
+                    stale |= named[room_id]
+        return stale
+
+    def _rename(self, key: str, renames: list[RoomRename], failed: dict[str, str]) -> None:
+        """Record the room's newest name (last write wins), then bring its spotlight documents up to it."""
+        idx = self._indexes
+        room_id = renames[0].room_id
+        name: RoomName | None = None
+        for _ in range(MAX_ROUNDS):
+            found = self._mget([{"_index": idx.room_names, "_id": room_id}])[0]
+            stored = _decode(RoomName, found["_source"]) if found.get("found") else None
+            name = views.newest_name(stored, renames)
+            if name is None or name == stored:
+                break
+            meta = (int(found["_seq_no"]), int(found["_primary_term"])) if stored else None
+            (outcome,) = self._bulk([_put(idx.room_names, room_id, name, meta)])
+            if outcome is ItemOutcome.DONE:
+                break
+            if outcome is ItemOutcome.RETRY:
+                failed[key] = "elasticsearch overloaded or unavailable (429/5xx)"
+                return
+        else:
+            failed[key] = f"version conflicts on room name {room_id}"
+            return
+        if name is None:
+            return
+        for _ in range(MAX_ROUNDS * 4):
+            self._call("refresh", self.es.indices.refresh, index=idx.spotlight)
+            hits = self._call(
+                "search",
+                self.es.search,
+                index=idx.spotlight,
+                size=RENAME_PAGE,
+                seq_no_primary_term=True,
+                query={
+                    "bool": {
+                        "filter": [{"term": {"roomId": room_id}}, {"range": {"nameTs": {"lt": name.name_ts}}}],
+                        "must_not": [{"terms": {"roomType": sorted(DIRECT_TYPES)}}],
+                    }
+                },
+            )["hits"]["hits"]
+            actions = []
+            for hit in hits:
+                updated = views.renamed(_decode(SpotlightBody, hit["_source"]), name)
+                if updated is not None:
+                    actions.append(_put(idx.spotlight, hit["_id"], updated, (int(hit["_seq_no"]), int(hit["_primary_term"]))))
+            if not actions:
+                return
+            if ItemOutcome.RETRY in self._bulk(actions):
+                failed[key] = "elasticsearch overloaded or unavailable (429/5xx)"
+                return
+            # conflicts (a concurrent add or remove) are re-searched in the next round
+        failed[key] = f"room {room_id}: spotlight documents still carry an older name"
+
+
+def _put(index: str, doc_id: str, doc: msgspec.Struct, meta: Meta | None) -> Action:
+    """Create a missing document, or replace one only if nobody changed it since we read it."""
+    if meta is None:
+        return {"create": {"_index": index, "_id": doc_id}}, to_mongo(doc)
+    seq_no, term = meta
+    return {"index": {"_index": index, "_id": doc_id, "if_seq_no": seq_no, "if_primary_term": term}}, to_mongo(doc)

@@ -1,0 +1,70 @@
+"""search_sync: reads member and rename events from `INBOX_{site}`, writes the Elasticsearch user-room and spotlight views."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+from typing import cast
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow, Stream
+from bytewax.inputs import Source
+from bytewax.outputs import Sink
+
+from connectors import elastic, metrics
+from connectors.jetstream import JetStreamSource, SettleSink, stop_on_sigterm
+from connectors.settings import load_settings
+from logic import search_views
+from logic.settlement import PartOutcome, collect_for, settle_parts
+from schemas import subjects
+from schemas.carriers import Delivery, Settle
+
+FLOW = "search_sync"
+log = logging.getLogger(__name__)
+
+Writer = Callable[[list[tuple[str, list[object]]]], list[PartOutcome]]
+
+
+def build_flow(source: Source[Delivery], write: Writer, sink: Sink[Settle], *, flush: timedelta, flush_max: int) -> Dataflow:
+    """The graph; `write` performs one guarded bulk per batch of coalesced parts (connectors/elastic.py)."""
+    flow = Dataflow(FLOW)
+    msgs = op.input("pull", flow, source)
+    parsed = op.map("decode", msgs, search_views.parse)
+    split = op.branch("split_poison", parsed, search_views.is_parts)
+    parts = op.flat_map("fan_out", split.trues, lambda found: found)
+    keyed = op.key_on("key_by_doc", parts, search_views.part_key)
+    # a document's changes meet on one worker and are written once per flush (FINDINGS: same-doc bulk updates are slow)
+    batches = collect_for("coalesce", keyed, flush, flush_max)
+    outcomes = op.flat_map_batch("write_es", batches, write)
+    settled = settle_parts("join_parts", outcomes)  # ack only when every part's write is durable: SYSTEM.md §5
+    poisoned = cast("Stream[Settle]", split.falses)  # branch narrows only the true side
+    op.output("settle", op.merge("all_settled", settled, poisoned), sink)  # poison: dead-letter, then ack
+    return flow
+
+
+_built: Dataflow | None = None
+
+
+def __getattr__(name: str) -> Dataflow:
+    """Build `flow` from the `CHATFED_*` settings when `python -m bytewax.run dataflows.search_sync` asks."""
+    global _built
+    if name != "flow":
+        raise AttributeError(name)
+    if _built is None:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        settings = load_settings()
+        stop_on_sigterm()
+        metrics.serve(settings.tuning.metrics_port)
+        log.info("search_sync starting: %s", settings.describe())
+        indexes = elastic.SearchIndexes.for_site(settings.require_elastic(), settings.site)
+        writer = elastic.SearchViewsWriter(settings.elastic, indexes, flow=FLOW)
+        elastic.install(writer.es, indexes)
+        _built = build_flow(
+            JetStreamSource(settings.nats, settings.tuning, stream=subjects.inbox_stream(settings.site), durable=subjects.SEARCH_SYNC),
+            writer.write,
+            SettleSink(settings.nats, settings.tuning, flow=FLOW, dlq_subject=subjects.dlq(settings.site, FLOW)),
+            flush=timedelta(milliseconds=settings.tuning.flush_ms),
+            flush_max=settings.tuning.flush_max,
+        )
+    return _built

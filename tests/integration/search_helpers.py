@@ -1,0 +1,137 @@
+"""Integration helpers for search_sync: a test site with its streams and indexes, publishing, reading the views back."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import nats.js.errors
+from elasticsearch import Elasticsearch, NotFoundError
+from nats.aio.client import Client
+
+from connectors.elastic import SearchIndexes
+from schemas import subjects
+from schemas.streams import site_streams
+from tests.support import (
+    FlowProcess,
+    bootstrap_local_sites,
+    connect,
+    flow_env,
+    unique_site,
+    wait_drained,
+)
+from tests.unit.search_oracle import Event, event_bytes
+
+FLOW_MODULE = "dataflows.search_sync"
+
+
+@dataclass
+class SearchSite:
+    """One isolated test site: streams on s1, its own indexes, and the flow processes started for it."""
+
+    servers: Mapping[str, Any]
+    site: str
+    nc: Client
+    es: Elasticsearch
+    flows: list[FlowProcess] = field(default_factory=list)
+    others: list[str] = field(default_factory=list)
+
+    @property
+    def indexes(self) -> SearchIndexes:
+        return SearchIndexes(user_room=f"user-room-{self.site}", spotlight=f"spotlight-{self.site}", room_names=f"room-names-{self.site}")
+
+    def start_flow(self, *, processes: int = 1, **env: str) -> FlowProcess:
+        flow = FlowProcess(FLOW_MODULE, flow_env(self.servers, self.site, **env), processes=processes).start()
+        self.flows.append(flow)
+        return flow
+
+    async def publish(self, items: Sequence[tuple[str, bytes]], chunk: int = 500) -> None:
+        """Publish (subject, data) pairs to JetStream, `chunk` in flight at a time."""
+        js = self.nc.jetstream()
+        for start in range(0, len(items), chunk):
+            await asyncio.gather(*(js.publish(subject, data) for subject, data in items[start : start + chunk]))
+
+    async def drain(self, timeout: float = 120) -> None:
+        await wait_drained(self.nc.jetstream(), subjects.inbox_stream(self.site), subjects.SEARCH_SYNC, timeout=timeout)
+
+    def documents(self, index: str) -> dict[str, dict[str, Any]]:
+        """Every document of `index` by id (refreshed first)."""
+        self.es.indices.refresh(index=index)
+        docs: dict[str, dict[str, Any]] = {}
+        after: list[Any] | None = None
+        while True:
+            page = self.es.search(index=index, size=5000, sort=[{"_doc": "asc"}], search_after=after, query={"match_all": {}})["hits"]["hits"]
+            if not page:
+                return docs
+            docs.update({hit["_id"]: hit["_source"] for hit in page})
+            after = page[-1]["sort"]
+
+    def views(self) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+        """user-room docs reduced to the oracle's fields, and spotlight ids -> room names."""
+        user_rooms = {
+            account: {"rooms": doc["rooms"], "restrictedRooms": doc["restrictedRooms"], "roomTimestamps": doc["roomTimestamps"]}
+            for account, doc in self.documents(self.indexes.user_room).items()
+        }
+        spotlight = {doc_id: doc["roomName"] for doc_id, doc in self.documents(self.indexes.spotlight).items()}
+        return user_rooms, spotlight
+
+
+def member_subject(site: str, event: Event, lane: int) -> str:
+    event_type = "member_added" if event.added else "member_removed"
+    return subjects.inbox_aggregate(site, event_type) if lane % 2 else subjects.inbox_local(site, event_type)
+
+
+def random_history(count: int, accounts: int, rooms: int, seed: int, prefix: str = "") -> tuple[list[Event], list[Event]]:
+    """`count` events with distinct timestamps, and a delivery order with ~5 % duplicates, shuffled."""
+    rng = random.Random(seed)
+    stamps = rng.sample(range(1_000, 1_000 + count * 10), count)
+    events = []
+    for ts in stamps:
+        add = rng.random() < 0.6
+        restricted = add and rng.random() < 0.2
+        events.append(Event(f"{prefix}u{rng.randrange(accounts)}", f"{prefix}r{rng.randrange(rooms)}", ts, add, ts - 1 if restricted else 0))
+    order = events + rng.sample(events, count // 20)
+    rng.shuffle(order)
+    return events, order
+
+
+def publishable(site: str, order: Sequence[Event]) -> list[tuple[str, bytes]]:
+    return [(member_subject(site, event, index), event_bytes(event)) for index, event in enumerate(order)]
+
+
+def cleanup_indexes(es: Elasticsearch, site: str) -> None:
+    es.indices.delete(index=f"*-{site}*", ignore_unavailable=True, allow_no_indices=True, expand_wildcards="all")
+    try:
+        found = es.indices.get_index_template(name=f"chatfed-*-{site}")["index_templates"]
+    except NotFoundError:
+        return
+    for template in found:
+        es.indices.delete_index_template(name=template["name"])
+
+
+async def open_site(servers: Mapping[str, Any], es: Elasticsearch) -> SearchSite:
+    """A fresh test site: its streams and consumers on s1 (sources without external API), no indexes yet."""
+    site, other = unique_site(), unique_site()
+    nc = await connect(servers["sites"]["s1"]["nats_url"])
+    await bootstrap_local_sites(nc, [site, other])
+    test_site = SearchSite(servers=servers, site=site, nc=nc, es=es)
+    test_site.others.append(other)
+    return test_site
+
+
+async def close_site(test_site: SearchSite) -> None:
+    """Stop its flows, delete its indexes, templates and streams."""
+    for flow in test_site.flows:
+        flow.stop()
+    cleanup_indexes(test_site.es, test_site.site)
+    js = test_site.nc.jetstream()
+    for site in [test_site.site, *test_site.others]:
+        for spec in site_streams(site, [test_site.site, *test_site.others]):
+            try:
+                await js.delete_stream(spec.name)
+            except nats.js.errors.NotFoundError:
+                pass  # already gone: nothing to clean
+    await test_site.nc.close()

@@ -1,0 +1,116 @@
+"""search_sync under crashes, an Elasticsearch outage and a 2-process cluster: the views still equal the oracle."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from elasticsearch import Elasticsearch
+
+from schemas import subjects
+from tests.integration.search_helpers import (
+    SearchSite,
+    close_site,
+    open_site,
+    publishable,
+    random_history,
+)
+from tests.support import REPO, wait_for
+from tests.unit.search_oracle import oracle
+
+ES_PID = REPO / ".local" / "run" / "es.pid"
+
+
+@pytest.fixture
+async def search_site(servers: dict[str, Any], es_url: str) -> AsyncIterator[SearchSite]:
+    site = await open_site(servers, Elasticsearch(es_url))
+    yield site
+    await close_site(site)
+
+
+@pytest.fixture
+async def second_site(servers: dict[str, Any], es_url: str) -> AsyncIterator[SearchSite]:
+    site = await open_site(servers, Elasticsearch(es_url))
+    yield site
+    await close_site(site)
+
+
+async def _acked(site: SearchSite) -> int:
+    info = await site.nc.jetstream().consumer_info(subjects.inbox_stream(site.site), subjects.SEARCH_SYNC)
+    return int(info.ack_floor.stream_seq or 0)
+
+
+async def _dead_letters(site: SearchSite) -> int:
+    info = await site.nc.jetstream().stream_info(subjects.dlq_stream(site.site))
+    return int(info.state.messages)
+
+
+@pytest.mark.slow
+async def test_kill_9_mid_run_then_restart_equals_the_oracle(search_site: SearchSite) -> None:
+    events, order = random_history(19_000, accounts=100, rooms=60, seed=9)  # + 5 % duplicates ≈ 20,000 messages
+    await search_site.publish(publishable(search_site.site, order))
+    flow = search_site.start_flow()
+    await wait_for(lambda: _acked_between(search_site, 3_000), timeout=120, interval=0.05, what="some progress")
+    flow.kill()  # kill -9: un-acked work and coalescing buffers are lost
+    assert await _acked(search_site) < len(order), "the kill must land mid-run"
+    search_site.start_flow()
+    await search_site.drain(timeout=240)
+    assert search_site.views() == oracle(events)
+    assert await _dead_letters(search_site) == 0
+
+
+async def _acked_between(site: SearchSite, low: int) -> bool:
+    return await _acked(site) >= low
+
+
+@pytest.mark.slow
+async def test_two_processes_give_the_same_indexes_as_one(search_site: SearchSite, second_site: SearchSite) -> None:
+    events, order = random_history(9_500, accounts=80, rooms=40, seed=2)  # ≈ 10,000 messages
+    await search_site.publish(publishable(search_site.site, order))
+    await second_site.publish(publishable(second_site.site, order))
+    search_site.start_flow(processes=2)
+    second_site.start_flow(processes=1)
+    await search_site.drain(timeout=240)
+    await second_site.drain(timeout=240)
+    two = {index: search_site.documents(getattr(search_site.indexes, index)) for index in ("user_room", "spotlight")}
+    one = {index: second_site.documents(getattr(second_site.indexes, index)) for index in ("user_room", "spotlight")}
+    assert two == one
+    assert search_site.views() == oracle(events)
+
+
+def _es_up() -> None:
+    subprocess.run([sys.executable, str(REPO / "scripts" / "services.py"), "up"], check=True, capture_output=True, timeout=300)
+
+
+@pytest.mark.slow
+async def test_elasticsearch_down_30s_loses_nothing_and_dead_letters_nothing(search_site: SearchSite) -> None:
+    events, order = random_history(6_000, accounts=60, rooms=40, seed=30)
+    search_site.start_flow()
+    await search_site.publish(publishable(search_site.site, order[:2_000]))
+    await wait_for(lambda: _acked_between(search_site, 1_000), timeout=120, interval=0.05, what="some progress")
+    try:
+        os.kill(int(ES_PID.read_text().strip()), signal.SIGTERM)
+        await wait_for(lambda: not _es_answers(search_site.es), timeout=60, what="Elasticsearch to stop")
+        await search_site.publish(publishable(search_site.site, order[2_000:]))  # arrives during the outage
+        await asyncio.sleep(30)
+    finally:
+        await asyncio.to_thread(_es_up)  # always bring it back, whatever happened above
+    await search_site.drain(timeout=300)
+    assert await _dead_letters(search_site) == 0
+    assert search_site.views() == oracle(events)
+    for flow in search_site.flows:
+        flow.assert_alive()
+
+
+def _es_answers(es: Elasticsearch) -> bool:
+    try:
+        es.cluster.health()
+    except Exception:  # noqa: BLE001 - any failure means "not answering", which is what we wait for
+        return False
+    return True
