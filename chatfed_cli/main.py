@@ -9,6 +9,7 @@ import time
 import msgspec
 import nats
 import typer
+from elasticsearch import Elasticsearch
 from rich.console import Console
 from rich.table import Table
 
@@ -201,6 +202,86 @@ def dlq_replay(
             await client.close()
 
     typer.echo(f"replayed {asyncio.run(run_replay())} dead letter(s)")
+
+
+search_app = typer.Typer(help="Query a site's search views.", no_args_is_help=True)
+user_app = typer.Typer(help="What a user sees on a site.", no_args_is_help=True)
+app.add_typer(search_app, name="search")
+app.add_typer(user_app, name="user")
+
+
+def _elastic(topology: Topology) -> Elasticsearch:
+    from connectors.elastic import elastic_client
+    from connectors.settings import ElasticSettings
+
+    return elastic_client(ElasticSettings(url=topology.es_url))
+
+
+@search_app.command("rooms")
+def search_rooms(
+    query: str = typer.Argument(..., help="Room name as typed so far."),
+    site: str = typer.Option(..., "--site", "-s"),
+    user: str = typer.Option(..., "--user", "-u", help="Whose rooms to search."),
+    room_type: str = typer.Option("", "--type", help="Only rooms of this type (channel, dm, botDM)."),
+    size: int = typer.Option(10, min=1, max=100),
+) -> None:
+    """Room-name typeahead for a user: their rooms matching QUERY, best first."""
+    from connectors.search_queries import typeahead
+
+    topology = load_topology()
+    _site(topology, site)
+    hits = typeahead(_elastic(topology), f"spotlight-{site}", user, query, room_type or None, size)
+    for hit in hits:
+        typer.echo(f"{hit.room_id}\t{hit.room_type}\t{hit.room_name}")
+    if not hits:
+        typer.echo("no match", err=True)
+
+
+@user_app.command("rooms")
+def user_rooms(
+    site: str = typer.Option(..., "--site", "-s"),
+    user: str = typer.Option(..., "--user", "-u"),
+) -> None:
+    """The rooms a user may search on a site: full history, and history-restricted since a time."""
+    from connectors.search_queries import rooms_for
+
+    topology = load_topology()
+    _site(topology, site)
+    doc = rooms_for(_elastic(topology), f"user-room-{site}", user)
+    if doc is None:
+        typer.echo(f"{user} has no searchable rooms on {site}", err=True)
+        raise typer.Exit(1)
+    typer.echo(msgspec.json.encode({"rooms": doc.rooms, "restrictedRooms": doc.restricted_rooms}).decode())
+
+
+@app.command()
+def rebuild(
+    site: str = typer.Option(..., "--site", "-s"),
+    keep_old: bool = typer.Option(False, help="Keep the old indexes after the swap."),
+) -> None:
+    """Rebuild a site's search views from its INBOX stream into new indexes, then swap the aliases atomically."""
+    from rich.progress import Progress
+
+    from chatfed_cli.flows import flow_env
+    from chatfed_cli.rebuild import rebuild_site
+    from connectors.settings import ElasticSettings, NatsSettings
+
+    topology = load_topology()
+    info = _site(topology, site)
+    with Progress(console=console) as bar:
+        task = bar.add_task(f"replaying INBOX_{site}", total=None)
+        report = rebuild_site(
+            site=site,
+            nats_settings=NatsSettings(url=info.nats_url, user=info.nats_user, password=info.nats_password, creds=info.nats_creds),
+            elastic_settings=ElasticSettings(url=topology.es_url),
+            flow_env=flow_env(topology, site),
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+            keep_old=keep_old,
+        )
+    typer.echo(
+        f"rebuilt {site}: {report.events} events -> {report.documents} documents in {report.fill_seconds:.1f}s "
+        f"({report.docs_per_second:.0f} docs/s); aliases now on {', '.join(report.new_indexes.values())}"
+    )
 
 
 @app.command()

@@ -49,7 +49,11 @@ class SearchIndexes(msgspec.Struct, frozen=True, kw_only=True):
 
     @classmethod
     def for_site(cls, settings: ElasticSettings, site: str) -> SearchIndexes:
-        return cls(user_room=settings.user_room_index, spotlight=settings.spotlight_index, room_names=f"room-names-{site}")
+        return cls(
+            user_room=settings.user_room_index,
+            spotlight=settings.spotlight_index,
+            room_names=settings.room_names_index or f"room-names-{site}",
+        )
 
 
 def elastic_client(settings: ElasticSettings) -> Elasticsearch:

@@ -42,6 +42,7 @@ class ElasticSettings(msgspec.Struct, frozen=True, kw_only=True):
     verify_certs: bool = True
     user_room_index: str = ""
     spotlight_index: str = ""
+    room_names_index: str = ""
 
 
 class Tuning(msgspec.Struct, frozen=True, kw_only=True):
@@ -60,6 +61,7 @@ class Tuning(msgspec.Struct, frozen=True, kw_only=True):
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     site: str
+    durable: str  # "" = the flow's own durable; a rebuild points search_sync at a temporary one
     nats: NatsSettings
     mongo: MongoSettings
     elastic: ElasticSettings
@@ -143,6 +145,7 @@ def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
         raise ConfigError(f"{_TUNING_VARS.get(field, field)}: {exc}") from None
     return Settings(
         site=site,
+        durable=env.get("CHATFED_DURABLE", ""),
         nats=NatsSettings(
             url=_required(env, "CHATFED_NATS_URL"),
             user=env.get("CHATFED_NATS_USER", ""),
@@ -165,6 +168,7 @@ def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
             verify_certs=env.get("CHATFED_ES_VERIFY_CERTS", "true").lower() not in {"0", "false", "no"},
             user_room_index=env.get("CHATFED_USER_ROOM_INDEX", "") or f"user-room-{site}",
             spotlight_index=env.get("CHATFED_SPOTLIGHT_INDEX", "") or f"spotlight-{site}",
+            room_names_index=env.get("CHATFED_ROOM_NAMES_INDEX", "") or f"room-names-{site}",
         ),
         tuning=tuned,
     )

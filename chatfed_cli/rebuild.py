@@ -1,0 +1,175 @@
+"""Rebuild a site's search views from `INBOX_{site}` into new indexes, then swap the aliases atomically.
+
+A temporary durable (deliver all) replays the stream into new concrete indexes reached through
+temporary aliases, while the live search_sync keeps serving and updating the old ones. Once the
+replay has caught up, one `_aliases` request moves every live alias to the new indexes; the replay
+keeps running until it has drained whatever the live flow wrote to the old indexes just before the
+swap (last-write-wins makes the overlap harmless), then the temporary pieces are removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import msgspec
+import nats
+from elasticsearch import Elasticsearch
+from nats.aio.client import Client
+from nats.js.client import JetStreamContext
+
+from chatfed_cli.topology import REPO
+from connectors import elastic
+from connectors.bootstrap import ensure_consumer
+from connectors.settings import ElasticSettings, NatsSettings
+from schemas import subjects
+from schemas.streams import site_consumers
+
+Progress = Callable[[int, int], None]
+
+
+class RebuildError(RuntimeError):
+    """The replay flow died or did not catch up in time; the live indexes were left untouched."""
+
+
+class RebuildReport(msgspec.Struct, frozen=True, kw_only=True):
+    site: str
+    events: int
+    documents: int
+    fill_seconds: float
+    new_indexes: dict[str, str]  # alias -> new concrete index
+
+    @property
+    def docs_per_second(self) -> float:
+        return self.documents / self.fill_seconds if self.fill_seconds > 0 else 0.0
+
+
+async def _connect(settings: NatsSettings) -> Client:
+    options: dict[str, Any] = {"servers": [settings.url], "name": "chatfed-rebuild"}
+    if settings.user:
+        options.update(user=settings.user, password=settings.password)
+    if settings.creds:
+        options["user_credentials"] = settings.creds
+    return await nats.connect(**options)
+
+
+async def _backlog(js: JetStreamContext, site: str, durable: str) -> tuple[int, int]:
+    info = await js.consumer_info(subjects.inbox_stream(site), durable)
+    return int(info.num_pending or 0), int(info.num_ack_pending or 0)
+
+
+async def _wait_caught_up(
+    js: JetStreamContext, site: str, durable: str, flow: subprocess.Popen[bytes], total: int, progress: Progress, timeout: float
+) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if flow.poll() is not None:
+            raise RebuildError(f"the replay flow exited with {flow.returncode}; see its log")
+        pending, ack_pending = await _backlog(js, site, durable)
+        progress(max(total - pending - ack_pending, 0), total)
+        if pending == 0 and ack_pending == 0:
+            return
+        if time.monotonic() > deadline:
+            raise RebuildError(f"replay not caught up after {timeout:.0f}s ({pending} pending, {ack_pending} unacked)")
+        await asyncio.sleep(0.2)
+
+
+def _swap_aliases(es: Elasticsearch, targets: Mapping[str, str]) -> list[str]:
+    """Point every alias at its new index in one atomic request; the old concrete indexes."""
+    old: list[str] = []
+    actions: list[dict[str, Any]] = []
+    for alias, new_index in targets.items():
+        for index in es.indices.get_alias(name=alias):
+            old.append(index)
+            actions.append({"remove": {"index": index, "alias": alias}})
+        actions.append({"add": {"index": new_index, "alias": alias, "is_write_index": True}})
+    es.indices.update_aliases(actions=actions)
+    return old
+
+
+def _count(es: Elasticsearch, indexes: list[str]) -> int:
+    es.indices.refresh(index=",".join(indexes))
+    return sum(int(es.count(index=index)["count"]) for index in indexes)
+
+
+async def _rebuild(
+    *, site: str, nats_settings: NatsSettings, es: Elasticsearch, live: elastic.SearchIndexes,
+    flow_env: Mapping[str, str], progress: Progress, keep_old: bool, timeout: float,
+) -> RebuildReport:
+    stamp = time.strftime("%Y%m%d%H%M%S")
+    aliases = [live.user_room, live.spotlight, live.room_names]
+    targets = {alias: f"{alias}-v{stamp}" for alias in aliases}
+    staging = {alias: f"rebuild-{stamp}-{alias}" for alias in aliases}
+    durable = f"search-rebuild-{stamp}"
+    elastic.install(es, live)  # templates (matching `{alias}-v*`) and the live aliases exist
+    for alias in aliases:
+        es.indices.create(index=targets[alias], aliases={staging[alias]: {"is_write_index": True}})
+
+    client = await _connect(nats_settings)
+    js = client.jetstream()
+    spec = next(c for c in site_consumers(site) if c.durable == subjects.SEARCH_SYNC)
+    await ensure_consumer(js, msgspec.structs.replace(spec, durable=durable, deliver_all=True))
+    total = sum(await _backlog(js, site, durable))
+    env = dict(flow_env) | {
+        "CHATFED_DURABLE": durable,
+        "CHATFED_USER_ROOM_INDEX": staging[live.user_room],
+        "CHATFED_SPOTLIGHT_INDEX": staging[live.spotlight],
+        "CHATFED_ROOM_NAMES_INDEX": staging[live.room_names],
+    }
+    log_dir = REPO / ".local" / "logs" / "flows"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with open(log_dir / f"rebuild-{site}-{stamp}.log", "ab") as log:
+        flow = subprocess.Popen(  # noqa: S603 - our interpreter, our flow
+            [sys.executable, "-m", "bytewax.run", "dataflows.search_sync"], env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT
+        )
+    swapped = False
+    try:
+        started = time.monotonic()
+        await _wait_caught_up(js, site, durable, flow, total, progress, timeout)
+        fill_seconds = time.monotonic() - started
+        documents = _count(es, [targets[live.user_room], targets[live.spotlight]])
+        old = _swap_aliases(es, targets)
+        swapped = True
+        # the live flow may have written to the old indexes until the swap: replay that tail too
+        await asyncio.sleep(0.5)
+        await _wait_caught_up(js, site, durable, flow, total, lambda done, all_: None, timeout)
+    finally:
+        if flow.poll() is None:
+            flow.send_signal(signal.SIGTERM)  # the flow maps SIGTERM to a clean stop
+            try:
+                flow.wait(30)
+            except subprocess.TimeoutExpired:
+                flow.kill()
+                flow.wait()
+        await js.delete_consumer(subjects.inbox_stream(site), durable)
+        await client.close()
+        quiet = es.options(ignore_status=404)
+        for alias in aliases:
+            quiet.indices.delete_alias(index=targets[alias], name=staging[alias])
+            quiet.indices.delete_index_template(name=f"chatfed-{staging[alias]}")
+        if not swapped:  # the live indexes are untouched; drop the half-filled new ones
+            quiet.indices.delete(index=",".join(targets.values()))
+    if not keep_old and old:
+        es.indices.delete(index=",".join(old), ignore_unavailable=True)
+    return RebuildReport(site=site, events=total, documents=documents, fill_seconds=fill_seconds, new_indexes=targets)
+
+
+def rebuild_site(
+    *, site: str, nats_settings: NatsSettings, elastic_settings: ElasticSettings, flow_env: Mapping[str, str],
+    progress: Progress = lambda done, total: None, keep_old: bool = False, timeout: float = 1800,
+) -> RebuildReport:
+    """Rebuild `site`'s user-room, spotlight and room-names indexes from its INBOX stream, without downtime."""
+    es = elastic.elastic_client(elastic_settings)
+    live = elastic.SearchIndexes(
+        user_room=elastic_settings.user_room_index or f"user-room-{site}",
+        spotlight=elastic_settings.spotlight_index or f"spotlight-{site}",
+        room_names=elastic_settings.room_names_index or f"room-names-{site}",
+    )
+    return asyncio.run(
+        _rebuild(site=site, nats_settings=nats_settings, es=es, live=live, flow_env=flow_env, progress=progress, keep_old=keep_old, timeout=timeout)
+    )

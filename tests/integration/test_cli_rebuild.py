@@ -1,0 +1,103 @@
+"""`chatfed rebuild` under live traffic: the swapped-in views equal the oracle and reads never break."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from elasticsearch import Elasticsearch
+
+from chatfed_cli.rebuild import rebuild_site
+from connectors.search_queries import rooms_for, typeahead
+from connectors.settings import ElasticSettings, NatsSettings
+from tests.integration.search_helpers import SearchSite, close_site, open_site, publishable, random_history
+from tests.support import flow_env
+from tests.unit.search_oracle import Event, oracle
+
+
+@pytest.fixture
+async def search_site(servers: dict[str, Any], es_url: str) -> AsyncIterator[SearchSite]:
+    site = await open_site(servers, Elasticsearch(es_url))
+    yield site
+    await close_site(site)
+
+
+class Reader(threading.Thread):
+    """Searches for users who have rooms, over and over, counting failures and empty answers."""
+
+    def __init__(self, es: Elasticsearch, site: str, expected: dict[str, list[str]]) -> None:
+        super().__init__(daemon=True)
+        self.es, self.site, self.expected = es, site, expected
+        self.stop = threading.Event()
+        self.reads = 0
+        self.problems: list[str] = []
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            for account, rooms in self.expected.items():
+                try:
+                    doc = rooms_for(self.es, f"user-room-{self.site}", account)
+                    hits = typeahead(self.es, f"spotlight-{self.site}", account, "name of")
+                except Exception as exc:  # noqa: BLE001 - every failure is what this test counts
+                    self.problems.append(f"{account}: {exc!r}")
+                    continue
+                self.reads += 1
+                if doc is None or sorted(doc.rooms) != rooms or not hits:
+                    self.problems.append(f"{account}: rooms={None if doc is None else doc.rooms} hits={len(hits)}")
+
+
+async def test_rebuild_under_live_traffic_swaps_in_views_equal_to_the_oracle(search_site: SearchSite, servers: dict[str, Any], es_url: str) -> None:
+    site = search_site.site
+    history, order = random_history(3_000, accounts=40, rooms=30, seed=11)
+    # live traffic touches other accounts, so the steady users' answers must never change
+    traffic, traffic_order = random_history(1_500, accounts=20, rooms=10, seed=12, prefix="live-")
+    traffic = [Event(e.account, e.room, e.ts + 1_000_000, e.added, e.hss + 1_000_000 if e.hss else 0) for e in traffic]
+    shifted = {(e.account, e.room, e.ts - 1_000_000): e for e in traffic}
+    traffic_order = [shifted[(e.account, e.room, e.ts)] for e in traffic_order]
+
+    search_site.start_flow()
+    await search_site.publish(publishable(site, order))
+    await search_site.drain()
+    steady_docs, _ = oracle(history)
+    steady = {account: sorted(doc["rooms"]) for account, doc in steady_docs.items() if doc["rooms"]}  # type: ignore[arg-type]
+    assert steady, "the history gives some users rooms"
+
+    search_site.es.indices.refresh(index=f"spotlight-{site}")  # searches are near-real-time; gets are not
+    reader = Reader(Elasticsearch(es_url), site, steady)
+    reader.start()
+    s1 = servers["sites"]["s1"]
+    rebuild = asyncio.create_task(
+        asyncio.to_thread(
+            rebuild_site,
+            site=site,
+            nats_settings=NatsSettings(url=s1["nats_url"]),
+            elastic_settings=ElasticSettings(url=es_url),
+            flow_env=flow_env(servers, site),
+            timeout=300,
+        )
+    )
+    items = publishable(site, traffic_order)
+    while not rebuild.done() or items:
+        chunk, items = items[:50], items[50:]
+        if chunk:
+            await search_site.publish(chunk)
+        await asyncio.sleep(0.05)
+    report = await rebuild
+    reader.stop.set()
+    reader.join(10)
+
+    await search_site.drain()
+    user_rooms, spotlight = search_site.views()
+    expected_rooms, expected_spotlight = oracle(history + traffic)
+    assert {a: {**d, "rooms": sorted(d["rooms"])} for a, d in user_rooms.items()} == {
+        a: {**d, "rooms": sorted(d["rooms"])} for a, d in expected_rooms.items()  # type: ignore[arg-type]
+    }
+    assert set(spotlight) == set(expected_spotlight)
+    assert reader.reads > 0
+    assert reader.problems == []
+    aliases = search_site.es.indices.get_alias(name=f"user-room-{site}")
+    assert list(aliases) == [report.new_indexes[f"user-room-{site}"]]
+    assert report.documents > 0 and report.events >= len(order)
