@@ -8,9 +8,11 @@ PY=.venv/bin/python
 
 usage() {
   cat <<'USAGE'
-usage: ./run.sh <command> [args]
+usage: ./run.sh [--keep]               the main job: two federated sites end to end (--keep: leave them running)
+       ./run.sh <command> [args]
   install                       install the venv, Elasticsearch and FerretDB under .venv/ and .local/
   services up|down|status|info  manage the local servers (down --purge also deletes their data)
+  services rotate-secrets       new NATS passwords (servers down; see README, Security model)
   test [pytest args]            install, start the servers, run pytest, stop the servers it started
   bootstrap                     create or update every site's streams, sources and consumers
   flows up|down|status          run the three dataflows of every site in the background
@@ -37,6 +39,27 @@ run_tests() {
   return "$rc"
 }
 
+# The main job: a two-site federation end to end (issue 6). Stops what it started unless --keep.
+main_job() {
+  local keep=${1:-} rc=0
+  bash scripts/install.sh
+  if [[ $keep != --keep ]]; then
+    # stop the flows, and the servers unless another run (or you) still uses them: services.py release
+    trap '.venv/bin/chatfed flows down >/dev/null || true; .venv/bin/python scripts/services.py release $$ >/dev/null' EXIT
+  fi
+  if [[ $keep == --keep ]]; then
+    .venv/bin/python scripts/services.py up
+  else
+    .venv/bin/python scripts/services.py up --lease $$
+  fi
+  .venv/bin/chatfed flows up
+  .venv/bin/chatfed demo || rc=$?
+  if [[ $keep == --keep ]]; then
+    echo "servers and flows keep running: ./run.sh cli status; stop with ./run.sh flows down && ./run.sh services down"
+  fi
+  return "$rc"
+}
+
 case "${1:-}" in
   install) bash scripts/install.sh ;;
   services) shift; services "$@" ;;
@@ -44,10 +67,7 @@ case "${1:-}" in
   bootstrap) shift; bash scripts/install.sh; .venv/bin/chatfed bootstrap "$@" ;;
   flows) shift; bash scripts/install.sh; .venv/bin/chatfed flows "$@" ;;
   cli) shift; bash scripts/install.sh; .venv/bin/chatfed "$@" ;;
-  "")
-    echo "main job not implemented yet" >&2
-    exit 2
-    ;;
+  ""|--keep) main_job "${1:-}" ;;
   -h|--help|help) usage ;;
   *) usage >&2; exit 2 ;;
 esac

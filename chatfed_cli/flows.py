@@ -45,8 +45,8 @@ def flow_env(topology: Topology, site: str) -> dict[str, str]:
         "PYTHONPATH": str(REPO),
         "PYTHONUNBUFFERED": "1",
     }
-    if desc.nats_user:
-        env |= {"CHATFED_NATS_USER": desc.nats_user, "CHATFED_NATS_PASSWORD": desc.nats_password}
+    if desc.service_user:
+        env |= {"CHATFED_NATS_USER": desc.service_user, "CHATFED_NATS_PASSWORD": desc.service_password}
     if desc.nats_creds:
         env["CHATFED_NATS_CREDS"] = desc.nats_creds
     return env

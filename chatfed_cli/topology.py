@@ -18,9 +18,11 @@ class SiteInfo(msgspec.Struct, frozen=True, kw_only=True):
     nats_url: str
     mongo_db: str
     domain: str
-    nats_user: str = ""
+    nats_user: str = ""  # the site's operator: manages its own site
     nats_password: str = ""
     nats_creds: str = ""
+    service_user: str = ""  # what the flows connect as: only the subjects they use
+    service_password: str = ""
 
 
 class Topology(msgspec.Struct, frozen=True, kw_only=True):

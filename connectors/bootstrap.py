@@ -36,7 +36,7 @@ def _source_config(spec: SourceSpec, federated: bool) -> StreamSource:
     external = federated and bool(spec.external_api_prefix)
     return StreamSource(
         name=spec.name,
-        external=ExternalStream(api=spec.external_api_prefix) if external else None,
+        external=ExternalStream(api=spec.external_api_prefix, deliver=spec.external_deliver_prefix or None) if external else None,
         subject_transforms=[SubjectTransform(src=spec.transform_src, dest=spec.transform_dest)],
     )
 

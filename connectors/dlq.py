@@ -35,6 +35,7 @@ _DLQ_HEADERS = frozenset(
         carriers.DLQ_DELIVERIES,
         carriers.DLQ_FLOW,
         carriers.DLQ_ORIGINAL_MSG_ID,
+        carriers.DLQ_STREAM_SOURCE,
         "Nats-Msg-Id",
     }
 )
@@ -78,6 +79,9 @@ def replay_headers(letter: DeadLetter) -> dict[str, str]:
     """The original headers, with a fresh dedup id: the original id is still inside the stream's window."""
     headers = {key: value for key, value in letter.headers.items() if key not in _DLQ_HEADERS}
     headers["Nats-Msg-Id"] = f"replay:{letter.stream}:{letter.stream_seq}:{uuid.uuid4().hex}"
+    source = letter.headers.get(carriers.DLQ_STREAM_SOURCE)
+    if source:
+        headers[carriers.REPLAYED_STREAM_SOURCE] = source
     return headers
 
 

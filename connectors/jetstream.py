@@ -61,8 +61,9 @@ class _PullState:
 
 
 class _JetStreamPartition(StatelessSourcePartition[Delivery]):
-    def __init__(self, nats: NatsSettings, tuning: Tuning, stream: str, durable: str) -> None:
+    def __init__(self, nats: NatsSettings, tuning: Tuning, stream: str, durable: str, max_batch: int) -> None:
         self._tuning = tuning
+        self._max_batch = max_batch
         self._stream = stream
         self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
         self._buffer: collections.deque[Delivery] = collections.deque()
@@ -136,7 +137,7 @@ class _JetStreamPartition(StatelessSourcePartition[Delivery]):
         if self._pump.done() and not self._pump.cancelled():
             self._pump.result()
         buffer = self._buffer
-        count = min(len(buffer), self._tuning.pull_batch * 4)
+        count = min(len(buffer), self._max_batch)
         return [buffer.popleft() for _ in range(count)]
 
     @override
@@ -151,24 +152,33 @@ class _JetStreamPartition(StatelessSourcePartition[Delivery]):
 
 
 class JetStreamSource(DynamicSource[Delivery]):
-    """Every worker pulls continuously from the same durable consumer; JetStream spreads the messages."""
+    """Every worker pulls continuously from the same durable consumer; JetStream spreads the messages.
 
-    def __init__(self, nats: NatsSettings, tuning: Tuning, *, stream: str, durable: str) -> None:
+    `next_batch` hands Bytewax at most `max_batch` deliveries (default `4 * pull_batch`). A flow that
+    coalesces per document passes more (up to `max_buffered`): whatever piled up while it was writing
+    then arrives in one batch and is written as one, so a backlog coalesces instead of being written
+    in small slices.
+    """
+
+    def __init__(self, nats: NatsSettings, tuning: Tuning, *, stream: str, durable: str, max_batch: int | None = None) -> None:
         self._nats = nats
         self._tuning = tuning
         self._stream = stream
         self._durable = durable
+        self._max_batch = max_batch or tuning.pull_batch * 4
 
     @override
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _JetStreamPartition:
-        return _JetStreamPartition(self._nats, self._tuning, self._stream, self._durable)
+        return _JetStreamPartition(self._nats, self._tuning, self._stream, self._durable, self._max_batch)
 
 
 def dead_letter_headers(settle: Settle, flow: str) -> dict[str, str]:
     """Headers of the dead-letter copy: the original's own headers (a replay needs them), why, and where it lived."""
     delivery = settle.delivery
     original = delivery.headers or {}
-    headers = {key: value for key, value in original.items() if key != "Nats-Msg-Id"}
+    headers = {key: value for key, value in original.items() if not key.startswith("Nats-")}
+    if "Nats-Stream-Source" in original:
+        headers[carriers.DLQ_STREAM_SOURCE] = original["Nats-Stream-Source"]
     headers |= {
         carriers.DLQ_REASON: " ".join(settle.reason.split())[:1024] or "unspecified",  # headers are one line
         carriers.DLQ_SUBJECT: delivery.subject,

@@ -60,3 +60,8 @@ DLQ_SEQUENCE: Final = "Chatfed-Dlq-Sequence"
 DLQ_DELIVERIES: Final = "Chatfed-Dlq-Deliveries"
 DLQ_FLOW: Final = "Chatfed-Dlq-Flow"
 DLQ_ORIGINAL_MSG_ID: Final = "Chatfed-Dlq-Original-Msg-Id"
+# The server refuses a publish carrying Nats-Stream-Source (err 10227), so the dead letter keeps it under
+# this name, and a replay into the aggregate lane presents it as REPLAYED_STREAM_SOURCE; only a site's
+# operator may publish there (NATS permissions), which is what makes the replayed origin trustworthy.
+DLQ_STREAM_SOURCE: Final = "Chatfed-Dlq-Stream-Source"
+REPLAYED_STREAM_SOURCE: Final = "Chatfed-Replayed-Stream-Source"

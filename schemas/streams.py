@@ -41,6 +41,9 @@ class SourceSpec(msgspec.Struct, frozen=True, kw_only=True):
     external_api_prefix: str  # `$JS.{origin}.API`; a one-server test layout may ignore it
     transform_src: str
     transform_dest: str
+    # where the origin delivers: `fed.deliver.{origin}.to.{dest}`, so that the leafnode permissions
+    # (scripts/services.py) let only the origin publish deliveries a destination accepts as sourced
+    external_deliver_prefix: str = ""
 
 
 class StreamSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -79,6 +82,7 @@ def inbox_sources(site: str, all_sites: Iterable[str]) -> list[SourceSpec]:
                 external_api_prefix=f"$JS.{origin}.API",
                 transform_src=subjects.outbox_to_filter(origin=origin, dest=site),
                 transform_dest=subjects.inbox_aggregate_filter(site),
+                external_deliver_prefix=f"fed.deliver.{origin}.to.{site}",
             )
         )
     return sources

@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """Start, stop and describe chatfed's local servers: a NATS hub, one JetStream NATS per site, ES, FerretDB.
 
-Usage: services.py up [--lease PID] | down [--purge] [NAME...] | status | info | release PID
+Usage: services.py up [--lease PID] | down [--purge] [NAME...] | status | info | release PID | rotate-secrets
   `up --lease` and `release` serve ./run.sh test: the last run to release stops what the runs started.
-  `status` exits 3 when a server is not running.
+  `status` exits 3 when a server is not running. `info` includes each site's NATS operator and service
+  credentials. `rotate-secrets` replaces the NATS passwords (NATS servers down).
 
 Everything lives under the git-ignored .local/: data/<server>, logs/<server>.log, run/<server>.pid,
-conf/<server>.conf. Standard library only. Environment:
+conf/<server>.conf, secrets/nats-<site|hub>.json (NATS users and passwords, 0600, generated at the
+first up). Standard library only. Environment:
   CHATFED_SITES          space-separated site ids (default "s1 s2")
   CHATFED_PORT_BASE      NATS: hub base+0, hub leafnodes base+1, hub monitor base+2,
                          site i client base+10+i, site i monitor base+30+i (default 14220)
@@ -24,6 +26,7 @@ import json
 import os
 import pwd
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -39,7 +42,7 @@ from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCAL = ROOT / ".local"
-DATA, LOGS, RUN, CONF = (LOCAL / d for d in ("data", "logs", "run", "conf"))
+DATA, LOGS, RUN, CONF, SECRETS = (LOCAL / d for d in ("data", "logs", "run", "conf", "secrets"))
 LEASES = RUN / "leases"
 HOST = "127.0.0.1"
 
@@ -137,39 +140,193 @@ def load_layout(env: dict[str, str]) -> Layout:
     )
 
 
+# --------------------------------------------------------------------------- NATS credentials
+
+# Per-site passwords live in SECRETS/nats-<site>.json, the hub's in SECRETS/nats-hub.json: generated at
+# the first `up` (or `info`), 0600, reused afterwards; `rotate-secrets` replaces them (servers down).
+SITE_ROLES = ("operator", "service", "leaf")
+HUB_ROLES = ("admin",)
+
+
+def secrets_file(server: str) -> Path:
+    """`server` is a site id or "hub"."""
+    return SECRETS / f"nats-{server}.json"
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write `text` to `path` readable by the owner only (0600), replacing it atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o600)  # O_CREAT's mode does not apply to a leftover tmp file
+    os.replace(tmp, path)
+
+
+def _new_credentials(server: str) -> dict[str, dict[str, str]]:
+    roles = HUB_ROLES if server == "hub" else SITE_ROLES
+    return {role: {"user": f"{server}-{role}", "password": secrets.token_urlsafe(24)} for role in roles}
+
+
+def nats_credentials(server: str) -> dict[str, dict[str, str]]:
+    """{role: {user, password}} of a site ("operator", "service", "leaf") or of the hub ("admin").
+
+    Created on first use. Concurrent callers agree: the file is published with a hard link, which
+    fails if another process got there first, and then everyone reads the winner's file.
+    """
+    path = secrets_file(server)
+    if not path.exists():
+        SECRETS.mkdir(parents=True, exist_ok=True)
+        SECRETS.chmod(0o700)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
+        write_private(tmp, json.dumps(_new_credentials(server), indent=1) + "\n")
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+    try:
+        creds = json.loads(path.read_text())
+        roles = HUB_ROLES if server == "hub" else SITE_ROLES
+        if all(creds[r]["user"] and creds[r]["password"] for r in roles):
+            return {r: {"user": str(creds[r]["user"]), "password": str(creds[r]["password"])} for r in roles}
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    raise ServiceError(f"{path.relative_to(ROOT)}: unreadable or incomplete; delete it (servers down) to regenerate")
+
+
 # --------------------------------------------------------------------------- NATS configuration
 
+# Subject layout of a site (schemas/subjects.py, schemas/streams.py; services.py stays stdlib only).
+# INBOX_{dest} sources OUTBOX_{origin} through $JS.{origin}.API, delivering on DELIVER_PREFIX.{origin}.to.{dest}.
+DELIVER_PREFIX = "fed.deliver"
+SYSTEM_ACCOUNT = "SYS"
+HUB_ACCOUNT = "FED"
 
-def nats_accounts_block(layout: Layout) -> str:
-    """Accounts and users, the same on every NATS server of the layout.
 
-    Empty for now: everything runs in the default account. Per-site accounts, users and leafnode
-    permissions go here and in nats_leaf_remote, so that hub and sites stay consistent.
+def nats_service_permissions(site: str) -> dict[str, dict[str, list[str]]]:
+    """What a site's dataflows (and a site-local API) may do: nothing outside the site's own streams.
+
+    Publish: room commands, the INBOX *local* lane (the aggregate lane is written only by sourcing),
+    OUTBOX and DLQ; pull requests on the two worked streams; acks of their deliveries; results to
+    requesters. Subscribe: reply inboxes (pull deliveries, publish acks).
     """
-    del layout
-    return ""
+    worked = (f"ROOMS_{site}", f"INBOX_{site}")
+    return {
+        "publish": {
+            "allow": [
+                f"chat.room.canonical.{site}.>",
+                f"chat.inbox.{site}.*",
+                f"outbox.{site}.>",
+                f"chat.dlq.{site}.>",
+                *(f"$JS.API.CONSUMER.MSG.NEXT.{stream}.*" for stream in worked),
+                # ack subjects: $JS.ACK.<stream>.… and the domain form $JS.ACK.<domain>.<account hash>.<stream>.…
+                *(f"$JS.ACK.{stream}.>" for stream in worked),
+                *(f"$JS.ACK.{site}.*.{stream}.>" for stream in worked),
+                "chat.user.*.response.*",
+            ]
+        },
+        "subscribe": {"allow": ["_INBOX.>"]},
+    }
+
+
+def nats_leaf_permissions(layout: Layout, site: str) -> dict[str, dict[str, list[str]]]:
+    """Hub-side permissions of `site`'s leafnode connection: only what JetStream sourcing needs.
+
+    On a leafnode, `publish` is what the site may send into the hub and `subscribe` what the hub may
+    send to the site; the hub enforces both and also hands them to the site, which applies them
+    locally. For each other site `o`, `site` may:
+      - ask o's JetStream (through $JS.{o}.API) to create a source consumer on OUTBOX_{o} filtered to
+        `outbox.{o}.to.{site}.>`: the filter is part of the create subject and the server rejects a
+        request whose body asks for another one;
+      - read the info of consumers on OUTBOX_{o}. Sourcing does not need it, but the hub propagates a
+        site's `$JS.{o}.API.CONSUMER.>` interest only if some allowed subject lies under it that its
+        reverse matcher can find, and it does not find entries with a `*` in the middle (nats-server
+        2.15, Sublist.ReverseMatch), like the create subject above;
+      - answer the flow-control requests of those consumers ($JS.FC.OUTBOX_{o}.…, two forms);
+      - deliver its own OUTBOX to o on DELIVER_PREFIX.{site}.to.{o}.… (messages, heartbeats and
+        flow-control requests of o's source consumer) and answer o's API requests ($JSC.R.…);
+    and receive the same from the others. Nothing else crosses: room commands, INBOX/OUTBOX/DLQ
+    subjects, stream management, pulls, acks, consumer deletion, _INBOX, $SYS.
+    """
+    others = [o for o in layout.local_sites if o != site]
+
+    def api(origin: str, dest: str) -> list[str]:
+        return [
+            f"$JS.{origin}.API.CONSUMER.CREATE.OUTBOX_{origin}.*.outbox.{origin}.to.{dest}.>",
+            f"$JS.{origin}.API.CONSUMER.INFO.OUTBOX_{origin}.*",
+        ]
+
+    def flow_control(origin: str) -> list[str]:
+        return [f"$JS.FC.OUTBOX_{origin}.>", f"$JS.FC.{origin}.*.OUTBOX_{origin}.>"]
+
+    send, receive = [], []
+    for o in others:
+        send += [*api(o, site), *flow_control(o), f"{DELIVER_PREFIX}.{site}.to.{o}.>"]
+        receive += [*api(site, o), f"{DELIVER_PREFIX}.{o}.to.{site}.>"]
+    if others:
+        receive += flow_control(site)
+    common = ["$JSC.R.*"]  # replies to JetStream's internal API requests ($LDS. loop detection is exempt)
+    return {"publish": {"allow": sorted(set(send)) + common}, "subscribe": {"allow": sorted(set(receive)) + common}}
+
+
+def _conf_value(value: object, *, indent: int | None = 2) -> str:
+    """A NATS config value: JSON is valid NATS config syntax (strings quoted, so `$JS…` is no variable)."""
+    return json.dumps(value, indent=indent)
+
+
+def nats_accounts_block(layout: Layout, server: str) -> str:
+    """Accounts and users of one NATS server: `server` is a site id or "hub".
+
+    A site server has one account named after the site (JetStream, domain = site) with the site's
+    operator (everything within the account) and service user (nats_service_permissions), plus the
+    system account. The hub has the account the sites' leafnodes bind to (no JetStream), whose only
+    users are the sites' leaf users with nats_leaf_permissions (a leafnode authenticated by a regular
+    user gets that user's account and permissions; a `leafnodes { authorization }` user cannot carry
+    permissions), and the system account with an admin user.
+    """
+    if server == "hub":
+        leaf_users = []
+        for site in layout.local_sites:
+            leaf = nats_credentials(site)["leaf"]
+            leaf_users.append({**leaf, "permissions": nats_leaf_permissions(layout, site)})
+        accounts: dict[str, object] = {
+            HUB_ACCOUNT: {"users": leaf_users},
+            SYSTEM_ACCOUNT: {"users": [nats_credentials("hub")["admin"]]},
+        }
+    else:
+        creds = nats_credentials(server)
+        service = {**creds["service"], "permissions": nats_service_permissions(server)}
+        accounts = {
+            server: {"jetstream": "enabled", "users": [creds["operator"], service]},
+            SYSTEM_ACCOUNT: {},
+        }
+    return f"accounts: {_conf_value(accounts)}\nsystem_account: {SYSTEM_ACCOUNT}\n"
 
 
 def nats_leaf_remote(layout: Layout, site: str) -> str:
-    """The leafnode `remotes` entry with which a site server joins the hub."""
-    del site
-    return f'{{ url: "nats-leaf://{HOST}:{layout.hub_leaf_port}" }}'
+    """The leafnode `remotes` entry with which a site server joins the hub, as the site's leaf user."""
+    leaf = nats_credentials(site)["leaf"]
+    url = f"nats-leaf://{leaf['user']}:{leaf['password']}@{HOST}:{layout.hub_leaf_port}"
+    return _conf_value({"url": url, "account": site}, indent=None)
 
 
 def nats_hub_conf(layout: Layout) -> str:
     # No JetStream on the hub: it only relays $JS.<domain>.API between the sites' domains (FINDINGS).
-    return f"""# generated by scripts/services.py: do not edit
+    return f"""# generated by scripts/services.py: do not edit (holds passwords: 0600)
 server_name: hub
 listen: {HOST}:{layout.port_base}
 http: {HOST}:{layout.hub_monitor_port}
 leafnodes {{
   listen: {HOST}:{layout.hub_leaf_port}
 }}
-{nats_accounts_block(layout)}"""
+{nats_accounts_block(layout, "hub")}"""
 
 
 def nats_site_conf(layout: Layout, site: str) -> str:
-    return f"""# generated by scripts/services.py: do not edit
+    return f"""# generated by scripts/services.py: do not edit (holds passwords: 0600)
 server_name: {site}
 listen: {HOST}:{layout.site_port(site)}
 http: {HOST}:{layout.site_monitor_port(site)}
@@ -184,7 +341,7 @@ leafnodes {{
     {nats_leaf_remote(layout, site)}
   ]
 }}
-{nats_accounts_block(layout)}"""
+{nats_accounts_block(layout, site)}"""
 
 
 # --------------------------------------------------------------------------- probes and processes
@@ -314,7 +471,7 @@ def nats_hub(layout: Layout) -> Server:
         marker=str(conf),
         argv=lambda: [nats_bin(), "-c", str(conf)],
         config=lambda: nats_hub_conf(layout),
-        prepare=lambda: conf.write_text(nats_hub_conf(layout)),
+        prepare=lambda: write_private(conf, nats_hub_conf(layout)),
         ready=lambda: http_get(f"http://{HOST}:{layout.hub_monitor_port}/healthz")[0] == 200,
     )
 
@@ -324,7 +481,7 @@ def nats_site(layout: Layout, site: str) -> Server:
 
     def prepare() -> None:
         (DATA / f"nats-{site}").mkdir(parents=True, exist_ok=True)
-        conf.write_text(nats_site_conf(layout, site))
+        write_private(conf, nats_site_conf(layout, site))
 
     health = f"http://{HOST}:{layout.site_monitor_port(site)}/healthz?js-enabled-only=true"
     return Server(
@@ -454,7 +611,7 @@ def start(server: Server) -> None:
         d.mkdir(parents=True, exist_ok=True)
     server.prepare()
     server.pid_file.unlink(missing_ok=True)
-    server.fingerprint_file.write_text(server.fingerprint())
+    write_private(server.fingerprint_file, server.fingerprint())  # holds the config: passwords
     env = {**os.environ, **server.env}
     if server.name == "es":
         env["ES_JAVA_HOME"] = es_java_home()
@@ -652,10 +809,46 @@ def cmd_status(layout: Layout) -> int:
     return 0 if running == len(servers) else 3
 
 
+def site_info(layout: Layout, site: str) -> dict[str, str]:
+    """How to reach a site: NATS as its operator (nats_user) or service user, its database and domain.
+
+    A site whose NATS is external (CHATFED_NATS_URL_<SITE>) gets empty credentials: we do not manage them.
+    """
+    info = {"nats_url": layout.nats_url(site)}
+    if site in layout.local_sites:
+        creds = nats_credentials(site)
+        operator, service = creds["operator"], creds["service"]
+    else:
+        operator = service = {"user": "", "password": ""}
+    info.update(
+        nats_user=operator["user"],
+        nats_password=operator["password"],
+        service_user=service["user"],
+        service_password=service["password"],
+        mongo_db=f"chat_{site}",
+        domain=site,
+    )
+    return info
+
+
 def cmd_info(layout: Layout) -> int:
-    sites = {s: {"nats_url": layout.nats_url(s), "mongo_db": f"chat_{s}", "domain": s} for s in layout.sites}
+    sites = {s: site_info(layout, s) for s in layout.sites}
     print(json.dumps({"sites": sites, "mongo_uri": layout.mongo_uri, "es_url": layout.es_url}))
     return 0
+
+
+def cmd_rotate_secrets(layout: Layout) -> None:
+    """Replace every NATS password of this checkout; the NATS servers must be down (they read them at start)."""
+    running = [s.name for s in all_servers(layout) if s.name.startswith("nats-") and not s.external and s.pid()]
+    strays = own_processes({"nats": str(CONF / "nats-")})
+    if running or strays:
+        names = ", ".join(running) or "nats-server processes of this checkout"
+        raise ServiceError(f"{names} running: stop them first (./run.sh services down), then rotate, then up")
+    for path in SECRETS.glob("nats-*.json"):  # also those of sites no longer in CHATFED_SITES
+        path.unlink()
+    for server in ("hub", *layout.local_sites):
+        nats_credentials(server)
+    print(f"{'secrets':<{W}} new NATS passwords in {SECRETS.relative_to(ROOT)}/; clients need the new ones (services info)")
 
 
 def main(argv: list[str]) -> int:
@@ -667,6 +860,7 @@ def main(argv: list[str]) -> int:
         "status": not args,
         "info": not args,
         "release": len(args) == 1 and args[0].isdigit(),
+        "rotate-secrets": not args,
     }
     if not valid.get(command, False):
         print(__doc__.split("\n\n")[1], file=sys.stderr)
@@ -685,6 +879,8 @@ def main(argv: list[str]) -> int:
                 cmd_up(layout, lease)
             elif command == "down":
                 cmd_down(layout, [a for a in args if a != "--purge"], purge="--purge" in args)
+            elif command == "rotate-secrets":
+                cmd_rotate_secrets(layout)
             else:
                 cmd_release(layout, args[0])
     except ServiceError as exc:

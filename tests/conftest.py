@@ -88,12 +88,12 @@ def site_urls(servers: dict[str, Any]) -> dict[str, str]:
 def federated_sites(servers: dict[str, Any]) -> dict[str, Any]:
     """The real sites of `servers`, bootstrapped federated (each its own domain, sourcing over leafnodes)."""
     from connectors.bootstrap import bootstrap_site
-    from tests.support import connect
+    from tests.support import connect_site
 
     async def bootstrap_all() -> None:
         all_sites = list(servers["sites"])
-        for site, desc in servers["sites"].items():
-            client = await connect(desc["nats_url"])
+        for site in servers["sites"]:
+            client = await connect_site(servers, site)
             try:
                 await bootstrap_site(client, site, all_sites)
             finally:

@@ -30,8 +30,16 @@ def unique_site(prefix: str = "t") -> str:
     return f"{prefix}{uuid.uuid4().hex[:8]}"
 
 
-async def connect(url: str) -> Client:
-    return await nats.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.5)
+async def connect(url: str, *, user: str = "", password: str = "") -> Client:
+    credentials = {"user": user, "password": password} if user else {}
+    return await nats.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.5, **credentials)
+
+
+async def connect_site(servers: Mapping[str, Any], site: str, *, role: str = "operator") -> Client:
+    """Connect to `site`'s NATS as its operator (manages the site) or, with role="service", as the flows' user."""
+    desc = servers["sites"][site]
+    prefix = "nats" if role == "operator" else "service"
+    return await connect(desc["nats_url"], user=desc.get(f"{prefix}_user", ""), password=desc.get(f"{prefix}_password", ""))
 
 
 async def bootstrap_local_sites(client: Client, sites: list[str]) -> None:
@@ -77,7 +85,12 @@ async def wait_for(predicate: Any, timeout: float = 30, interval: float = 0.1, w
 
 
 def flow_env(servers: Mapping[str, Any], site: str, *, nats_site: str = "s1", **overrides: str) -> dict[str, str]:
-    """Environment for running a flow of test `site`, whose streams live on `nats_site`'s server."""
+    """Environment for running a flow of test `site`, whose streams live on `nats_site`'s server.
+
+    The flow connects as `nats_site`'s service user, whose permissions cover that site's streams
+    only; a test site with its own id on another site's server (unique_site) runs as that server's
+    operator instead.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHATFED_")}
     env.update(
         CHATFED_SITE_ID=site,
@@ -88,8 +101,9 @@ def flow_env(servers: Mapping[str, Any], site: str, *, nats_site: str = "s1", **
         PYTHONPATH=str(REPO),
         PYTHONUNBUFFERED="1",
     )
+    prefix = "service" if site == nats_site else "nats"
     for key in ("user", "password"):
-        value = servers["sites"][nats_site].get(f"nats_{key}")
+        value = servers["sites"][nats_site].get(f"{prefix}_{key}")
         if value:
             env[f"CHATFED_NATS_{key.upper()}"] = value
     env.update(overrides)

@@ -20,7 +20,7 @@ from schemas import subjects
 from tests.support import (
     FlowProcess,
     bootstrap_local_sites,
-    connect,
+    connect_site,
     flow_env,
     unique_site,
     wait_drained,
@@ -62,7 +62,7 @@ class RoomHarness:
         return self.nc
 
     async def start(self, users: list[dict[str, Any]], **env: str) -> RoomHarness:
-        self.nc = await connect(self.servers["sites"]["s1"]["nats_url"])
+        self.nc = await connect_site(self.servers, "s1")
         await bootstrap_local_sites(self.nc, [self.site, self.other])
         ensure_indexes(self.db)
         if users:

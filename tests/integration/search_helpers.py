@@ -18,7 +18,7 @@ from schemas.streams import site_streams
 from tests.support import (
     FlowProcess,
     bootstrap_local_sites,
-    connect,
+    connect_site,
     flow_env,
     unique_site,
     wait_drained,
@@ -115,7 +115,7 @@ def cleanup_indexes(es: Elasticsearch, site: str) -> None:
 async def open_site(servers: Mapping[str, Any], es: Elasticsearch) -> SearchSite:
     """A fresh test site: its streams and consumers on s1 (sources without external API), no indexes yet."""
     site, other = unique_site(), unique_site()
-    nc = await connect(servers["sites"]["s1"]["nats_url"])
+    nc = await connect_site(servers, "s1")
     await bootstrap_local_sites(nc, [site, other])
     test_site = SearchSite(servers=servers, site=site, nc=nc, es=es)
     test_site.others.append(other)

@@ -13,7 +13,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
 from schemas import subjects
-from tests.support import REPO, connect, wait_for
+from tests.support import REPO, connect_site, wait_for
 
 
 async def _aggregate_messages(js: JetStreamContext, dest: str, marker: str, expect: int, timeout: float = 30) -> list[Any]:
@@ -45,8 +45,8 @@ async def _aggregate_messages(js: JetStreamContext, dest: str, marker: str, expe
 
 
 async def test_outbox_event_arrives_once_on_the_destination_aggregate_lane(federated_sites: dict[str, Any]) -> None:
-    s1 = await connect(federated_sites["sites"]["s1"]["nats_url"])
-    s2 = await connect(federated_sites["sites"]["s2"]["nats_url"])
+    s1 = await connect_site(federated_sites, "s1")
+    s2 = await connect_site(federated_sites, "s2")
     try:
         js1, js2 = s1.jetstream(), s2.jetstream()
         marker = uuid.uuid4().hex
@@ -82,7 +82,7 @@ async def test_events_published_while_destination_is_down_all_arrive(federated_s
     marker = uuid.uuid4().hex
     _services("down", "nats-s2")
     try:
-        s1 = await connect(federated_sites["sites"]["s1"]["nats_url"])
+        s1 = await connect_site(federated_sites, "s1")
         try:
             js1 = s1.jetstream()
             subject = subjects.outbox(origin="s1", dest="s2", event_type="member_added")
@@ -92,7 +92,7 @@ async def test_events_published_while_destination_is_down_all_arrive(federated_s
             await s1.close()
     finally:
         _services("up")
-    s2 = await connect(federated_sites["sites"]["s2"]["nats_url"])
+    s2 = await connect_site(federated_sites, "s2")
     try:
         arrived = await _aggregate_messages(s2.jetstream(), "s2", marker, expect=count, timeout=90)
         numbers = sorted(int(msg.data.split(b'"n":')[1].rstrip(b"}")) for msg in arrived)

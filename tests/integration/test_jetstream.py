@@ -9,7 +9,14 @@ from connectors.jetstream import JetStreamSource, SettleSink
 from connectors.settings import NatsSettings, Tuning
 from schemas import carriers, subjects
 from schemas.carriers import Delivery, done, poison, retry
-from tests.support import bootstrap_local_sites, connect, unique_site, wait_drained
+from connectors import dlq
+from logic.origin import sourced_from
+from tests.support import bootstrap_local_sites, connect_site, unique_site, wait_drained, wait_for
+
+
+def _operator(servers: dict[str, Any]) -> NatsSettings:
+    desc = servers["sites"]["s1"]
+    return NatsSettings(url=desc["nats_url"], user=desc.get("nats_user", ""), password=desc.get("nats_password", ""))
 
 
 def _poll(partition: Any, count: int, timeout: float = 20) -> list[Delivery]:
@@ -26,7 +33,7 @@ def _poll(partition: Any, count: int, timeout: float = 20) -> list[Delivery]:
 async def test_pull_ack_retry_and_dead_letter(servers: dict[str, Any]) -> None:
     site = unique_site()
     url = servers["sites"]["s1"]["nats_url"]
-    client = await connect(url)
+    client = await connect_site(servers, "s1")
     try:
         await bootstrap_local_sites(client, [site])
         js = client.jetstream()
@@ -34,7 +41,7 @@ async def test_pull_ack_retry_and_dead_letter(servers: dict[str, Any]) -> None:
         for index in range(count):
             await js.publish(subjects.inbox_local(site, "member_added"), f"m{index}".encode(), headers={"Nats-Msg-Id": f"id-{index}"})
 
-        nats_settings = NatsSettings(url=url)
+        nats_settings = _operator(servers)
         tuning = Tuning(pull_batch=100, max_deliver=3, backoff_base_ms=200, backoff_max_ms=200)
         partition = JetStreamSource(nats_settings, tuning, stream=subjects.inbox_stream(site), durable=subjects.SEARCH_SYNC).build("pull", 0, 1)
         sink = SettleSink(nats_settings, tuning, flow="test", dlq_subject=subjects.dlq(site, "test")).build("settle", 0, 1)
@@ -69,3 +76,37 @@ async def test_pull_ack_retry_and_dead_letter(servers: dict[str, Any]) -> None:
         assert reasons[1][carriers.DLQ_ORIGINAL_MSG_ID] == "id-0"
     finally:
         await client.close()
+
+
+async def test_aggregate_lane_dead_letter_keeps_its_origin_and_replays(servers: dict[str, Any]) -> None:
+    site, origin = unique_site(), unique_site()
+    client = await connect_site(servers, "s1")
+    try:
+        await bootstrap_local_sites(client, [site, origin])
+        js = client.jetstream()
+        await js.publish(subjects.outbox(origin=origin, dest=site, event_type="member_added"), b"not json", headers={"Nats-Msg-Id": "x:1"})
+        nats_settings = _operator(servers)
+        tuning = Tuning(pull_batch=10)
+        partition = JetStreamSource(nats_settings, tuning, stream=subjects.inbox_stream(site), durable=subjects.INBOX_WORKER).build("pull", 0, 1)
+        sink = SettleSink(nats_settings, tuning, flow="test", dlq_subject=subjects.dlq(site, "test")).build("settle", 0, 1)
+        [sourced] = _poll(partition, 1)
+        assert sourced_from(sourced.headers) == origin
+        sink.write_batch([poison(sourced, "undecodable")])  # the server refuses a copied Nats-Stream-Source header
+        await wait_drained(js, subjects.inbox_stream(site), subjects.INBOX_WORKER, timeout=10)
+
+        [letter] = await dlq.list_dead_letters(client, site)
+        assert letter.reason == "undecodable"
+        assert sourced_from({carriers.REPLAYED_STREAM_SOURCE: letter.headers[carriers.DLQ_STREAM_SOURCE]}) == origin
+        assert await dlq.replay(client, site, [letter]) == 1
+        [replayed] = _poll(partition, 1)
+        partition.close()
+        assert replayed.subject == subjects.inbox_aggregate(site, "member_added")
+        assert replayed.data == b"not json"
+        assert sourced_from(replayed.headers) == origin  # the origin check still passes after a replay
+        assert await wait_for(lambda: _dlq_empty(client, site), timeout=5, what="replayed letter removed from the DLQ")
+    finally:
+        await client.close()
+
+
+async def _dlq_empty(client: Any, site: str) -> bool:
+    return (await client.jetstream().stream_info(subjects.dlq_stream(site))).state.messages == 0

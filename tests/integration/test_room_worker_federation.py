@@ -13,12 +13,12 @@ from pymongo import MongoClient
 
 from connectors.mongo import ensure_indexes
 from schemas import subjects
-from tests.support import FlowProcess, connect, flow_env, wait_drained, wait_for
+from tests.support import FlowProcess, connect_site, flow_env, wait_drained, wait_for
 
 
-async def _aggregate_for(url: str, room_id: str) -> list[dict[str, Any]]:
+async def _aggregate_for(servers: dict[str, Any], room_id: str) -> list[dict[str, Any]]:
     """Envelopes on INBOX_s2's aggregate lane about `room_id`."""
-    nc = await connect(url)
+    nc = await connect_site(servers, "s2")
     try:
         js = nc.jetstream()
         sub = await js.subscribe(
@@ -57,7 +57,7 @@ def test_channel_created_on_s1_reaches_inbox_s2_exactly_once(federated_sites: di
     db.users.insert_many([{"_id": f"u-{a}", "account": a, "siteId": s} for a, s in ((alice, "s1"), (bob, "s1"), (carol, "s2"))])
 
     async def scenario() -> None:
-        nc = await connect(servers["sites"]["s1"]["nats_url"])
+        nc = await connect_site(servers, "s1")
         try:
             js = nc.jetstream()
             body = {"name": "fed", "users": [bob, carol], "roomId": room_id, "requesterAccount": alice, "timestamp": 1767225600000}
@@ -68,14 +68,13 @@ def test_channel_created_on_s1_reaches_inbox_s2_exactly_once(federated_sites: di
             await wait_drained(js, subjects.rooms_stream("s1"), subjects.ROOM_WORKER)
         finally:
             await nc.close()
-        s2 = servers["sites"]["s2"]["nats_url"]
-        [event] = await wait_for(lambda: _aggregate_for(s2, room_id), timeout=30, what="the aggregate member_added on INBOX_s2")
+        [event] = await wait_for(lambda: _aggregate_for(servers, room_id), timeout=30, what="the aggregate member_added on INBOX_s2")
         assert event["subject"] == "chat.inbox.s2.aggregate.member_added"
         assert (event["envelope"]["siteId"], event["envelope"]["destSiteId"]) == ("s1", "s2")
         assert event["inner"]["accounts"] == [carol]
         assert (event["inner"]["roomType"], event["inner"]["requesterAccount"]) == ("channel", alice)
         await asyncio.sleep(1)  # nothing else trickles in
-        assert len(await _aggregate_for(s2, room_id)) == 1
+        assert len(await _aggregate_for(servers, room_id)) == 1
 
     try:
         with FlowProcess("dataflows.room_worker", flow_env(servers, "s1")):

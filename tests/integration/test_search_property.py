@@ -19,7 +19,7 @@ from tests.integration.search_helpers import (
     open_site,
     publishable,
 )
-from tests.support import connect
+from tests.support import connect_site
 from tests.unit.search_oracle import Event, oracle
 
 _examples = itertools.count()
@@ -41,7 +41,7 @@ def prop_site(servers: dict[str, Any]) -> Iterator[SearchSite]:
     yield site
 
     async def close() -> None:
-        site.nc = await connect(servers["sites"]["s1"]["nats_url"])
+        site.nc = await connect_site(servers, "s1")
         await close_site(site)
 
     asyncio.run(close())
@@ -49,7 +49,7 @@ def prop_site(servers: dict[str, Any]) -> Iterator[SearchSite]:
 
 def _run_round(site: SearchSite, batches: list[list[Event]], pause: float = 0) -> None:
     async def go() -> None:
-        site.nc = await connect(site.servers["sites"]["s1"]["nats_url"])
+        site.nc = await connect_site(site.servers, "s1")
         try:
             for batch in batches:
                 await site.publish(publishable(site.site, batch))

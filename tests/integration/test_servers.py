@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Any
 
 import nats
 import pytest
 from elasticsearch import Elasticsearch
+from nats.aio.client import Client
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.errors import ServiceUnavailableError
 from pymongo import ASCENDING, MongoClient
 from pymongo.errors import DuplicateKeyError
 
@@ -41,41 +46,53 @@ def test_mongo_unique_index_rejects_duplicate(mongo_uri: str) -> None:
         client.close()
 
 
-def test_each_site_has_jetstream_in_its_own_domain(site_urls: dict[str, str]) -> None:
-    async def domain_of(url: str) -> str | None:
-        nc = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=0)
+async def _operator(servers: dict[str, Any], site: str) -> Client:
+    desc = servers["sites"][site]
+    return await nats.connect(
+        desc["nats_url"], user=desc["nats_user"], password=desc["nats_password"], connect_timeout=5, max_reconnect_attempts=0
+    )
+
+
+def test_each_site_has_jetstream_in_its_own_domain(servers: dict[str, Any]) -> None:
+    async def domain_of(site: str) -> str | None:
+        nc = await _operator(servers, site)
         try:
             return (await nc.jetstream().account_info()).domain
         finally:
             await nc.close()
 
     async def all_domains() -> dict[str, str | None]:
-        return {site: await domain_of(url) for site, url in site_urls.items()}
+        return {site: await domain_of(site) for site in servers["sites"]}
 
-    assert asyncio.run(all_domains()) == {site: site for site in site_urls}
+    assert asyncio.run(all_domains()) == {site: site for site in servers["sites"]}
 
 
-def test_stream_in_one_domain_is_reachable_from_another(site_urls: dict[str, str]) -> None:
-    """Each site manages and reads a stream of the next site through $JS.{domain}.API over the leafnodes."""
-    sites = list(site_urls)
+def test_a_domain_is_managed_from_its_own_site_only(servers: dict[str, Any]) -> None:
+    """A site's operator manages its streams, also through $JS.{domain}.API; the next site cannot reach that API."""
+    sites = list(servers["sites"])
     pairs = [(sites[i], sites[(i + 1) % len(sites)]) for i in range(len(sites))] if len(sites) > 1 else []
 
-    async def check(local: str, remote: str) -> int:
+    async def check(home: str, other: str) -> int:
         stream, subject = f"TEST_{uuid.uuid4().hex[:10]}", f"test.{uuid.uuid4().hex[:10]}"
-        nc_local = await nats.connect(site_urls[local], connect_timeout=5, max_reconnect_attempts=0)
-        nc_remote = await nats.connect(site_urls[remote], connect_timeout=5, max_reconnect_attempts=0)
+        nc_home = await _operator(servers, home)
+        nc_other = await _operator(servers, other)
         try:
-            js_via_leaf = nc_local.jetstream(domain=remote)
-            await js_via_leaf.add_stream(name=stream, subjects=[subject])
+            js_home = nc_home.jetstream(domain=home)
+            await js_home.add_stream(name=stream, subjects=[subject])
             try:
-                ack = await nc_remote.jetstream().publish(subject, b"hello")
-                assert ack.domain == remote
-                return (await js_via_leaf.stream_info(stream)).state.messages
+                ack = await js_home.publish(subject, b"hello")
+                assert ack.domain == home
+                js_from_other = nc_other.jetstream(domain=home, timeout=2)
+                with pytest.raises((NoRespondersError, NatsTimeoutError, ServiceUnavailableError)):
+                    await js_from_other.stream_info(stream)
+                with pytest.raises((NoRespondersError, NatsTimeoutError, ServiceUnavailableError)):
+                    await js_from_other.delete_stream(stream)
+                return (await js_home.stream_info(stream)).state.messages
             finally:
-                await js_via_leaf.delete_stream(stream)
+                await js_home.delete_stream(stream)
         finally:
-            await nc_local.close()
-            await nc_remote.close()
+            await nc_home.close()
+            await nc_other.close()
 
-    for local, remote in pairs:
-        assert asyncio.run(check(local, remote)) == 1, f"{local} -> {remote}"
+    for home, other in pairs:
+        assert asyncio.run(check(home, other)) == 1, f"{home} from {other}"

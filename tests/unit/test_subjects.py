@@ -135,12 +135,14 @@ def test_site_streams() -> None:
             external_api_prefix="$JS.s1.API",
             transform_src="outbox.s1.to.s2.>",
             transform_dest="chat.inbox.s2.aggregate.>",
+            external_deliver_prefix="fed.deliver.s1.to.s2",
         ),
         streams.SourceSpec(
             name="OUTBOX_s3",
             external_api_prefix="$JS.s3.API",
             transform_src="outbox.s3.to.s2.>",
             transform_dest="chat.inbox.s2.aggregate.>",
+            external_deliver_prefix="fed.deliver.s3.to.s2",
         ),
     ]
     assert not rooms.sources and not outbox.sources and not dlq.sources
