@@ -108,6 +108,7 @@ async def main(backlog: int, rate: int, seconds: int) -> None:
     servers = _servers()
     es = Elasticsearch(servers["es_url"], request_timeout=60)
     rows: list[tuple[str, float, float, float]] = []
+    interval = "?"
     for name in ("search_sync flow", "baseline fetch+bulk+ack"):
         site = await open_site(servers, es)
         install(es, SearchIndexes(user_room=site.indexes.user_room, spotlight=site.indexes.spotlight, room_names=site.indexes.room_names))
@@ -119,6 +120,9 @@ async def main(backlog: int, rate: int, seconds: int) -> None:
                 site.start_flow()
             else:
                 naive = asyncio.create_task(_naive_consumer(site, stop))
+            refresh = es.indices.get_settings(index=site.indexes.spotlight, name="index.refresh_interval", include_defaults=True)
+            interval = next(iter(refresh.values()))
+            interval = interval.get("settings", {}).get("index", {}).get("refresh_interval") or interval["defaults"]["index"]["refresh_interval"]
             throughput = await _drain_time(site, backlog)
             lat = await _latencies(site, rate, seconds)
             stop.set()
@@ -127,7 +131,7 @@ async def main(backlog: int, rate: int, seconds: int) -> None:
             rows.append((name, throughput, _pct(lat, 0.5), _pct(lat, 0.99)))
         finally:
             await close_site(site)
-    print(f"\nbacklog {backlog:,} events; steady {rate}/s for {seconds}s (spotlight refresh_interval 1s)")
+    print(f"\nbacklog {backlog:,} events; steady {rate}/s for {seconds}s (spotlight refresh_interval {interval})")
     print(f"{'consumer':<26} {'backlog ev/s':>12} {'p50 ms':>8} {'p99 ms':>8}")
     for name, throughput, p50, p99 in rows:
         print(f"{name:<26} {throughput:>12,.0f} {p50:>8.0f} {p99:>8.0f}")

@@ -35,6 +35,7 @@ USERS = [
     User(id="u-dave", account="dave", site_id=REMOTE, sect_id="design", dept_id="ux", name="Dave"),
     User(id="u-erin", account="erin", site_id=REMOTE, sect_id="design", dept_id="research", name="Erin"),
 ]
+TYPEAHEAD = ("eng", "des", "al", "car", "hel")
 HOME_OF = {user.account: user.site_id for user in USERS}
 ID_OF = {user.account: user.id for user in USERS}
 
@@ -216,13 +217,13 @@ def _summary(console: Console, views: dict[str, SiteViews], timings: list[tuple[
         table.add_row(title, *(f"{done_at[s]:.2f}" if s in done_at else "-" for s in views))
     console.print(table)
     for site, view in views.items():
-        rooms = Table(title=f"site {site}: searchable rooms and typeahead 'eng'/'de'/'al'", title_justify="left")
+        rooms = Table(title=f"site {site}: searchable rooms, and typeahead for {', '.join(map(repr, TYPEAHEAD))}", title_justify="left")
         for column in ("user", "rooms", "restricted", "typeahead"):
             rooms.add_column(column)
         for user in USERS:
             doc = rooms_for(view.es, view.user_room, user.account)
             if doc is None:
                 continue
-            hits = [f"{hit.room_name} ({hit.room_type})" for q in ("eng", "de", "al") for hit in typeahead(view.es, view.spotlight, user.account, q)]
+            hits = [f"{hit.room_name} ({hit.room_type})" for q in TYPEAHEAD for hit in typeahead(view.es, view.spotlight, user.account, q)]
             rooms.add_row(user.account, ", ".join(doc.rooms) or "-", ", ".join(doc.restricted_rooms) or "-", "; ".join(dict.fromkeys(hits)) or "-")
         console.print(rooms)

@@ -17,7 +17,7 @@ from chatfed_cli import flows as flow_procs
 from chatfed_cli import rooms
 from chatfed_cli.inspect import SiteStatus, site_status
 from chatfed_cli.topology import SiteInfo, Topology, load_topology
-from connectors import dlq
+from connectors import dlq, natsio
 from connectors.bootstrap import bootstrap_site
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False)
@@ -30,12 +30,7 @@ console = Console()
 
 
 async def connect(site: SiteInfo) -> nats.aio.client.Client:
-    options: dict[str, object] = {"servers": [site.nats_url], "name": "chatfed-cli"}
-    if site.nats_user:
-        options.update(user=site.nats_user, password=site.nats_password)
-    if site.nats_creds:
-        options["user_credentials"] = site.nats_creds
-    return await nats.connect(**options)  # type: ignore[arg-type]
+    return await natsio.connect(site.operator())
 
 
 async def _bootstrap(topology: Topology, sites: list[str]) -> None:
@@ -264,7 +259,7 @@ def rebuild(
 
     from chatfed_cli.flows import flow_env
     from chatfed_cli.rebuild import rebuild_site
-    from connectors.settings import ElasticSettings, NatsSettings
+    from connectors.settings import ElasticSettings
 
     topology = load_topology()
     info = _site(topology, site)
@@ -272,7 +267,7 @@ def rebuild(
         task = bar.add_task(f"replaying INBOX_{site}", total=None)
         report = rebuild_site(
             site=site,
-            nats_settings=NatsSettings(url=info.nats_url, user=info.nats_user, password=info.nats_password, creds=info.nats_creds),
+            nats_settings=info.operator(),
             elastic_settings=ElasticSettings(url=topology.es_url),
             flow_env=flow_env(topology, site),
             progress=lambda done, total: bar.update(task, completed=done, total=total),

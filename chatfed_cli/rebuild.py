@@ -18,13 +18,11 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgspec
-import nats
 from elasticsearch import Elasticsearch
-from nats.aio.client import Client
 from nats.js.client import JetStreamContext
 
 from chatfed_cli.topology import REPO
-from connectors import elastic
+from connectors import elastic, natsio
 from connectors.bootstrap import ensure_consumer
 from connectors.settings import ElasticSettings, NatsSettings
 from schemas import subjects
@@ -47,15 +45,6 @@ class RebuildReport(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def docs_per_second(self) -> float:
         return self.documents / self.fill_seconds if self.fill_seconds > 0 else 0.0
-
-
-async def _connect(settings: NatsSettings) -> Client:
-    options: dict[str, Any] = {"servers": [settings.url], "name": "chatfed-rebuild"}
-    if settings.user:
-        options.update(user=settings.user, password=settings.password)
-    if settings.creds:
-        options["user_credentials"] = settings.creds
-    return await nats.connect(**options)
 
 
 async def _backlog(js: JetStreamContext, site: str, durable: str) -> tuple[int, int]:
@@ -110,7 +99,7 @@ async def _rebuild(
     for alias in aliases:
         es.indices.create(index=targets[alias], aliases={staging[alias]: {"is_write_index": True}})
 
-    client = await _connect(nats_settings)
+    client = await natsio.connect(nats_settings, name="chatfed-rebuild")
     js = client.jetstream()
     spec = next(c for c in site_consumers(site) if c.durable == subjects.SEARCH_SYNC)
     await ensure_consumer(js, msgspec.structs.replace(spec, durable=durable, deliver_all=True))

@@ -14,6 +14,7 @@ import typer
 import uuid_utils
 
 from chatfed_cli.topology import SiteInfo, load_topology
+from connectors import natsio
 from connectors.mongo import client as mongo_client
 from connectors.room_store import RoomStore
 from connectors.settings import MongoSettings
@@ -60,12 +61,7 @@ def _dm_id(mongo_uri: str, info: SiteInfo, requester: str, other: str) -> str:
 
 
 async def submit(info: SiteInfo, site: str, op: str, body: CreateRoom | AddMembers | RemoveMember, account: str, timeout: float) -> dict[str, Any]:
-    options: dict[str, Any] = {"servers": [info.nats_url], "name": "chatfed-room-cli"}
-    if info.nats_user:
-        options.update(user=info.nats_user, password=info.nats_password)
-    if info.nats_creds:
-        options["user_credentials"] = info.nats_creds
-    client = await nats.connect(**options)
+    client = await natsio.connect(info.operator(), name="chatfed-room-cli")
     request_id = str(uuid_utils.uuid7())
     try:
         # subscribed before publishing, so a fast worker's result cannot be missed

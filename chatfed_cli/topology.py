@@ -11,6 +11,8 @@ from typing import Any
 
 import msgspec
 
+from connectors.settings import NatsSettings
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -23,6 +25,11 @@ class SiteInfo(msgspec.Struct, frozen=True, kw_only=True):
     nats_creds: str = ""
     service_user: str = ""  # what the flows connect as: only the subjects they use
     service_password: str = ""
+
+
+    def operator(self) -> NatsSettings:
+        """How the CLI connects: as the site's operator."""
+        return NatsSettings(url=self.nats_url, user=self.nats_user, password=self.nats_password, creds=self.nats_creds)
 
 
 class Topology(msgspec.Struct, frozen=True, kw_only=True):

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, cast
 
 import elastic_transport
 import msgspec
 from elasticsearch import ApiError, BadRequestError, Elasticsearch
+from elasticsearch.serializer import JsonSerializer, NdjsonSerializer
 
 from connectors import metrics
 from connectors.settings import ElasticSettings
@@ -23,16 +24,18 @@ from logic.search_views import (
     SpotlightBody,
 )
 from logic.settlement import PartOutcome
-from schemas.documents import UserRoomDoc, from_mongo, spotlight_doc_id, to_mongo
+from schemas.documents import UserRoomDoc, from_mongo, spotlight_doc_id
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T", bound=msgspec.Struct)
 Meta = tuple[int, int]  # (_seq_no, _primary_term) for optimistic concurrency
-Action = tuple[dict[str, Any], dict[str, Any] | None]
+Action = tuple[dict[str, Any], msgspec.Struct | None]
 
 STORE: Final = "elasticsearch"
 MAX_ROUNDS: Final = 5  # conflicts are rare: one worker owns an account
+CACHED_ACCOUNTS: Final = 20_000  # user-room documents remembered with the seq_no of our own last write
+CACHED_NAMES: Final = 100_000  # room names last seen
 RENAME_PAGE: Final = 500
 
 
@@ -56,9 +59,35 @@ class SearchIndexes(msgspec.Struct, frozen=True, kw_only=True):
         )
 
 
+class _MsgspecJson(JsonSerializer):
+    """msgspec instead of the stdlib `json`: encoding bulk bodies and decoding mget responses was a quarter of the flow's CPU."""
+
+    def json_dumps(self, data: Any) -> bytes:
+        return _JSON.encode(data)
+
+    def json_loads(self, data: bytes) -> Any:
+        return msgspec.json.decode(data)
+
+
+class _MsgspecNdjson(NdjsonSerializer):
+    def json_dumps(self, data: Any) -> bytes:
+        return _JSON.encode(data)
+
+    def json_loads(self, data: bytes) -> Any:
+        return msgspec.json.decode(data)
+
+
+_JSON: Final = msgspec.json.Encoder()
+
+
 def elastic_client(settings: ElasticSettings) -> Elasticsearch:
     """A client for `settings`; one retry only, since a failed batch is retried by JetStream redelivery."""
-    options: dict[str, Any] = {"request_timeout": 30, "max_retries": 1, "retry_on_timeout": True}
+    options: dict[str, Any] = {
+        "request_timeout": 30,
+        "max_retries": 1,
+        "retry_on_timeout": True,
+        "serializers": {JsonSerializer.mimetype: _MsgspecJson(), NdjsonSerializer.mimetype: _MsgspecNdjson()},
+    }
     if settings.api_key:
         options["api_key"] = settings.api_key
     elif settings.username:
@@ -73,6 +102,11 @@ def elastic_client(settings: ElasticSettings) -> Elasticsearch:
 _KEYWORD: Final = {"type": "keyword"}
 _DATE: Final = {"type": "date", "format": "epoch_millis"}
 _SETTINGS: Final = {"number_of_shards": 1, "auto_expand_replicas": "0-1"}  # 1 shard: terms-lookup source
+# Spotlight is the only view that must be refreshed to be seen: user-room (terms lookup) and room-names
+# are read by id, which is realtime. A written change is searchable only after the next refresh, so the
+# default 1 s interval alone costs ~500 ms of the sub-second publish-to-searchable target on average;
+# these are small indexes (one document per membership), where a refresh every 250 ms is cheap.
+_SPOTLIGHT_SETTINGS: Final = {"refresh_interval": "250ms"}
 
 
 def templates(indexes: SearchIndexes) -> dict[str, dict[str, Any]]:
@@ -113,11 +147,12 @@ def templates(indexes: SearchIndexes) -> dict[str, dict[str, Any]]:
 def install(es: Elasticsearch, indexes: SearchIndexes) -> None:
     """Put the templates and create `{alias}-v1` behind each alias that does not exist yet (idempotent)."""
     for alias, mappings in templates(indexes).items():
+        settings = _SETTINGS | _SPOTLIGHT_SETTINGS if alias == indexes.spotlight else _SETTINGS
         es.indices.put_index_template(
             name=f"chatfed-{alias}",
             index_patterns=[f"{alias}-v*"],
             priority=200,
-            template={"settings": _SETTINGS, "mappings": mappings},
+            template={"settings": settings, "mappings": mappings},
         )
         if es.indices.exists_alias(name=alias):
             continue
@@ -146,6 +181,7 @@ class _Fetched:
         self.user_rooms: dict[str, tuple[UserRoomDoc, Meta]] = {}
         self.spotlight: dict[str, tuple[SpotlightBody, Meta]] = {}
         self.names: dict[str, tuple[RoomName, Meta]] = {}
+        self.from_cache: set[str] = set()  # accounts whose user-room document is our own last write, not read
 
 
 class SearchViewsWriter:
@@ -156,6 +192,11 @@ class SearchViewsWriter:
         self._indexes = indexes
         self._flow = flow
         self._es: Elasticsearch | None = None
+        # Hints for a batch's first round, so a backlog is not re-read document by document (see `_fetch`).
+        # A wrong hint costs one more round, never a wrong write: every write is guarded by seq_no or `create`,
+        # and every spotlight name is checked against room-names after the write (`_renamed_meanwhile`).
+        self._user_rooms: dict[str, tuple[UserRoomDoc, Meta]] = {}
+        self._names: dict[str, RoomName] = {}
 
     @property
     def es(self) -> Elasticsearch:
@@ -184,6 +225,7 @@ class SearchViewsWriter:
             for key, room_renames in renames.items():
                 self._rename(key, room_renames, failed)
         except Transient as exc:
+            self._user_rooms.clear()  # writes may or may not have landed: forget our copies (they would only conflict)
             log.warning("elasticsearch write of %d parts failed, will retry: %s", len(parts), exc)
             failed = {views.part_key(part): str(exc) for part in parts}
         return [
@@ -208,17 +250,40 @@ class SearchViewsWriter:
                 raise Transient(f"mget {doc.get('_index')}/{doc.get('_id')}: {doc['error']}")
         return found
 
-    def _fetch(self, accounts: Iterable[str], members: Mapping[str, list[MemberChange]]) -> _Fetched:
+    def _fetch(self, accounts: Iterable[str], members: Mapping[str, list[MemberChange]], *, hinted: bool) -> _Fetched:
+        """What planning `accounts` needs: read it all, or (`hinted`) only what the hints cannot stand in for.
+
+        With hints, a user-room document comes from our own last write to it, a room's name from the names
+        cache (none if unknown), and a room the batch only adds to is taken to have no spotlight document
+        (so it is written with `create`). Each guess is checked where it matters: a stale user-room or an
+        existing spotlight document makes the write conflict, a newer name is found by the re-read after
+        the write, and either way the account is re-planned in a round that reads everything. A room with a
+        removal is always read: a delete must know the document exists. An account whose cached user-room
+        needs no write is re-planned from a read too (see `_write_members`): only a guarded write proves a copy.
+        """
         idx = self._indexes
         wanted: list[dict[str, str]] = []
         rooms: set[str] = set()
-        for account in accounts:
-            wanted.append({"_index": idx.user_room, "_id": account})
-            for room_id in {change.room_id for change in members[account]}:
-                wanted.append({"_index": idx.spotlight, "_id": spotlight_doc_id(account=account, room_id=room_id)})
-                rooms.add(room_id)
-        wanted.extend({"_index": idx.room_names, "_id": room_id} for room_id in sorted(rooms))
         fetched = _Fetched()
+        for account in accounts:
+            cached = self._user_rooms.get(account) if hinted else None
+            if cached is not None:
+                fetched.user_rooms[account] = cached
+                fetched.from_cache.add(account)
+            else:
+                wanted.append({"_index": idx.user_room, "_id": account})
+            # no spotlight document without a stamp in user-room (both are written in one bulk, and a failed
+            # user-room write drops the cached copy); the user-room write guarded by the cached seq_no proves it
+            unseen = {c.room_id for c in members[account] if c.added and c.room_id not in cached[0].room_timestamps} if cached else set()
+            unseen -= {c.room_id for c in members[account] if not c.added}
+            for room_id in {change.room_id for change in members[account]}:
+                if room_id not in unseen:
+                    wanted.append({"_index": idx.spotlight, "_id": spotlight_doc_id(account=account, room_id=room_id)})
+                rooms.add(room_id)
+        if hinted:
+            fetched.names = {room_id: (name, (0, 0)) for room_id in rooms if (name := self._names.get(room_id)) is not None}
+        else:
+            wanted.extend({"_index": idx.room_names, "_id": room_id} for room_id in sorted(rooms))
         for doc, want in zip(self._mget(wanted), wanted):
             if not doc.get("found"):
                 continue
@@ -229,47 +294,75 @@ class SearchViewsWriter:
                 fetched.spotlight[want["_id"]] = (_decode(SpotlightBody, doc["_source"]), meta)
             else:
                 fetched.names[want["_id"]] = (_decode(RoomName, doc["_source"]), meta)
+                self._remember_name(fetched.names[want["_id"]][0])
         return fetched
 
-    def _bulk(self, actions: list[Action]) -> list[ItemOutcome]:
-        body: list[dict[str, Any]] = []
+    def _remember_name(self, name: RoomName) -> None:
+        known = self._names.pop(name.room_id, None)
+        self._names[name.room_id] = name if known is None or name.name_ts >= known.name_ts else known
+        if len(self._names) > CACHED_NAMES:
+            del self._names[next(iter(self._names))]  # oldest first
+
+    def _remember_user_room(self, account: str, entry: tuple[UserRoomDoc, Meta] | None) -> None:
+        self._user_rooms.pop(account, None)
+        if entry is not None:
+            self._user_rooms[account] = entry
+            if len(self._user_rooms) > CACHED_ACCOUNTS:
+                del self._user_rooms[next(iter(self._user_rooms))]
+
+    def _bulk(self, actions: list[Action]) -> list[tuple[ItemOutcome, Meta | None]]:
+        """Each action's outcome, with the written document's new (seq_no, primary_term) when it is known."""
+        body = bytearray()
         for meta, source in actions:
-            body.append(meta)
-            if source is not None:
-                body.append(source)
+            _JSON.encode_into(meta, body, -1)
+            body += b"\n"
+            if source is not None:  # a Struct encodes with its wire (camelCase) keys, no dict in between
+                _JSON.encode_into(source, body, -1)
+                body += b"\n"
         started = time.perf_counter()
         # require_alias: a missing alias must fail loudly, not auto-create an unmapped index
-        response = self._call("bulk", self.es.bulk, operations=body, require_alias=True, refresh=False)
+        response = self._call("bulk", self.es.bulk, operations=cast(Any, bytes(body)), require_alias=True, refresh=False)
         metrics.observe_write(self._flow, STORE, len(actions), time.perf_counter() - started)
-        outcomes: list[ItemOutcome] = []
+        outcomes: list[tuple[ItemOutcome, Meta | None]] = []
         for item in response["items"]:
             action, result = next(iter(item.items()))
             error = result.get("error") or {}
             outcome = views.classify_bulk_item(action, int(result["status"]), error.get("type", ""))
             if outcome is ItemOutcome.FATAL:
                 raise RuntimeError(f"elasticsearch rejected {action} {result.get('_index')}/{result.get('_id')}: {error}")
-            outcomes.append(outcome)
+            written = "_seq_no" in result and "_primary_term" in result and outcome is ItemOutcome.DONE
+            outcomes.append((outcome, (int(result["_seq_no"]), int(result["_primary_term"])) if written else None))
         return outcomes
 
     def _write_members(self, members: dict[str, list[MemberChange]], failed: dict[str, str]) -> None:
         """mget, plan, bulk; re-read and re-plan the accounts that hit a conflict or a concurrent rename."""
         idx = self._indexes
         todo = sorted(members)
-        for _ in range(MAX_ROUNDS):
+        for round_no in range(MAX_ROUNDS):
             if not todo:
                 return
-            fetched = self._fetch(todo, members)
+            fetched = self._fetch(todo, members, hinted=round_no == 0)
             names = {room_id: name for room_id, (name, _) in fetched.names.items()}
             spotlight = {doc_id: doc for doc_id, (doc, _) in fetched.spotlight.items()}
             actions: list[Action] = []
             owners: list[str] = []
             named: dict[str, set[str]] = {}  # room -> accounts whose spotlight name came from this round's read
+            user_room_writes: dict[int, tuple[str, UserRoomDoc]] = {}  # action index -> (account, document written)
+            retry: set[str] = set()
             for account in todo:
                 stored = fetched.user_rooms.get(account)
                 plan = views.plan_account(account, members[account], stored[0] if stored else None, spotlight, names)
+                if plan.user_room is None and account in fetched.from_cache:
+                    # nothing proves the cached copy is still what is stored (an index rebuilt behind the alias,
+                    # documents deleted): decide from a read, next round
+                    retry.add(account)
+                    continue
                 if plan.user_room is not None:
+                    user_room_writes[len(actions)] = (account, plan.user_room)
                     actions.append(_put(idx.user_room, account, plan.user_room, stored[1] if stored else None))
                     owners.append(account)
+                else:
+                    self._remember_user_room(account, stored)  # still what the store holds
                 for doc in plan.upserts:
                     doc_id = spotlight_doc_id(account=account, room_id=doc.room_id)
                     current = fetched.spotlight.get(doc_id)
@@ -281,8 +374,10 @@ class SearchViewsWriter:
                     seq_no, term = fetched.spotlight[doc_id][1]
                     actions.append(({"delete": {"_index": idx.spotlight, "_id": doc_id, "if_seq_no": seq_no, "if_primary_term": term}}, None))
                     owners.append(account)
-            retry: set[str] = set()
-            for owner, outcome in zip(owners, self._bulk(actions) if actions else []):
+            for index, (owner, (outcome, written)) in enumerate(zip(owners, self._bulk(actions) if actions else [])):
+                if index in user_room_writes:
+                    account, user_room = user_room_writes[index]
+                    self._remember_user_room(account, (user_room, written) if written is not None else None)
                 if outcome is ItemOutcome.CONFLICT:
                     retry.add(owner)
                 elif outcome is ItemOutcome.RETRY:
@@ -306,6 +401,7 @@ class SearchViewsWriter:
         for room_id, doc in zip(rooms, found):
             if doc.get("found"):
                 name = _decode(RoomName, doc["_source"])
+                self._remember_name(name)
                 if room_id not in used or name.name_ts > used[room_id].name_ts:
                     stale |= named[room_id]
         return stale
@@ -322,8 +418,9 @@ class SearchViewsWriter:
             if name is None or name == stored:
                 break
             meta = (int(found["_seq_no"]), int(found["_primary_term"])) if stored else None
-            (outcome,) = self._bulk([_put(idx.room_names, room_id, name, meta)])
+            ((outcome, _),) = self._bulk([_put(idx.room_names, room_id, name, meta)])
             if outcome is ItemOutcome.DONE:
+                self._remember_name(name)
                 break
             if outcome is ItemOutcome.RETRY:
                 failed[key] = "elasticsearch overloaded or unavailable (429/5xx)"
@@ -355,7 +452,7 @@ class SearchViewsWriter:
                     actions.append(_put(idx.spotlight, hit["_id"], updated, (int(hit["_seq_no"]), int(hit["_primary_term"]))))
             if not actions:
                 return
-            if ItemOutcome.RETRY in self._bulk(actions):
+            if any(outcome is ItemOutcome.RETRY for outcome, _ in self._bulk(actions)):
                 failed[key] = "elasticsearch overloaded or unavailable (429/5xx)"
                 return
             # conflicts (a concurrent add or remove) are re-searched in the next round
@@ -365,6 +462,6 @@ class SearchViewsWriter:
 def _put(index: str, doc_id: str, doc: msgspec.Struct, meta: Meta | None) -> Action:
     """Create a missing document, or replace one only if nobody changed it since we read it."""
     if meta is None:
-        return {"create": {"_index": index, "_id": doc_id}}, to_mongo(doc)
+        return {"create": {"_index": index, "_id": doc_id}}, doc
     seq_no, term = meta
-    return {"index": {"_index": index, "_id": doc_id, "if_seq_no": seq_no, "if_primary_term": term}}, to_mongo(doc)
+    return {"index": {"_index": index, "_id": doc_id, "if_seq_no": seq_no, "if_primary_term": term}}, doc

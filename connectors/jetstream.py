@@ -16,6 +16,8 @@ from bytewax.inputs import DynamicSource, StatelessSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+from nats.errors import FlushTimeoutError
 from nats.js.errors import APIError
 from typing_extensions import override
 
@@ -221,15 +223,21 @@ class _SettlePartition(StatelessSinkPartition[Settle]):
         if dead:
             results = await asyncio.gather(*(self._dead_letter(item) for item in dead))
             outcomes["dead"] = sum(results)
-        await self._client.flush()
+        try:
+            await self._client.flush()
+        except FlushTimeoutError:
+            # the server dropped while we waited for its PONG (the pending PONG is discarded on reconnect):
+            # an ack that got lost only means a redelivery, which every write tolerates
+            log.warning("%s: ack flush timed out during a reconnect; unconfirmed acks will be redelivered", self._flow)
+            metrics.UNCONFIRMED_ACK_FLUSHES.labels(self._flow).inc()
         return outcomes
 
     async def _dead_letter(self, item: Settle) -> bool:
         headers = dead_letter_headers(item, self._flow)
         try:
             await self._js.publish(self._dlq_subject, item.delivery.data, headers=headers, timeout=10)
-        except APIError:
-            log.exception("dead-lettering %s:%s failed; leaving it for redelivery", item.delivery.stream, item.delivery.stream_seq)
+        except (APIError, NatsError) as exc:  # refused, or NATS away: the original stays un-acked
+            log.warning("dead-lettering %s:%s failed (%r); leaving it for redelivery", item.delivery.stream, item.delivery.stream_seq, exc)
             return False  # not acked: JetStream redelivers it after ack_wait
         log.warning(
             "dead-lettered %s seq %s (%s): %s",

@@ -8,6 +8,9 @@ from collections.abc import Iterable
 from prometheus_client import Counter, Histogram, start_http_server
 
 EVENTS = Counter("chatfed_events_total", "Messages settled, by flow and outcome", ["flow", "outcome"])
+UNCONFIRMED_ACK_FLUSHES = Counter(
+    "chatfed_unconfirmed_ack_flushes_total", "Ack batches whose delivery the server could not confirm (reconnect)", ["flow"]
+)
 DEAD_LETTERS = Counter("chatfed_dead_letters_total", "Messages sent to the dead-letter stream", ["flow"])
 WRITE_SECONDS = Histogram(
     "chatfed_write_seconds",

@@ -53,7 +53,8 @@ def ensure_indexes(db: Database[Document]) -> None:
         unique=True,
         name="room_member_unique",
     )
-    # inbox_mirror's registers: `_id` is the key; `ts` serves the purge (FerretDB has no TTL index)
+    # inbox_mirror's registers (docs/inbox_mirror.md): `key` finds a register's versions; `ts` serves the purge
+    db.membership_guards.create_index([("key", ASCENDING)], name="key")
     db.membership_guards.create_index([("ts", ASCENDING)], name="ts")
     db.room_names.create_index([("ts", ASCENDING)], name="ts")
     db.users.create_index([("account", ASCENDING)], unique=True, name="account_unique")

@@ -39,25 +39,30 @@ def run(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
     return asyncio.run_coroutine_threadsafe(coro, loop()).result(timeout)
 
 
+def connect_options(settings: NatsSettings, *, name: str, keep_trying: bool) -> dict[str, Any]:
+    """nats-py options for `settings`: a flow reconnects forever, a command-line tool gives up quickly."""
+    options: dict[str, Any] = {"servers": [settings.url], "name": name, "connect_timeout": 5}
+    if keep_trying:
+        options |= {"max_reconnect_attempts": -1, "reconnect_time_wait": 0.5, "pending_size": 64 * 1024 * 1024}
+    else:
+        options |= {"max_reconnect_attempts": 1, "reconnect_time_wait": 0.5}
+    if settings.user:
+        options |= {"user": settings.user, "password": settings.password}
+    if settings.creds:
+        options["user_credentials"] = settings.creds
+    return options
+
+
+async def connect(settings: NatsSettings, *, name: str = "chatfed-cli") -> Client:
+    """A short-lived connection for a tool: fails fast when the server refuses or is away."""
+    return await nats.connect(**connect_options(settings, name=name, keep_trying=False))
+
+
 async def _connect(settings: NatsSettings) -> Client:
     async def on_error(exc: Exception) -> None:
         log.warning("nats %s: %s", redact_url(settings.url), exc)
 
-    options: dict[str, Any] = {
-        "servers": [settings.url],
-        "name": "chatfed",
-        "max_reconnect_attempts": -1,
-        "reconnect_time_wait": 0.5,
-        "error_cb": on_error,
-        "allow_reconnect": True,
-        "pending_size": 64 * 1024 * 1024,
-    }
-    if settings.user:
-        options["user"] = settings.user
-        options["password"] = settings.password
-    if settings.creds:
-        options["user_credentials"] = settings.creds
-    return await nats.connect(**options)
+    return await nats.connect(error_cb=on_error, **connect_options(settings, name="chatfed", keep_trying=True))
 
 
 def connection(settings: NatsSettings) -> Client:

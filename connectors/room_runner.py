@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -107,14 +109,19 @@ class RoomCommandRunner:
                     raise TypeError(msg)
                 by_room.setdefault(command.room_id, []).append(command)
         groups = [sorted(cmds, key=lambda c: c.delivery.stream_seq) for cmds in by_room.values()]
+        # set once a command exhausted its in-place retries: the store (or NATS) is down, so the rest of the
+        # batch is nak'd at once instead of each paying the retries (a batch must settle well within ack_wait)
+        outage = threading.Event()
         if len(groups) == 1:
-            return self._apply_room(groups[0])
-        return [settle for settles in self._pool.map(self._apply_room, groups) for settle in settles]
+            return self._apply_room(groups[0], outage)
+        return [settle for settles in self._pool.map(self._apply_room, groups, itertools.repeat(outage)) for settle in settles]
 
-    def _apply_room(self, commands: list[Command]) -> list[Settle]:
-        return [self._apply_one(command) for command in commands]
+    def _apply_room(self, commands: list[Command], outage: threading.Event) -> list[Settle]:
+        return [self._apply_one(command, outage) for command in commands]
 
-    def _apply_one(self, command: Command) -> Settle:
+    def _apply_one(self, command: Command, outage: threading.Event) -> Settle:
+        if outage.is_set():
+            return self._give_up(command, "outage: an earlier command of this batch exhausted its retries")
         last: BaseException | None = None
         for pause in (*self._pauses, None):
             try:
@@ -128,9 +135,17 @@ class RoomCommandRunner:
                 failure = Failure(code=ErrorCode.INTERNAL, error="internal error")
                 self._send_failure(command, failure)
                 raise  # our own bug: stop loudly, JetStream still holds the command (STYLE §2)
-        if command.delivery.num_delivered >= self._max_deliver:  # the settle sink dead-letters it now
-            self._send_failure(command, Failure(code=ErrorCode.INTERNAL, error=f"gave up after retries: {last!r}"))
-        return retry(command.delivery, f"transient: {last!r}")
+        outage.set()
+        return self._give_up(command, repr(last))
+
+    def _give_up(self, command: Command, why: str) -> Settle:
+        """A delayed nak; on the last delivery the requester hears of it (the settle sink dead-letters it)."""
+        if command.delivery.num_delivered >= self._max_deliver:
+            try:
+                self._send_failure(command, Failure(code=ErrorCode.INTERNAL, error=f"gave up after retries: {why}"))
+            except TRANSIENT as exc:  # NATS is down too: the dead letter still records it
+                log.warning("room %s seq %s: no failure result sent: %r", command.room_id, command.delivery.stream_seq, exc)
+        return retry(command.delivery, f"transient: {why}")
 
     def _execute(self, command: Command) -> Settle:
         body = command.body

@@ -61,7 +61,14 @@ def __getattr__(name: str) -> Dataflow:
         writer = elastic.SearchViewsWriter(settings.elastic, indexes, flow=FLOW)
         elastic.install(writer.es, indexes)
         _built = build_flow(
-            JetStreamSource(settings.nats, settings.tuning, stream=subjects.inbox_stream(settings.site), durable=settings.durable or subjects.SEARCH_SYNC),
+            JetStreamSource(
+                settings.nats,
+                settings.tuning,
+                stream=subjects.inbox_stream(settings.site),
+                durable=settings.durable or subjects.SEARCH_SYNC,
+                # all that piled up during a write enters at once, so a backlog is written in big coalesced batches
+                max_batch=settings.tuning.max_buffered,
+            ),
             writer.write,
             SettleSink(settings.nats, settings.tuning, flow=FLOW, dlq_subject=subjects.dlq(settings.site, FLOW)),
             flush=timedelta(milliseconds=settings.tuning.flush_ms),

@@ -8,6 +8,7 @@ from typing import Final, Protocol, TypeAlias, TypeGuard
 
 import msgspec
 
+from logic.identifiers import identifier_problem
 from logic.room_plans import Failure, NewId
 from schemas import subjects
 from schemas.carriers import Delivery, Settle
@@ -160,7 +161,36 @@ def parse_command(delivery: Delivery, *, site: str, mint_id: NewId, now_ms: int)
             failure = Failure(code=ErrorCode.BAD_REQUEST, error=str(exc))
             result = error_result(request_id, _OPERATIONS[op], "", failure, now_ms)
         return Rejected(delivery=delivery, reason=f"bad_request: {exc}", result=result, requester=requester)
+    problem = command_identifier_problem(body)
+    if problem is not None:
+        requester = requester_of(body)
+        if not subjects.is_valid_token(requester):  # no subject to answer on: the dead letter is all there is
+            return Rejected(delivery=delivery, reason=f"bad_request: {problem}")
+        result = error_result(request_id, operation_of(body), "", Failure(code=ErrorCode.BAD_REQUEST, error=problem), now_ms)
+        return Rejected(delivery=delivery, reason=f"bad_request: {problem}", result=result, requester=requester)
     return Command(delivery=delivery, op=op, body=body, request_id=request_id, dedup_base=header_id or payload_seed(body))
+
+
+def command_identifier_problem(body: RoomCommand) -> str | None:
+    """Why a command's ids cannot be used (issue 7): they end up in subjects and document ids.
+
+    The requester's account names the result subject `chat.user.{account}.response.{id}`, so it must be
+    one plain token (no `.bot` exception); org ids are plain tokens too.
+    """
+    requester = requester_of(body)
+    if not subjects.is_valid_token(requester):
+        return f"invalid requester account {requester!r}: needs a non-empty name without '.', '*', '>' or whitespace"
+    if isinstance(body, RemoveMember):
+        rooms, accounts, orgs = [body.room_id], [body.account] if body.account else [], [body.org_id] if body.org_id else []
+    else:
+        rooms, accounts, orgs = [body.room_id, *(c.room_id for c in body.channels)], body.users, body.orgs
+    problem = identifier_problem(room_ids=rooms, accounts=accounts)
+    if problem is not None:
+        return problem
+    for org in orgs:
+        if not subjects.is_valid_token(org):
+            return f"invalid org id {org!r}: needs a non-empty id without '.', '*', '>' or whitespace"
+    return None
 
 
 def ok_result(command: Command, room_id: str, now_ms: int) -> CommandResult:

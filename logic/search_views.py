@@ -8,11 +8,14 @@ from typing import Final, TypeAlias, TypeGuard
 
 import msgspec
 
+from logic.identifiers import identifier_problem
 from logic.membership import counterpart_of, is_direct
+from logic.origin import origin_problem
 from schemas.carriers import Delivery, Settle, poison
 from schemas.documents import SpotlightDoc, UserRoomDoc, spotlight_doc_id
 from schemas.envelope import EventType, decode_envelope
 from schemas.errors import DecodeError
+from schemas.subjects import parse_inbox
 from schemas.events import (
     MemberAddEvent,
     MemberRemoveEvent,
@@ -83,15 +86,37 @@ def parse(delivery: Delivery) -> Parsed:
     """The parts of one delivery, or a poison `Settle` naming why it can never be applied."""
     try:
         envelope = decode_envelope(delivery.data)
+        event: MemberAddEvent | MemberRemoveEvent | RoomRenamedEvent
         if envelope.type == EventType.MEMBER_ADDED:
-            return _added_parts(delivery, decode_member_added(envelope.payload), envelope.timestamp)
-        if envelope.type == EventType.MEMBER_REMOVED:
-            return _removed_parts(delivery, decode_member_removed(envelope.payload), envelope.timestamp)
-        if envelope.type == EventType.ROOM_RENAMED:
-            return _rename_parts(delivery, decode_room_renamed(envelope.payload), envelope.timestamp)
+            event = decode_member_added(envelope.payload)
+        elif envelope.type == EventType.MEMBER_REMOVED:
+            event = decode_member_removed(envelope.payload)
+        elif envelope.type == EventType.ROOM_RENAMED:
+            event = decode_room_renamed(envelope.payload)
+        else:
+            return poison(delivery, f"unexpected event type {envelope.type!r} on {delivery.subject}")
     except DecodeError as exc:
         return poison(delivery, str(exc))
-    return poison(delivery, f"unexpected event type {envelope.type!r} on {delivery.subject}")
+    problem = _untrusted(delivery, envelope.site_id, event)
+    if problem:
+        return poison(delivery, problem)
+    if isinstance(event, MemberAddEvent):
+        return _added_parts(delivery, event, envelope.timestamp)
+    if isinstance(event, MemberRemoveEvent):
+        return _removed_parts(delivery, event, envelope.timestamp)
+    return _rename_parts(delivery, event, envelope.timestamp)
+
+
+def _untrusted(delivery: Delivery, envelope_site: str, event: MemberAddEvent | MemberRemoveEvent | RoomRenamedEvent) -> str | None:
+    """Why the event must not be applied: an unproven origin on the aggregate lane, or unusable ids (issue 7)."""
+    lane = parse_inbox(delivery.subject)
+    if lane is not None and lane.lane == "aggregate":
+        room_site = None if isinstance(event, RoomRenamedEvent) else event.site_id
+        problem = origin_problem(delivery.headers, envelope_site=envelope_site, room_site=room_site)
+        if problem:
+            return problem
+    accounts = () if isinstance(event, RoomRenamedEvent) else event.accounts
+    return identifier_problem(room_ids=[event.room_id], accounts=accounts)
 
 
 def is_parts(parsed: Parsed) -> TypeGuard[list[Part]]:

@@ -12,6 +12,7 @@ import nats.js.errors
 from elasticsearch import Elasticsearch, NotFoundError
 from nats.aio.client import Client
 
+from connectors.bootstrap import bootstrap_site
 from connectors.elastic import SearchIndexes
 from schemas import subjects
 from schemas.streams import site_streams
@@ -22,10 +23,14 @@ from tests.support import (
     flow_env,
     unique_site,
     wait_drained,
+    wait_for,
 )
 from tests.unit.search_oracle import Event, event_bytes
 
 FLOW_MODULE = "dataflows.search_sync"
+# The test events claim to come from site s1 (tests.unit.search_oracle), so a test site sources the real
+# OUTBOX_s1 of the s1 server for its aggregate lane: the origin check then sees a genuine s1 source.
+HOME = "s1"
 
 
 @dataclass
@@ -49,10 +54,20 @@ class SearchSite:
         return flow
 
     async def publish(self, items: Sequence[tuple[str, bytes]], chunk: int = 500) -> None:
-        """Publish (subject, data) pairs to JetStream, `chunk` in flight at a time."""
+        """Publish (subject, data) pairs to JetStream, `chunk` in flight at a time; return once all are in the INBOX.
+
+        Items sent to `OUTBOX_s1` reach the INBOX by sourcing, a moment later: a drain must not start before.
+        """
         js = self.nc.jetstream()
+        inbox = subjects.inbox_stream(self.site)
+        before = (await js.stream_info(inbox)).state.last_seq
         for start in range(0, len(items), chunk):
             await asyncio.gather(*(js.publish(subject, data) for subject, data in items[start : start + chunk]))
+
+        async def arrived() -> bool:
+            return (await js.stream_info(inbox)).state.last_seq >= before + len(items)
+
+        await wait_for(arrived, timeout=120, what=f"{len(items)} messages in {inbox}")
 
     async def drain(self, timeout: float = 120) -> None:
         await wait_drained(self.nc.jetstream(), subjects.inbox_stream(self.site), subjects.SEARCH_SYNC, timeout=timeout)
@@ -80,8 +95,9 @@ class SearchSite:
 
 
 def member_subject(site: str, event: Event, lane: int) -> str:
+    """Even lanes: the local lane; odd lanes: through `OUTBOX_s1`, which the test site sources (the events claim s1)."""
     event_type = "member_added" if event.added else "member_removed"
-    return subjects.inbox_aggregate(site, event_type) if lane % 2 else subjects.inbox_local(site, event_type)
+    return subjects.outbox(origin=HOME, dest=site, event_type=event_type) if lane % 2 else subjects.inbox_local(site, event_type)
 
 
 def random_history(count: int, accounts: int, rooms: int, seed: int, prefix: str = "") -> tuple[list[Event], list[Event]]:
@@ -113,10 +129,11 @@ def cleanup_indexes(es: Elasticsearch, site: str) -> None:
 
 
 async def open_site(servers: Mapping[str, Any], es: Elasticsearch) -> SearchSite:
-    """A fresh test site: its streams and consumers on s1 (sources without external API), no indexes yet."""
+    """A fresh test site: its streams and consumers on s1, its aggregate lane sourcing `OUTBOX_s1`; no indexes yet."""
     site, other = unique_site(), unique_site()
     nc = await connect_site(servers, "s1")
-    await bootstrap_local_sites(nc, [site, other])
+    await bootstrap_local_sites(nc, [other])
+    await bootstrap_site(nc, site, [site, other, HOME], federated=False)
     test_site = SearchSite(servers=servers, site=site, nc=nc, es=es)
     test_site.others.append(other)
     return test_site

@@ -19,7 +19,7 @@ def _people(home: str, remote: str) -> list[dict[str, Any]]:
         user("dave", remote, sectId="org-sales"),
         user("erin", home, deptId="org-sales"),
         user("sales.bot", home, sectId="org-sales"),
-        user("helper.bot", remote),
+        user("helper.bot", remote, _id="u-helperbot"),  # a room id is one subject token: no "." from a user id
     ]
 
 
@@ -68,7 +68,7 @@ def test_dm_and_botdm_across_sites_name_each_side_after_the_other(servers: dict[
     async def scenario(h: RoomHarness) -> None:
         dm = {"users": ["carol"], "roomId": "u-aliceu-carol", "requesterAccount": "alice", "timestamp": TS}
         assert (await h.call("create", dm, requester="alice"))["status"] == "ok"
-        bot = {"users": ["helper.bot"], "roomId": "u-aliceu-helper.bot", "requesterAccount": "alice", "timestamp": TS}
+        bot = {"users": ["helper.bot"], "roomId": "u-aliceu-helperbot", "requesterAccount": "alice", "timestamp": TS}
         assert (await h.call("create", bot, requester="alice"))["status"] == "ok"
 
         subs = h.subs("u-aliceu-carol")
@@ -76,12 +76,12 @@ def test_dm_and_botdm_across_sites_name_each_side_after_the_other(servers: dict[
             "alice": ("carol", None, False, "dm"),
             "carol": ("alice", None, False, "dm"),
         }
-        subs = h.subs("u-aliceu-helper.bot")
+        subs = h.subs("u-aliceu-helperbot")
         assert {a: (s["name"], s["roles"], s["isSubscribed"], s["u"]["isBot"]) for a, s in subs.items()} == {
             "alice": ("helper.bot", None, True, False),
             "helper.bot": ("alice", None, False, True),
         }
-        bot_room = h.db.rooms.find_one({"_id": "u-aliceu-helper.bot"})
+        bot_room = h.db.rooms.find_one({"_id": "u-aliceu-helperbot"})
         assert bot_room is not None and (bot_room["name"], bot_room["userCount"], bot_room["appCount"]) == ("", 1, 1)
         local = await h.local_events()
         assert [(e.inner["roomType"], e.inner["accounts"], e.inner["roomName"]) for e in local] == [

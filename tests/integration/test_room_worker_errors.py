@@ -51,3 +51,38 @@ def test_bad_commands_are_answered_and_dead_lettered(servers: dict[str, Any]) ->
         assert room is not None and room["type"] == "dm"
 
     run(with_harness(servers, _people, scenario))
+
+
+BAD_CHARS = {"dot": ".", "star": "*", "gt": ">", "space": " "}
+
+
+def test_ids_that_are_not_one_subject_token_are_refused_with_bad_request(servers: dict[str, Any]) -> None:
+    """Issue 7: a room id or user account containing `.`, `*`, `>` or a space is refused, nothing written or published."""
+
+    async def scenario(h: RoomHarness) -> None:
+        cases: list[tuple[str, dict[str, Any]]] = []
+        for name, bad in BAD_CHARS.items():
+            cases += [
+                ("create", {"name": "x", "users": ["bob"], "roomId": f"r{bad}{name}", "requesterAccount": "alice", "timestamp": TS}),
+                ("create", {"name": "x", "users": [f"bob{bad}x"], "roomId": f"r-user-{name}", "requesterAccount": "alice", "timestamp": TS}),
+                ("member.add", {"roomId": "r-ok", "users": [f"carol{bad}x"], "requesterAccount": "alice", "timestamp": TS}),
+                ("member.remove", {"roomId": f"r-ok{bad}", "requester": "alice", "account": "bob", "timestamp": TS}),
+                ("member.remove", {"roomId": "r-ok", "requester": "alice", "account": f"b{bad}ob", "timestamp": TS}),
+            ]
+        ok = {"name": "ok", "users": ["bob", "carol"], "roomId": "r-ok", "requesterAccount": "alice", "timestamp": TS}
+        assert (await h.call("create", ok, requester="alice"))["status"] == "ok"
+        before = len(await h.outbox_events()), len(await h.local_events())
+        for op, body in cases:
+            result = await h.call(op, body, requester="alice")
+            assert (result["status"], result["code"]) == ("error", "bad_request"), (op, body, result)
+            assert result["error"].startswith("invalid"), result
+        # a requester account that is not a token has no result subject: dead letter only, never a malformed subject
+        await h.send("create", {"name": "x", "users": ["bob"], "roomId": "r-req", "requesterAccount": "al.ice", "timestamp": TS})
+        await h.drained()
+        dead = await h.dead_letters()
+        reasons = [m.headers[carriers.DLQ_REASON] for m in dead if m.headers]
+        assert len(reasons) == len(cases) + 1 and all(r.startswith("bad_request: invalid") for r in reasons), reasons
+        assert (len(await h.outbox_events()), len(await h.local_events())) == before
+        assert h.db.rooms.count_documents({}) == 1 and sorted(h.subs("r-ok")) == ["alice", "bob", "carol"]
+
+    run(with_harness(servers, _people, scenario))

@@ -11,7 +11,7 @@ from elasticsearch import Elasticsearch
 
 from connectors.search_queries import rooms_for, typeahead
 from schemas import carriers, subjects
-from tests.integration.search_helpers import SearchSite, close_site, open_site
+from tests.integration.search_helpers import HOME, SearchSite, close_site, open_site
 from tests.support import wait_for
 from tests.unit.search_oracle import added, removed, renamed
 from tests.unit.test_search_views import SEARCH_VECTORS, check_vector_expectations
@@ -26,8 +26,8 @@ async def search_site(servers: dict[str, Any], es_url: str) -> AsyncIterator[Sea
 
 def _inbox_subject(site: str, vector_subject: str) -> str:
     event_type = vector_subject.rsplit(".", 1)[1]
-    if vector_subject.startswith("outbox."):  # arrives through sourcing on the aggregate lane
-        return subjects.inbox_aggregate(site, event_type)
+    if vector_subject.startswith("outbox."):  # through OUTBOX_s1, sourced onto the aggregate lane
+        return subjects.outbox(origin=HOME, dest=site, event_type=event_type)
     return subjects.inbox_local(site, event_type)
 
 
@@ -61,7 +61,7 @@ async def test_poison_goes_to_the_dlq_with_its_reason_and_the_flow_keeps_going(s
         [
             (subjects.inbox_local(site, "member_added"), b"{not json"),
             (subjects.inbox_local(site, "member_added"), added("r1", [""], 5)),
-            (subjects.inbox_aggregate(site, "member_removed"), added("r1", ["alice"], 10)),
+            (subjects.outbox(origin=HOME, dest=site, event_type="member_removed"), added("r1", ["alice"], 10)),
         ]
     )
     await search_site.drain()
@@ -100,7 +100,7 @@ async def test_rename_updates_names_and_a_late_add_does_not_bring_the_old_name_b
     await search_site.publish([(subjects.inbox_local(site, "room_renamed"), renamed("r1", "Platform Guild", 200))])
     await search_site.drain()
     late = added("r1", ["dave"], 150, name="Eng Platform")  # older than the rename
-    await search_site.publish([(subjects.inbox_aggregate(site, "member_added"), late)])
+    await search_site.publish([(subjects.outbox(origin=HOME, dest=site, event_type="member_added"), late)])
     await search_site.drain()
     names = search_site.views()[1]
     assert names == {"alice_r1": "Platform Guild", "bob_r1": "Platform Guild", "dave_r1": "Platform Guild", "alice_d1": "carol", "carol_d1": "alice"}
@@ -124,3 +124,25 @@ async def test_typeahead_ranks_by_score_then_newest_join(search_site: SearchSite
         return [doc.room_id for doc in typeahead(search_site.es, search_site.indexes.spotlight, "alice", "team al")]
 
     assert await wait_for(ranked, timeout=10) == ["r2", "r1", "r0"]
+
+
+async def test_aggregate_events_of_unproven_origin_are_dead_lettered_and_never_applied(search_site: SearchSite) -> None:
+    site, impostor = search_site.site, search_site.others[0]
+    search_site.start_flow()
+    await search_site.publish(
+        [
+            # sourced from OUTBOX_{impostor}, but the envelope claims s1 (issue 7)
+            (subjects.outbox(origin=impostor, dest=site, event_type="member_added"), added("r-forged", ["mallory"], 10)),
+            # written straight onto the aggregate lane: no Nats-Stream-Source at all
+            (subjects.inbox_aggregate(site, "member_added"), added("r-direct", ["mallory"], 11)),
+            # the genuine article still goes through
+            (subjects.outbox(origin=HOME, dest=site, event_type="member_added"), added("r-real", ["alice"], 12)),
+        ]
+    )
+    await search_site.drain()
+    sub = await search_site.nc.jetstream().pull_subscribe(subjects.dlq_filter(site), stream=subjects.dlq_stream(site))
+    reasons = sorted((msg.headers or {})[carriers.DLQ_REASON] for msg in await sub.fetch(2, timeout=10))
+    assert reasons[0].startswith("origin mismatch: envelope claims siteId 's1'") and f"OUTBOX_{impostor}" in reasons[0], reasons
+    assert reasons[1].startswith("origin unproven"), reasons
+    assert rooms_for(search_site.es, search_site.indexes.user_room, "mallory") is None
+    assert list(search_site.documents(search_site.indexes.spotlight)) == ["alice_r-real"]

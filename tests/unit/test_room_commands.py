@@ -102,3 +102,45 @@ def test_other_subjects_are_ignored(subject: str) -> None:
     delivery = Delivery(subject=subject, data=b"{}", reply="r", stream="ROOMS_s1", stream_seq=1, num_delivered=1)
     parsed = _parse(delivery)
     assert isinstance(parsed, Rejected) and parsed.ignored
+
+
+BAD_CHARS = {"dot": ".", "star": "*", "gt": ">", "space": " "}
+
+
+@pytest.mark.parametrize("bad", list(BAD_CHARS.values()), ids=list(BAD_CHARS))
+@pytest.mark.parametrize(
+    ("suffix", "body", "field"),
+    [
+        ("create", CREATE, "roomId"),
+        ("create", CREATE, "users"),
+        ("member.add", ADD, "roomId"),
+        ("member.add", ADD, "users"),
+        ("member.add", {**ADD, "orgs": ["o"]}, "orgs"),
+        ("member.remove", REMOVE, "roomId"),
+        ("member.remove", REMOVE, "account"),
+        ("member.remove", {**REMOVE, "account": "", "orgId": "o"}, "orgId"),
+    ],
+    ids=["create-room", "create-user", "add-room", "add-user", "add-org", "remove-room", "remove-account", "remove-org"],
+)
+def test_untokenable_ids_are_refused_with_bad_request(suffix: str, body: dict[str, Any], field: str, bad: str) -> None:
+    value = body[field]
+    tainted = [f"{value[0]}{bad}x"] if isinstance(value, list) else f"{value}{bad}x"
+    parsed = _parse(_delivery(suffix, {**body, field: tainted}, {"X-Request-ID": RID}))
+    assert isinstance(parsed, Rejected) and not parsed.ignored
+    assert parsed.reason.startswith("bad_request: invalid")
+    assert parsed.requester == "alice" and parsed.result is not None
+    assert (parsed.result.status, parsed.result.code, parsed.result.request_id) == ("error", "bad_request", RID)
+
+
+@pytest.mark.parametrize("bad", list(BAD_CHARS.values()), ids=list(BAD_CHARS))
+@pytest.mark.parametrize(("suffix", "body", "field"), [("create", CREATE, "requesterAccount"), ("member.remove", REMOVE, "requester")], ids=["create", "remove"])
+def test_untokenable_requester_is_dead_lettered_without_a_result(suffix: str, body: dict[str, Any], field: str, bad: str) -> None:
+    parsed = _parse(_delivery(suffix, {**body, field: f"al{bad}ice"}, {"X-Request-ID": RID}))
+    assert isinstance(parsed, Rejected) and parsed.reason.startswith("bad_request: invalid requester")
+    assert parsed.result is None and parsed.requester == ""
+
+
+def test_bot_members_and_requesters_subject_token() -> None:
+    assert isinstance(_parse(_delivery("create", {**CREATE, "name": "", "users": ["helper.bot"]})), Command)
+    parsed = _parse(_delivery("create", {**CREATE, "requesterAccount": "helper.bot"}))
+    assert isinstance(parsed, Rejected) and "requester" in parsed.reason

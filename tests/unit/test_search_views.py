@@ -270,3 +270,30 @@ def test_vector_gives_expected_documents(path: Path) -> None:
         {a: msgspec.to_builtins(d) for a, d in memory.user_rooms.items()},
         {i: msgspec.to_builtins(d) for i, d in memory.spotlight.items()},
     )
+
+
+AGGREGATE = "chat.inbox.s2.aggregate.member_added"
+FROM_S1 = {"Nats-Stream-Source": "OUTBOX_s1:7GOAUEZh 3 outbox.s1.to.s2.> chat.inbox.s2.aggregate.> outbox.s1.to.s2.member_added 6NXfE8fj"}
+FROM_S3 = {"Nats-Stream-Source": "OUTBOX_s3 3 outbox.s3.to.s2.> chat.inbox.s2.aggregate.> outbox.s3.to.s2.member_added"}
+
+
+@pytest.mark.parametrize(
+    ("subject", "headers", "data", "reason"),
+    [
+        (AGGREGATE, None, added("r1", ["alice"], 10), "origin unproven"),
+        (AGGREGATE, FROM_S3, added("r1", ["alice"], 10), "origin mismatch"),
+        ("chat.inbox.s2.member_added", None, added("r.1", ["alice"], 10), "invalid room id"),
+        ("chat.inbox.s2.member_added", None, added("r1", ["al ice"], 10), "invalid account"),
+        ("chat.inbox.s2.member_added", None, removed("r1", ["a>"], 10), "invalid account"),
+    ],
+    ids=["aggregate-without-source", "claims-another-origin", "dotted-room", "spaced-account", "wildcard-account"],
+)
+def test_untrusted_events_are_poison(subject: str, headers: dict[str, str] | None, data: bytes, reason: str) -> None:
+    parsed = views.parse(msgspec.structs.replace(delivery(data, subject=subject), headers=headers))
+    assert isinstance(parsed, Settle) and parsed.verdict is Verdict.DEAD
+    assert reason in parsed.reason
+
+
+def test_sourced_event_from_its_home_site_is_applied() -> None:
+    parsed = views.parse(msgspec.structs.replace(delivery(added("r1", ["alice", "helper.bot"], 10), subject=AGGREGATE), headers=FROM_S1))
+    assert views.is_parts(parsed) and [p.account for p in parsed] == ["alice", "helper.bot"]  # type: ignore[union-attr]

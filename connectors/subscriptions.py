@@ -1,0 +1,255 @@
+"""inbox_mirror's MongoDB writer: guard registers, then subscriptions made to conform to them, one bulk per batch."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Final
+
+import msgspec
+import uuid_utils
+from pymongo.collection import Collection
+from pymongo.database import Database
+from pymongo.errors import BulkWriteError
+
+from connectors import metrics
+from connectors.mongo import TRANSIENT_ERRORS, Document, ensure_indexes
+from logic import mirror
+from logic.mirror import Change, Guard, MemberKey
+from logic.settlement import PartOutcome
+from schemas.carriers import Settle
+from schemas.documents import to_mongo
+from schemas.events import RoomType
+from schemas.streams import DLQ_MAX_AGE_S, INBOX_MAX_AGE_S, OUTBOX_MAX_AGE_S
+
+log = logging.getLogger(__name__)
+
+FLOW: Final = "inbox_mirror"
+GUARDS: Final = "membership_guards"
+ROOM_NAMES: Final = "room_names"
+DUPLICATE_KEY: Final = 11000
+CHUNK: Final = 1_000
+# No event older than this can still be delivered (OUTBOX wait + INBOX retention + DLQ replay):
+# a register older than it guards nothing any more (docs/inbox_mirror.md, "Cleanup").
+REGISTER_HORIZON_MS: Final = (OUTBOX_MAX_AGE_S + INBOX_MAX_AGE_S + DLQ_MAX_AGE_S) * 1000
+
+
+class WriteRejected(RuntimeError):
+    """The server refused a write for a reason that is not transient: our bug, so the flow stops."""
+
+
+def new_id() -> str:
+    """A subscription id: uuid7, 32 lowercase hex."""
+    return uuid_utils.uuid7().hex
+
+
+def purge_registers(db: Database[Document], now_ms: int) -> int:
+    """Delete guard and room-name registers past the horizon (FerretDB has no TTL index); returns how many."""
+    cutoff = now_ms - REGISTER_HORIZON_MS
+    return sum(db[name].delete_many({"ts": {"$lt": cutoff}}).deleted_count for name in (GUARDS, ROOM_NAMES))
+
+
+def _chunks(items: Sequence[Any]) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), CHUNK):
+        yield items[start : start + CHUNK]
+
+
+class SubscriptionWriter:
+    """Applies coalesced batches of `Change`s; every step is idempotent, so a replay after a crash is harmless."""
+
+    def __init__(self, db: Database[Document], *, make_id: Callable[[], str] = new_id) -> None:
+        self._db = db
+        self._make_id = make_id
+
+    @classmethod
+    def start(cls, db: Database[Document]) -> SubscriptionWriter:
+        """Create the indexes and purge expired registers, then return a writer."""
+        ensure_indexes(db)
+        purged = purge_registers(db, int(time.time() * 1000))
+        log.info("inbox_mirror: indexes ready, %d expired registers purged", purged)
+        return cls(db)
+
+    def write(self, batch: list[tuple[str, list[object]]]) -> list[PartOutcome]:
+        """One outcome per part of `batch` (coalesced lists keyed by room); transient failures are outcomes."""
+        changes = [item for _, items in batch for item in items if isinstance(item, Change)]
+        started = time.perf_counter()
+        try:
+            failures = self._apply(changes)
+        except TRANSIENT_ERRORS as exc:
+            log.warning("inbox_mirror: MongoDB unavailable for %d changes: %s", len(changes), exc)
+            return [PartOutcome(delivery=c.delivery, parts=c.parts, ok=False, reason=f"mongo: {exc}") for c in changes]
+        metrics.observe_write(FLOW, "mongo", len(changes), time.perf_counter() - started)
+        return [
+            PartOutcome(delivery=c.delivery, parts=c.parts, ok=_failure(c, failures) is None, reason=_failure(c, failures) or "", event_ms=c.ts)
+            for c in changes
+        ]
+
+    def _apply(self, changes: list[Change]) -> dict[tuple[mirror.Kind, MemberKey], str]:
+        failures: dict[tuple[mirror.Kind, MemberKey], str] = {}
+        users = self._user_ids({c.account for c in changes if c.kind is mirror.Kind.ADD})
+        for c in changes:
+            if c.kind is mirror.Kind.ADD and c.account not in users:
+                failures[(c.kind, (c.room_id, c.account))] = mirror.unknown_account_reason(c.account)
+        # an add that cannot be shaped takes no part: the member's other changes still apply
+        plan = mirror.plan(c for c in changes if (c.kind, (c.room_id, c.account)) not in failures)
+        keys = sorted({*plan.membership, *plan.roles})
+        current, superseded = self._read_guards(keys)
+        fresh = [c for key, c in plan.membership.items() if mirror.is_newer(c, _guard(current.get(key)))]
+        versions: list[Document] = []
+        for c in fresh:
+            sub = to_mongo(mirror.subscription_of(c, user_id=users[c.account], sub_id=self._make_id())) if c.kind is mirror.Kind.ADD else None
+            versions.append(_guard_doc((c.room_id, c.account), mirror.guard_for(c), sub))
+        _insert_only(self._db[GUARDS], versions)  # a duplicate is the same version, written by an earlier delivery
+        finals = dict(current)
+        for doc in versions:
+            key = (doc["roomId"], doc["account"])
+            if key not in finals or finals[key]["version"] < doc["version"]:
+                finals[key] = doc
+        touched = {key: finals[key] for key in plan.membership if key in finals}
+        inserted = self._conform(touched)
+        # a racing worker may have moved a register between our read and our writes: conform to the re-read value
+        again, _ = self._read_guards(sorted(touched))
+        inserted |= self._conform({k: d for k, d in again.items() if d["version"] != touched[k]["version"]})
+        self._delete_ids(self._db[GUARDS], superseded)
+        self._apply_roles(plan.roles, {k: g for k, d in finals.items() if (g := _guard(d)) is not None}, failures)
+        renames = {room: {"version": c.ts, "ts": c.ts, "name": c.name} for room, c in plan.renames.items()}
+        # a new channel subscription may carry a name older than a rename already applied to its room
+        self._apply_names(self._advance(self._db[ROOM_NAMES], renames, inserted))
+        return failures
+
+    def _read_guards(self, keys: Sequence[MemberKey]) -> tuple[dict[MemberKey, Document], list[str]]:
+        """The newest stored version per key, and the `_id`s of older versions (safe to delete: never read again)."""
+        newest: dict[MemberKey, Document] = {}
+        older: list[str] = []
+        if not keys:
+            return newest, older
+        query = {"key": {"$in": [mirror.guard_id(*key) for key in keys]}}
+        for doc in self._db[GUARDS].find(query):
+            key = (doc["roomId"], doc["account"])
+            best = newest.get(key)
+            if best is None or best["version"] < doc["version"]:
+                if best is not None:
+                    older.append(best["_id"])
+                newest[key] = doc
+            else:
+                older.append(doc["_id"])
+        return newest, older
+
+    def _conform(self, finals: Mapping[MemberKey, Document]) -> set[str]:
+        """Make each subscription match its register (absent when removed, inserted when added); rooms of new channel subs."""
+        gone = [key for key, doc in finals.items() if mirror.should_delete(_guard(doc))]
+        if gone:
+            rooms, accounts = sorted({r for r, _ in gone}), sorted({a for _, a in gone})
+            wanted = set(gone)
+            found = self._db.subscriptions.find({"roomId": {"$in": rooms}, "u.account": {"$in": accounts}}, {"roomId": 1, "u.account": 1})
+            self._delete_ids(self._db.subscriptions, [d["_id"] for d in found if (d["roomId"], d["u"]["account"]) in wanted])
+        subs = [doc["sub"] for doc in finals.values() if mirror.should_exist(_guard(doc)) and doc.get("sub")]
+        existed = _insert_only(self._db.subscriptions, subs)
+        return {sub["roomId"] for sub in subs if sub["_id"] not in existed and sub["roomType"] == RoomType.CHANNEL.value}
+
+    def _apply_roles(self, roles: Mapping[MemberKey, Change], finals: Mapping[MemberKey, Guard], failures: dict[tuple[mirror.Kind, MemberKey], str]) -> None:
+        pending = {key: c for key, c in roles.items() if not mirror.is_stale_roles(c, finals.get(key))}
+        if not pending:
+            return
+        rooms = sorted({room for room, _ in pending})
+        accounts = sorted({account for _, account in pending})
+        found = self._db.subscriptions.find({"roomId": {"$in": rooms}, "u.account": {"$in": accounts}}, {"roomId": 1, "u.account": 1})
+        ids = {(d["roomId"], d["u"]["account"]): d["_id"] for d in found}
+        updates: list[Document] = []
+        for (room, account), c in pending.items():
+            if (room, account) not in ids:  # its member_added has not landed yet: retry with backoff
+                failures[(mirror.Kind.ROLES, (room, account))] = f"subscription of {account!r} in {room!r} not found"
+                continue
+            newer = {"$or": [{"rolesUpdatedAt": {"$exists": False}}, {"rolesUpdatedAt": {"$lt": c.ts}}]}
+            updates.append({"q": {"_id": ids[(room, account)], **newer}, "u": {"$set": {"roles": c.roles, "rolesUpdatedAt": c.ts}}})
+        self._update(self._db.subscriptions, updates)
+
+    def _apply_names(self, registers: Mapping[str, Document]) -> None:
+        # joinedAt < ts: a member who joined after the rename got the new name from its own event
+        updates = [
+            {
+                "q": {
+                    "roomId": room,
+                    "roomType": RoomType.CHANNEL.value,
+                    "joinedAt": {"$lt": reg["ts"]},
+                    "$or": [{"nameUpdatedAt": {"$exists": False}}, {"nameUpdatedAt": {"$lt": reg["ts"]}}],
+                },
+                "u": {"$set": {"name": reg["name"], "nameUpdatedAt": reg["ts"]}},
+                "multi": True,
+            }
+            for room, reg in registers.items()
+        ]
+        self._update(self._db.subscriptions, updates)
+
+    def _advance(self, coll: Collection[Document], wanted: Mapping[str, Document], also_read: Iterable[str]) -> dict[str, Document]:
+        """Raise each register to `wanted[id]` where that has a higher `version`; return the final registers."""
+        ids = sorted({*wanted, *also_read})
+        if not ids:
+            return {}
+        existing = {d["_id"]: d["version"] for d in coll.find({"_id": {"$in": list(wanted)}}, {"version": 1})} if wanted else {}
+        fresh = [{"_id": i, **doc} for i, doc in wanted.items() if i not in existing]
+        collided = _insert_only(coll, fresh)  # inserted meanwhile by a racing worker: compare-and-set below
+        raise_ids = [i for i, doc in wanted.items() if (i in existing and existing[i] < doc["version"]) or i in collided]
+        # conditional, never an upsert: FerretDB stops an unordered update batch at its first duplicate key
+        self._update(coll, [{"q": {"_id": i, "version": {"$lt": wanted[i]["version"]}}, "u": {"$set": wanted[i]}} for i in raise_ids])
+        return {d["_id"]: d for d in coll.find({"_id": {"$in": ids}})}
+
+    def _user_ids(self, accounts: set[str]) -> dict[str, str]:
+        if not accounts:
+            return {}
+        return {d["account"]: str(d["_id"]) for d in self._db.users.find({"account": {"$in": sorted(accounts)}}, {"account": 1})}
+
+    def _delete_ids(self, coll: Collection[Document], ids: Sequence[str]) -> None:
+        # one statement per chunk: FerretDB pays a full scan per filtered statement
+        for chunk in _chunks(ids):
+            coll.delete_many({"_id": {"$in": list(chunk)}})
+
+    def _update(self, coll: Collection[Document], updates: Sequence[Document]) -> None:
+        # raw command: pymongo's bulk_write cannot parse FerretDB's reply when a statement fails
+        for chunk in _chunks(updates):
+            _check(self._db.command("update", coll.name, updates=list(chunk), ordered=False), "update")
+
+
+def _guard_doc(key: MemberKey, guard: Guard, sub: Document | None) -> Document:
+    """One version of a register; an add carries the subscription it stands for, so anyone can re-insert it."""
+    gid = mirror.guard_id(*key)
+    doc: Document = {"_id": f"{gid}\x00{guard.version}", "key": gid, "roomId": key[0], "account": key[1]}
+    doc.update(version=guard.version, state=guard.state.value, ts=guard.ts)
+    if sub is not None:
+        doc["sub"] = sub
+    return doc
+
+
+def _guard(doc: Document | None) -> Guard | None:
+    return None if doc is None else msgspec.convert(doc, Guard)
+
+
+def _check(reply: Mapping[str, Any], what: str) -> None:
+    errors = reply.get("writeErrors") or []
+    if errors:
+        raise WriteRejected(f"{what}: {errors[:3]}")
+
+
+def _insert_only(coll: Collection[Document], docs: Sequence[Document]) -> set[str]:
+    """Insert `docs`; a duplicate key means an earlier delivery (or a racing worker) inserted it. Returns those `_id`s."""
+    collided: set[str] = set()
+    for chunk in _chunks(docs):
+        try:
+            coll.insert_many(list(chunk), ordered=False)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if any(e.get("code") != DUPLICATE_KEY for e in errors):
+                raise
+            collided.update(str(chunk[e["index"]]["_id"]) for e in errors)
+    return collided
+
+
+def _failure(change: Change, failures: Mapping[tuple[mirror.Kind, MemberKey], str]) -> str | None:
+    return failures.get((change.kind, (change.room_id, change.account)))
+
+
+def count_if_ignored(_step_id: str, settle: Settle) -> None:
+    """`op.inspect` hook: count a message acked only because its `type` is unknown."""
+    if mirror.is_ignored(settle):
+        metrics.count_ignored(FLOW)

@@ -1,0 +1,69 @@
+"""inbox_mirror: reads the aggregate lane of `INBOX_{site}` (durable `inbox-worker`), writes MongoDB `subscriptions`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+from typing import cast
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow, Stream
+from bytewax.inputs import Source
+from bytewax.outputs import Sink
+
+from connectors import metrics, mongo
+from connectors.jetstream import JetStreamSource, SettleSink, stop_on_sigterm
+from connectors.settings import load_settings
+from connectors.subscriptions import FLOW, SubscriptionWriter, count_if_ignored
+from logic import mirror
+from logic.settlement import PartOutcome, collect_for, settle_parts
+from schemas import subjects
+from schemas.carriers import Delivery, Settle
+
+log = logging.getLogger(__name__)
+
+Writer = Callable[[list[tuple[str, list[object]]]], list[PartOutcome]]
+
+
+def build_flow(source: Source[Delivery], write: Writer, sink: Sink[Settle], *, flush: timedelta, flush_max: int) -> Dataflow:
+    """The graph; `write` is one bulk MongoDB write per batch (connectors/subscriptions.py)."""
+    flow = Dataflow(FLOW)
+    msgs = op.input("pull", flow, source)
+    decoded = op.flat_map("decode", msgs, mirror.decode)  # one Change per (room, account), or a Settle
+    split = op.branch("split_settled", decoded, mirror.is_change)
+    early = cast(Stream[Settle], split.falses)  # poison, unknown type, empty event
+    op.inspect("count_ignored", early, count_if_ignored)
+    keyed = op.key_on("key_by_room", split.trues, mirror.room_key)
+    batches = collect_for("coalesce", keyed, flush, flush_max)
+    outcomes = op.flat_map_batch("write_mongo", batches, write)  # guards, then subscriptions
+    settled = settle_parts("join_parts", outcomes)  # ack only once every part of a message is durable
+    op.output("settle", op.merge("all_settled", early, settled), sink)  # ack / delayed nak / DLQ
+    return flow
+
+
+_built: Dataflow | None = None
+
+
+def __getattr__(name: str) -> Dataflow:
+    """Build `flow` from the `CHATFED_*` settings when `python -m bytewax.run dataflows.inbox_mirror` asks."""
+    global _built
+    if name != "flow":
+        raise AttributeError(name)
+    if _built is not None:
+        return _built
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = load_settings()
+    stop_on_sigterm()
+    metrics.serve(settings.tuning.metrics_port)
+    log.info("inbox_mirror starting: %s", settings.describe())
+    writer = SubscriptionWriter.start(mongo.database(settings.require_mongo()))
+    site = settings.site
+    _built = build_flow(
+        JetStreamSource(settings.nats, settings.tuning, stream=subjects.inbox_stream(site), durable=subjects.INBOX_WORKER),
+        writer.write,
+        SettleSink(settings.nats, settings.tuning, flow=FLOW, dlq_subject=subjects.dlq(site, FLOW)),
+        flush=timedelta(milliseconds=settings.tuning.flush_ms),
+        flush_max=settings.tuning.flush_max,
+    )
+    return _built

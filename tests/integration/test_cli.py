@@ -1,0 +1,147 @@
+"""The operator CLI against the real servers: status, search / user queries, dead-letter replay."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pymongo import MongoClient
+from typer.testing import CliRunner
+
+from chatfed_cli.main import app
+from schemas import subjects
+from schemas.commands import CreateRoom, encode_command
+from schemas.events import MemberAddEvent
+from tests.support import FlowProcess, bootstrap_local_sites, connect_site, envelope_bytes, flow_env, unique_site, wait_drained
+
+runner = CliRunner()
+
+
+class CliSite:
+    """A fresh test site on the s1 server and an info file that names only it, for `CHATFED_INFO`."""
+
+    def __init__(self, servers: dict[str, Any], tmp: Path) -> None:
+        self.servers = servers
+        self.site, self.other = unique_site(), unique_site()
+        self.mongo: MongoClient[dict[str, Any]] = MongoClient(servers["mongo_uri"])
+        self.db = self.mongo[f"chat_{self.site}"]
+        self.flows: list[FlowProcess] = []
+        info = {"sites": {self.site: {**servers["sites"]["s1"], "mongo_db": f"chat_{self.site}"}}, "mongo_uri": servers["mongo_uri"], "es_url": servers["es_url"]}
+        self.info = tmp / "info.json"
+        self.info.write_text(json.dumps(info))
+        self.run(self._bootstrap())
+
+    def run(self, coro: Any) -> Any:
+        return asyncio.run(coro)
+
+    async def _bootstrap(self) -> None:
+        client = await connect_site(self.servers, "s1")
+        try:
+            await bootstrap_local_sites(client, [self.site, self.other])
+        finally:
+            await client.close()
+
+    async def publish(self, items: list[tuple[str, bytes, dict[str, str]]]) -> None:
+        client = await connect_site(self.servers, "s1")
+        try:
+            for subject, data, headers in items:
+                await client.jetstream().publish(subject, data, headers=headers)
+        finally:
+            await client.close()
+
+    async def drained(self, stream: str, durable: str) -> None:
+        client = await connect_site(self.servers, "s1")
+        try:
+            await wait_drained(client.jetstream(), stream, durable, timeout=60)
+        finally:
+            await client.close()
+
+    def flow(self, module: str) -> FlowProcess:
+        flow = FlowProcess(module, flow_env(self.servers, self.site)).start()
+        self.flows.append(flow)
+        return flow
+
+    def cli(self, *args: str) -> Any:
+        result = runner.invoke(app, list(args), env={"CHATFED_INFO": str(self.info)})
+        return result
+
+    def close(self) -> None:
+        for flow in self.flows:
+            flow.stop()
+        self.mongo.drop_database(f"chat_{self.site}")
+        self.mongo.close()
+
+
+@pytest.fixture
+def cli_site(servers: dict[str, Any], tmp_path: Path) -> Iterator[CliSite]:
+    site = CliSite(servers, tmp_path)
+    yield site
+    site.close()
+
+
+def _durable(status: list[dict[str, Any]], durable: str) -> dict[str, Any]:
+    [site] = status
+    return next(d for d in site["durables"] if d["durable"] == durable)
+
+
+def test_status_shows_the_backlog_of_a_stopped_flow_then_zero_after_catch_up(cli_site: CliSite) -> None:
+    site = cli_site.site
+    cli_site.db.users.insert_many([{"_id": f"u-{a}", "account": a, "siteId": site} for a in ("alice", "bob")])
+    now = int(time.time() * 1000)
+    commands = [
+        (
+            subjects.rooms_command(site, "create"),
+            encode_command(CreateRoom(name=f"room-{n}", users=["bob"], room_id=f"r-{n}", requester_id="u-alice", requester_account="alice", timestamp=now + n)),
+            {"X-Request-ID": str(uuid.uuid4())},
+        )
+        for n in range(5)
+    ]
+    cli_site.run(cli_site.publish(commands))
+
+    stopped = cli_site.cli("status", "--json")
+    assert stopped.exit_code == 0, stopped.output
+    assert _durable(json.loads(stopped.output), subjects.ROOM_WORKER)["pending"] == 5
+
+    cli_site.flow("dataflows.room_worker")
+    cli_site.run(cli_site.drained(subjects.rooms_stream(site), subjects.ROOM_WORKER))
+    caught_up = json.loads(cli_site.cli("status", "--json").output)
+    room_worker = _durable(caught_up, subjects.ROOM_WORKER)
+    assert (room_worker["pending"], room_worker["ack_pending"]) == (0, 0)
+    assert cli_site.db.rooms.count_documents({}) == 5
+
+
+def test_search_and_user_rooms_answer_from_the_views(cli_site: CliSite) -> None:
+    site = cli_site.site
+    now = int(time.time() * 1000)
+    event = MemberAddEvent(
+        type="member_added", room_id="r-eng", room_name="eng-platform", room_type="channel", accounts=["alice", "bob"],
+        site_id=site, requester_account="alice", joined_at=now, timestamp=now,
+    )
+    data = envelope_bytes(event, event_type="member_added", site=site, dest=site, timestamp=now)
+    cli_site.flow("dataflows.search_sync")
+    cli_site.run(cli_site.publish([(subjects.inbox_local(site, "member_added"), data, {"Nats-Msg-Id": "e1"})]))
+    cli_site.run(cli_site.drained(subjects.inbox_stream(site), subjects.SEARCH_SYNC))
+    time.sleep(1.2)  # searches are near-real-time (refresh interval); the user-room get is not
+
+    found = cli_site.cli("search", "rooms", "eng pl", "--site", site, "--user", "alice")
+    assert found.exit_code == 0, found.output
+    assert "r-eng\tchannel\teng-platform" in found.output
+    assert "no match" in cli_site.cli("search", "rooms", "design", "--site", site, "--user", "alice").output
+
+    rooms = cli_site.cli("user", "rooms", "--site", site, "--user", "bob")
+    assert rooms.exit_code == 0, rooms.output
+    assert json.loads(rooms.output) == {"rooms": ["r-eng"], "restrictedRooms": {}}
+    assert cli_site.cli("user", "rooms", "--site", site, "--user", "nobody").exit_code == 1
+
+
+def test_bad_arguments_get_a_usage_message(cli_site: CliSite) -> None:
+    unknown = cli_site.cli("dlq", "list", "--site", "nowhere")
+    assert unknown.exit_code == 2
+    assert "unknown site" in unknown.output
+    assert cli_site.cli("dlq", "replay").exit_code == 2  # --site is required

@@ -1,0 +1,231 @@
+"""Store and NATS outages under running flows (issue 7): nothing lost, nothing dead-lettered, both flows catch up.
+
+These stop shared servers (FerretDB for 30 s, the s1 nats-server for a few seconds): other tests running at
+the same moment see the outage too, so keep them in this file and run it on its own when possible.
+"""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import nats.errors
+import pytest
+
+from schemas import subjects
+from tests.integration.mirror_support import (
+    MirrorSite,
+    history,
+    mirror_site,
+    oracle,
+    redelivered,
+)
+from tests.integration.room_support import RoomHarness, user
+from tests.support import REPO, FlowProcess, wait_drained, wait_for
+
+T = TypeVar("T")
+
+pytestmark = pytest.mark.slow
+
+TS = int(time.time() * 1000) - 60_000
+MONGO_OUTAGE_S = 30.0
+NATS_OUTAGE_S = 3.0
+CATCH_UP_S = 180.0
+HOME_USERS = ["alice", "bob", "carol", "dave", *(f"u{i}" for i in range(10))]
+MIRROR_ACCOUNTS = [f"m{i}" for i in range(12)]
+
+
+# `services.py up` starts every stopped server (an ES someone else stopped on purpose too): bring back only ours,
+# under the same lock as `up`/`down`.
+_START_ONE = """
+import fcntl, os, sys
+sys.path.insert(0, "scripts")
+import services as s
+layout = s.load_layout(dict(os.environ))
+server = next(x for x in s.all_servers(layout) if x.name == sys.argv[1])
+with (s.RUN / "services.lock").open("w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if server.pid() is None:
+        s.start(server)
+    if server.name.startswith("nats-") and layout.local_sites:
+        s.wait_for_leafnodes(layout)
+"""
+
+
+def services(*args: str) -> None:
+    """`scripts/services.py` of this checkout."""
+    subprocess.run([sys.executable, str(REPO / "scripts" / "services.py"), *args], cwd=REPO, check=True, capture_output=True, timeout=240)
+
+
+def start_again(server: str) -> None:
+    """What `services.py up` does for `server` alone."""
+    subprocess.run([sys.executable, "-c", _START_ONE, server], cwd=REPO, check=True, capture_output=True, timeout=240)
+
+
+@contextmanager
+def outage(server: str, seconds: float) -> Iterator[None]:
+    """Stop `server`, run the body, keep it down for `seconds` in all, bring it back whatever happens."""
+    services("down", server)
+    down_at = time.monotonic()
+    try:
+        yield
+        time.sleep(max(0.0, seconds - (time.monotonic() - down_at)))
+    finally:
+        start_again(server)
+        print(f"\n{server}: down {time.monotonic() - down_at:.1f} s (including the restart)")
+
+
+class Rooms:
+    """room_worker's half: commands whose final state does not depend on their order (see docs/ and the report)."""
+
+    def __init__(self, h: RoomHarness) -> None:
+        self.h = h
+        self.expected: dict[str, set[str]] = {}  # room -> accounts
+
+    async def create(self, prefix: str, count: int) -> None:
+        for i in range(count):
+            room = f"{prefix}{i}"
+            body = {"name": room, "users": ["bob", "carol", "erin"], "roomId": room, "requesterAccount": "alice", "timestamp": TS + i}
+            await self.h.send("create", body)
+            self.expected[room] = {"alice", "bob", "carol", "erin"}
+
+    async def add(self, prefix: str, count: int, member: Callable[[int], str]) -> None:
+        """Adds to rooms created (and drained) earlier: adds of distinct members commute."""
+        for i in range(count):
+            room = f"{prefix}{i}"
+            body = {"roomId": room, "users": [member(i)], "requesterAccount": "alice", "timestamp": TS + 10_000 + i}
+            await self.h.send("member.add", body)
+            self.expected[room].add(member(i))
+
+    async def drained(self, timeout: float = CATCH_UP_S) -> None:
+        await wait_drained(self.h.client.jetstream(), subjects.rooms_stream(self.h.site), subjects.ROOM_WORKER, timeout)
+
+    async def check(self) -> None:
+        db = self.h.db
+        got: dict[str, set[str]] = {}
+        for doc in db.subscriptions.find({}, {"roomId": 1, "u.account": 1}):
+            got.setdefault(doc["roomId"], set()).add(doc["u"]["account"])
+        assert got == self.expected
+        counts = {d["_id"]: d["userCount"] for d in db.rooms.find({}, {"userCount": 1})}
+        assert counts == {room: len(accounts) for room, accounts in self.expected.items()}
+        creates = sum(1 for room in self.expected)
+        outbox = await self.h.outbox_events()
+        assert len(outbox) == creates and len({e.msg_id for e in outbox}) == creates  # erin's site: once per create
+        assert not await self.h.dead_letters()
+
+
+class Mirror:
+    """inbox_mirror's half: random add/remove histories, checked against the timestamp-order oracle."""
+
+    def __init__(self, m: MirrorSite, seed: int) -> None:
+        self.m = m
+        self.rnd = random.Random(seed)
+        self.items: list[Any] = []
+
+    def publish(self, events: int, tag: str) -> None:
+        items = history(self.rnd, [f"{tag}-r{i}" for i in range(20)], events, accounts=MIRROR_ACCOUNTS)
+        self.items += items
+        self.m.publish(redelivered(self.rnd, items))
+
+    async def drained(self, timeout: float = CATCH_UP_S) -> None:
+        await self.m.sourced()
+        await wait_drained(self.m.js, subjects.inbox_stream(self.m.site), subjects.INBOX_WORKER, timeout)
+
+    async def check(self) -> None:
+        assert self.m.present() == oracle(self.items)
+        assert not await self.m.fetch_dead_letters()
+
+
+class Both:
+    """Both flows running on fresh test sites of the s1 server (one event loop for every NATS call)."""
+
+    def __init__(self, m: MirrorSite, h: RoomHarness, mirror_flow: FlowProcess) -> None:
+        self.m, self.h = m, h
+        self.rooms, self.mirror = Rooms(h), Mirror(m, seed=3)
+        self.mirror_flow = mirror_flow
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self.m.run(coro)
+
+    def settle_before(self) -> None:
+        """Work done and drained before the outage: the rooms the later adds go to."""
+        self.run(self.rooms.create("ra", 60))
+        self.mirror.publish(150, "a")
+        self.run(self.rooms.drained(60))
+        self.run(self.mirror.drained(60))
+
+    def jetstream_back(self) -> None:
+        """Until the test's own connections answer again (the server recovers its streams after a restart)."""
+
+        async def answers() -> bool:
+            try:
+                await self.m.js.stream_info(subjects.rooms_stream(self.h.site))
+                await self.h.client.jetstream().stream_info(subjects.inbox_stream(self.m.site))
+            except (nats.errors.Error, TimeoutError):
+                return False
+            return True
+
+        self.run(wait_for(answers, timeout=60, interval=0.2, what="JetStream after the restart"))
+
+    def catch_up(self, what: str) -> None:
+        started = time.monotonic()
+        self.run(self.rooms.drained())
+        room_s = time.monotonic() - started
+        self.run(self.mirror.drained())
+        print(f"after {what} came back: room_worker drained in {room_s:.1f} s, inbox_mirror in {time.monotonic() - started:.1f} s")
+
+    def check(self) -> None:
+        assert self.h.flow is not None
+        self.h.flow.assert_alive()  # never restarted: the same processes caught up
+        self.mirror_flow.assert_alive()
+        self.run(self.rooms.check())
+        self.run(self.mirror.check())
+
+
+@contextmanager
+def both_flows(servers: dict[str, Any]) -> Iterator[Both]:
+    with mirror_site(servers) as m:
+        h = RoomHarness(servers)
+        try:
+            people = [user(a, h.site) for a in HOME_USERS] + [user("erin", h.other)]
+            m.run(h.start(people))
+            m.users(MIRROR_ACCOUNTS)
+            with m.flow() as mirror_flow:
+                yield Both(m, h, mirror_flow)
+        finally:
+            m.run(h.close())
+
+
+def test_mongo_down_30s_under_room_worker_and_inbox_mirror(servers: dict[str, Any]) -> None:
+    with both_flows(servers) as b:
+        b.settle_before()
+        # in flight when the store goes: published just before, not drained
+        b.run(b.rooms.create("rb", 100))
+        b.run(b.rooms.add("ra", 60, lambda i: f"u{i % 10}"))
+        b.mirror.publish(150, "b")
+        with outage("ferretdb", MONGO_OUTAGE_S):
+            b.run(b.rooms.create("rc", 100))
+            b.run(b.rooms.add("ra", 60, lambda i: "dave"))
+            b.mirror.publish(150, "c")
+        b.catch_up("MongoDB")
+        b.check()
+
+
+def test_nats_restart_under_room_worker_and_inbox_mirror(servers: dict[str, Any]) -> None:
+    with both_flows(servers) as b:
+        b.settle_before()
+        b.run(b.rooms.create("rb", 150))
+        b.run(b.rooms.add("ra", 60, lambda i: f"u{i % 10}"))
+        b.mirror.publish(1500, "b")  # enough that the flow is still busy when the server goes
+        with outage("nats-s1", NATS_OUTAGE_S):
+            pass
+        b.jetstream_back()
+        b.run(b.rooms.create("rc", 60))  # after the restart: the flows still take new work
+        b.mirror.publish(100, "c")
+        b.catch_up("nats-s1")
+        b.check()

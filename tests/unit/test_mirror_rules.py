@@ -1,0 +1,214 @@
+"""inbox_mirror's pure rules: decode outcomes, batch coalescing, the guard register and its order-independence."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from logic import mirror
+from logic.mirror import Change, Guard, GuardState, Kind
+from schemas.carriers import Delivery
+from schemas.envelope import OutboxEvent, encode_envelope
+from schemas.events import (
+    MemberAddEvent,
+    MemberRemoveEvent,
+    RoleSubscription,
+    RoleUpdatedEvent,
+    RoleUser,
+    RoomRenamedEvent,
+    encode_event,
+)
+
+SOURCED_FROM_S1 = {"Nats-Stream-Source": "OUTBOX_s1:7GOAUEZh 12 outbox.s1.to.s2.> chat.inbox.s2.aggregate.> outbox.s1.to.s2.x 6NXfE8fj"}
+
+
+def delivery(data: bytes, seq: int = 1, headers: dict[str, str] | None = SOURCED_FROM_S1) -> Delivery:
+    return Delivery(subject="chat.inbox.s2.aggregate.x", data=data, reply=f"r{seq}", stream="INBOX_s2", stream_seq=seq, num_delivered=1, headers=headers)
+
+
+def envelope(event_type: str, payload: bytes, ts: int = 50, *, site: str = "s1", headers: dict[str, str] | None = SOURCED_FROM_S1) -> Delivery:
+    data = encode_envelope(OutboxEvent(type=event_type, site_id=site, dest_site_id="s2", payload=payload, timestamp=ts))
+    return delivery(data, headers=headers)
+
+
+def change(kind: Kind, ts: int, account: str = "a", room: str = "r") -> Change:
+    return Change(delivery=delivery(b"", ts), parts=1, kind=kind, room_id=room, account=account, ts=ts)
+
+
+REMOVE = encode_event(MemberRemoveEvent(type="member_left", room_id="r", accounts=["a", "b"], site_id="s1", org_id="org", timestamp=2))
+ADD = encode_event(MemberAddEvent(type="member_added", room_id="r", room_name="n", accounts=["a", "b", "c"], site_id="s1", joined_at=1, timestamp=2))
+ROLES = encode_event(RoleUpdatedEvent(user_id="u", subscription=RoleSubscription(room_id="r", u=RoleUser(account="a"), roles=["owner"]), action="role_updated", timestamp=3))
+NO_ROLES = encode_event(RoleUpdatedEvent(user_id="u", subscription=RoleSubscription(room_id="r", u=RoleUser(account="a"), roles=[]), action="role_updated", timestamp=3))
+RENAME = encode_event(RoomRenamedEvent(room_id="r", new_name="new", timestamp=4))
+
+
+@pytest.mark.parametrize(
+    ("item", "expected"),
+    [
+        (delivery(b"not json"), ("dead", "envelope")),
+        (envelope("member_added", b"{}"), ("dead", "member_added")),
+        (envelope("member_removed", b'{"type":"member_removed","roomId":"r","accounts":[""],"siteId":"s1","timestamp":1}'), ("dead", "member_removed")),
+        (envelope("role_updated", NO_ROLES), ("dead", "empty roles")),
+        (envelope("room_renamed", encode_event(RoomRenamedEvent(room_id="r", new_name="", timestamp=4))), ("dead", "empty newName")),
+        (envelope("room_sync", b"{}"), ("ack", "ignored: unknown type 'room_sync'")),
+        (envelope("member_removed", b'{"type":"member_removed","roomId":"r","accounts":[],"siteId":"s1","timestamp":1}'), ("ack", "")),
+    ],
+    ids=["bad-envelope", "bad-add-payload", "empty-account", "empty-roles", "empty-name", "unknown-type", "no-accounts"],
+)
+def test_decode_settles_at_once(item: Delivery, expected: tuple[str, str]) -> None:
+    (settle,) = mirror.decode(item)
+    assert not mirror.is_change(settle)
+    assert settle.verdict.value == expected[0] and expected[1] in settle.reason  # type: ignore[union-attr]
+    assert mirror.is_ignored(settle) == expected[1].startswith("ignored")  # type: ignore[arg-type]
+
+
+def _add(room: str = "r", accounts: tuple[str, ...] = ("a",), site: str = "s1") -> bytes:
+    return encode_event(MemberAddEvent(type="member_added", room_id=room, room_name="n", accounts=list(accounts), site_id=site, joined_at=1, timestamp=2))
+
+
+def _roles(room: str, account: str) -> bytes:
+    sub = RoleSubscription(room_id=room, u=RoleUser(account=account), roles=["owner"])
+    return encode_event(RoleUpdatedEvent(user_id="u", subscription=sub, action="role_updated", timestamp=3))
+
+
+@pytest.mark.parametrize(
+    ("item", "reason"),
+    [
+        (envelope("member_added", ADD, headers=None), "origin unproven"),
+        (envelope("member_added", ADD, headers={"Nats-Stream-Source": "ROOMS_s1 1 a b c"}), "origin unproven"),
+        (envelope("member_added", ADD, site="s3"), "envelope claims siteId 's3' but was sourced from OUTBOX_s1"),
+        (envelope("member_removed", REMOVE, site="s3"), "origin mismatch"),
+        (envelope("member_added", _add(site="s3")), "announced room homed on 's3'"),
+        (envelope("room_sync", b"{}", site="s3"), "origin mismatch"),
+        (envelope("role_updated", ROLES, headers={}), "origin unproven"),
+    ],
+    ids=["no-header", "not-an-outbox", "claims-other-site", "remove-claims-other-site", "foreign-room", "unknown-type-foreign", "roles-no-header"],
+)
+def test_unproven_origin_is_poison(item: Delivery, reason: str) -> None:
+    (settle,) = mirror.decode(item)
+    assert not mirror.is_change(settle)
+    assert settle.verdict.value == "dead" and reason in settle.reason  # type: ignore[union-attr]
+
+
+def test_replayed_dead_letter_keeps_its_proven_origin() -> None:
+    replayed = {"Chatfed-Replayed-Stream-Source": SOURCED_FROM_S1["Nats-Stream-Source"]}
+    assert [c.account for c in mirror.decode(envelope("member_added", _add(), headers=replayed)) if isinstance(c, Change)] == ["a"]
+
+
+@pytest.mark.parametrize("bad", [".", "*", ">", " "], ids=["dot", "star", "gt", "space"])
+@pytest.mark.parametrize(
+    ("event_type", "make"),
+    [
+        ("member_added", lambda bad: _add(room=f"r{bad}x")),
+        ("member_added", lambda bad: _add(accounts=("a", f"b{bad}x"))),
+        ("member_removed", lambda bad: encode_event(MemberRemoveEvent(type="member_removed", room_id="r", accounts=[f"a{bad}"], site_id="s1", timestamp=2))),
+        ("role_updated", lambda bad: _roles("r", f"a{bad}b")),
+        ("room_renamed", lambda bad: encode_event(RoomRenamedEvent(room_id=f"{bad}r", new_name="n", timestamp=4))),
+    ],
+    ids=["add-room", "add-account", "remove-account", "roles-account", "rename-room"],
+)
+def test_invalid_identifiers_are_poison(event_type: str, make: object, bad: str) -> None:
+    (settle,) = mirror.decode(envelope(event_type, make(bad)))  # type: ignore[operator]
+    assert not mirror.is_change(settle)
+    assert settle.verdict.value == "dead" and "invalid" in settle.reason  # type: ignore[union-attr]
+
+
+def test_bot_accounts_pass() -> None:
+    assert [c.account for c in mirror.decode(envelope("member_added", _add(accounts=("helper.bot", "p_x")))) if isinstance(c, Change)] == ["helper.bot", "p_x"]
+
+
+@pytest.mark.parametrize(
+    ("payload", "event_type", "expected"),
+    [
+        (ADD, "member_added", [(Kind.ADD, "a"), (Kind.ADD, "b"), (Kind.ADD, "c")]),
+        (REMOVE, "member_removed", [(Kind.REMOVE, "a"), (Kind.REMOVE, "b")]),
+        (ROLES, "role_updated", [(Kind.ROLES, "a")]),
+        (RENAME, "room_renamed", [(Kind.RENAME, "")]),
+    ],
+    ids=["add", "member-left-with-org", "roles", "rename"],
+)
+def test_decode_fans_out_one_part_per_account(payload: bytes, event_type: str, expected: list[tuple[Kind, str]]) -> None:
+    changes = mirror.decode(envelope(event_type, payload, ts=77))
+    assert [(c.kind, c.account) for c in changes if isinstance(c, Change)] == expected
+    assert all(isinstance(c, Change) and c.parts == len(expected) and c.ts == 77 and c.room_id == "r" for c in changes)
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "later"),
+    [((Kind.ADD, 5), (Kind.REMOVE, 5), 1), ((Kind.REMOVE, 4), (Kind.ADD, 5), 1), ((Kind.ADD, 6), (Kind.REMOVE, 5), 0), ((Kind.ADD, 5), (Kind.ADD, 5), None)],
+    ids=["tie-remove-wins", "newer-add", "older-remove", "duplicate"],
+)
+def test_version_orders_by_time_then_remove(a: tuple[Kind, int], b: tuple[Kind, int], later: int | None) -> None:
+    va, vb = mirror.version_of(*a), mirror.version_of(*b)
+    assert (None if va == vb else (1 if vb > va else 0)) == later
+
+
+GUARD_ADDED_5 = Guard(version=10, state=GuardState.ADDED, ts=5)
+GUARD_REMOVED_5 = Guard(version=11, state=GuardState.REMOVED, ts=5)
+
+
+@pytest.mark.parametrize(
+    ("c", "current", "newer"),
+    [
+        (change(Kind.ADD, 5), None, True),
+        (change(Kind.ADD, 5), GUARD_ADDED_5, False),
+        (change(Kind.ADD, 6), GUARD_REMOVED_5, True),
+        (change(Kind.ADD, 5), GUARD_REMOVED_5, False),
+        (change(Kind.REMOVE, 5), GUARD_ADDED_5, True),
+        (change(Kind.REMOVE, 4), GUARD_ADDED_5, False),
+    ],
+    ids=["first", "duplicate", "re-add", "add-loses-tie", "remove-wins-tie", "stale-remove"],
+)
+def test_a_change_is_written_only_if_it_beats_the_register(c: Change, current: Guard | None, newer: bool) -> None:
+    assert mirror.is_newer(c, current) == newer
+
+
+@pytest.mark.parametrize(
+    ("final", "exist", "delete"),
+    [(GUARD_ADDED_5, True, False), (GUARD_REMOVED_5, False, True), (None, False, False)],
+    ids=["added", "removed", "no-register"],
+)
+def test_subscription_conforms_to_final_register(final: Guard | None, exist: bool, delete: bool) -> None:
+    assert (mirror.should_exist(final), mirror.should_delete(final)) == (exist, delete)
+
+
+@pytest.mark.parametrize(
+    ("ts", "guard", "stale"),
+    [(6, GUARD_ADDED_5, False), (5, GUARD_ADDED_5, True), (4, GUARD_REMOVED_5, True), (6, GUARD_REMOVED_5, False), (1, None, False)],
+    ids=["after-add", "same-ms-as-add", "before-remove", "after-remove", "no-register"],
+)
+def test_role_change_of_an_earlier_membership_is_stale(ts: int, guard: Guard | None, stale: bool) -> None:
+    assert mirror.is_stale_roles(change(Kind.ROLES, ts), guard) == stale
+
+
+def test_plan_keeps_the_winner_per_target() -> None:
+    changes = [change(Kind.ADD, 5), change(Kind.REMOVE, 5), change(Kind.ADD, 4), change(Kind.ADD, 9, "b"), change(Kind.ROLES, 3), change(Kind.ROLES, 8)]
+    changes += [Change(delivery=delivery(b""), parts=1, kind=Kind.RENAME, room_id="r", ts=t, name=f"n{t}") for t in (7, 2)]
+    plan = mirror.plan(changes)
+    assert {k: (c.kind, c.ts) for k, c in plan.membership.items()} == {("r", "a"): (Kind.REMOVE, 5), ("r", "b"): (Kind.ADD, 9)}
+    assert plan.roles[("r", "a")].ts == 8
+    assert plan.renames["r"].name == "n7"
+
+
+history = st.lists(st.tuples(st.sampled_from([Kind.ADD, Kind.REMOVE]), st.integers(1, 6), st.sampled_from("abc")), max_size=25)
+
+
+@given(history, st.randoms(use_true_random=False), st.integers(1, 5))
+def test_register_is_order_independent(events: list[tuple[Kind, int, str]], rnd: random.Random, chunk: int) -> None:
+    """Applying guard writes batch by batch, in any order and with duplicates, ends at the timestamp-order state."""
+    changes = [change(kind, ts, account) for kind, ts, account in events]
+    shuffled = changes + rnd.sample(changes, k=len(changes) // 2)
+    rnd.shuffle(shuffled)
+    registers: dict[str, Guard] = {}
+    for start in range(0, len(shuffled), chunk):
+        for key, c in mirror.plan(shuffled[start : start + chunk]).membership.items():
+            g, gid = mirror.guard_for(c), mirror.guard_id(*key)
+            if gid not in registers or registers[gid].version < g.version:
+                registers[gid] = g
+    present = {(r, a) for (r, a) in {(c.room_id, c.account) for c in changes} if registers[mirror.guard_id(r, a)].state is GuardState.ADDED}
+    assert present == mirror.oracle(changes)
+
+
