@@ -12,7 +12,7 @@ import nats.js.errors
 from elasticsearch import Elasticsearch, NotFoundError
 from nats.aio.client import Client
 
-from connectors.bootstrap import bootstrap_site
+from connectors.bootstrap import bootstrap_site, ensure_stream
 from connectors.elastic import SearchIndexes
 from schemas import subjects
 from schemas.streams import site_streams
@@ -132,6 +132,8 @@ async def open_site(servers: Mapping[str, Any], es: Elasticsearch) -> SearchSite
     """A fresh test site: its streams and consumers on s1, its aggregate lane sourcing `OUTBOX_s1`; no indexes yet."""
     site, other = unique_site(), unique_site()
     nc = await connect_site(servers, "s1")
+    # the real OUTBOX_s1, as s1's bootstrap makes it (idempotent): a fresh server may not have it yet
+    await ensure_stream(nc.jetstream(), next(spec for spec in site_streams(HOME, [HOME]) if spec.name == subjects.outbox_stream(HOME)))
     await bootstrap_local_sites(nc, [other])
     await bootstrap_site(nc, site, [site, other, HOME], federated=False)
     test_site = SearchSite(servers=servers, site=site, nc=nc, es=es)

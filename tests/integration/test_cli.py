@@ -18,7 +18,8 @@ from chatfed_cli.main import app
 from schemas import subjects
 from schemas.commands import CreateRoom, encode_command
 from schemas.events import MemberAddEvent
-from tests.support import FlowProcess, bootstrap_local_sites, connect_site, envelope_bytes, flow_env, unique_site, wait_drained
+from tests.integration.mirror_support import add, mirror_site
+from tests.support import FlowProcess, bootstrap_local_sites, connect_site, envelope_bytes, flow_env, unique_site, wait_drained, wait_for
 
 runner = CliRunner()
 
@@ -145,3 +146,29 @@ def test_bad_arguments_get_a_usage_message(cli_site: CliSite) -> None:
     assert unknown.exit_code == 2
     assert "unknown site" in unknown.output
     assert cli_site.cli("dlq", "replay").exit_code == 2  # --site is required
+
+
+def test_dlq_replay_of_an_unknown_account_succeeds_once_the_user_exists(servers: dict[str, Any], tmp_path: Path) -> None:
+    with mirror_site(servers) as s, s.flow(CHATFED_MAX_DELIVER="2", CHATFED_BACKOFF_BASE_MS="50", CHATFED_BACKOFF_MAX_MS="100"):
+        info = tmp_path / "info.json"
+        info.write_text(json.dumps({"sites": {s.site: {**servers["sites"]["s1"], "mongo_db": s.db.name}}, "mongo_uri": servers["mongo_uri"], "es_url": servers["es_url"]}))
+        env = {"CHATFED_INFO": str(info)}
+        s.users(["alice"])
+        s.publish([add("r1", ["alice", "ghost"], 10)])
+        s.dead_letters(1)
+        s.drained()
+        assert s.present() == {("r1", "alice")}
+
+        listed = runner.invoke(app, ["dlq", "list", "--site", s.site, "--json"], env=env)
+        assert listed.exit_code == 0, listed.output
+        [letter] = json.loads(listed.output)
+        assert letter["reason"] == "unknown account 'ghost' on this site" and letter["flow"] == "inbox_mirror"
+
+        s.users(["ghost"])  # the directory caught up
+        replayed = runner.invoke(app, ["dlq", "replay", "--site", s.site], env=env)
+        assert replayed.exit_code == 0, replayed.output
+        assert "replayed 1 dead letter(s)" in replayed.output
+        s.run(wait_for(lambda: ("r1", "ghost") in s.present(), timeout=30, what="ghost's subscription after the replay"))
+        s.drained()
+        assert s.present() == {("r1", "alice"), ("r1", "ghost")}
+        assert json.loads(runner.invoke(app, ["dlq", "list", "--site", s.site, "--json"], env=env).output) == []
