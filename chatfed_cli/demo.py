@@ -11,6 +11,7 @@ import msgspec
 from elasticsearch import Elasticsearch
 from pymongo.database import Database
 from rich.console import Console
+from rich.status import Status
 from rich.table import Table
 
 from chatfed_cli.rooms import submit
@@ -180,6 +181,10 @@ def _wait(views: dict[str, SiteViews], step: Step, started: float, timeout: floa
         time.sleep(0.05)
 
 
+def _progress(status: Status, prefix: str) -> Callable[[str], None]:
+    return lambda text: status.update(f"{prefix}: {text}")
+
+
 def run_demo(topology: Topology, *, timeout: float = 30, console: Console | None = None) -> bool:
     """Seed users, play the scenario, print the summary; True when every expectation held."""
     console = console or Console()
@@ -197,7 +202,7 @@ def run_demo(topology: Topology, *, timeout: float = 30, console: Console | None
             if result.get("status") != "ok":
                 failures.append(f"step {number} ({step.title}): command failed: {result}")
                 break
-            done_at, missing = _wait(views, step, started, timeout, lambda text: status.update(f"step {number}/{len(steps)}: {text}"))
+            done_at, missing = _wait(views, step, started, timeout, _progress(status, f"step {number}/{len(steps)}"))
             timings.append((step.title, done_at))
             if missing:
                 failures.extend(f"step {number} ({step.title}): {m}" for m in missing)

@@ -32,7 +32,6 @@ def _poll(partition: Any, count: int, timeout: float = 20) -> list[Delivery]:
 
 async def test_pull_ack_retry_and_dead_letter(servers: dict[str, Any]) -> None:
     site = unique_site()
-    url = servers["sites"]["s1"]["nats_url"]
     client = await connect_site(servers, "s1")
     try:
         await bootstrap_local_sites(client, [site])

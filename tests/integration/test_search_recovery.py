@@ -114,3 +114,29 @@ def _es_answers(es: Elasticsearch) -> bool:
     except Exception:  # noqa: BLE001 - any failure means "not answering", which is what we wait for
         return False
     return True
+
+
+@pytest.mark.slow
+async def test_nats_restart_under_search_sync_loses_nothing(search_site: SearchSite) -> None:
+    from tests.integration.test_outages import NATS_OUTAGE_S, outage
+
+    events, order = random_history(6_000, accounts=60, rooms=40, seed=31)
+    flow = search_site.start_flow()
+    await search_site.publish(publishable(search_site.site, order[:3_000]))
+    await wait_for(lambda: _acked_between(search_site, 500), timeout=120, interval=0.05, what="some progress")
+    with outage("nats-s1", NATS_OUTAGE_S):
+        pass  # the flow's connection drops with the server and must come back on its own
+
+    async def jetstream_answers() -> bool:
+        try:
+            await search_site.nc.jetstream().stream_info(subjects.inbox_stream(search_site.site))
+        except Exception:  # noqa: BLE001 - any failure means "not back yet", which is what we wait for
+            return False
+        return True
+
+    await wait_for(jetstream_answers, timeout=60, interval=0.2, what="JetStream after the restart")
+    await search_site.publish(publishable(search_site.site, order[3_000:]))
+    await search_site.drain(timeout=300)
+    flow.assert_alive()  # never restarted: the same process caught up
+    assert await _dead_letters(search_site) == 0
+    assert search_site.views() == oracle(events)
