@@ -8,10 +8,11 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Final
 
+import msgspec
 import nats.errors
 import uuid_utils
 from nats.aio.client import Client
@@ -19,7 +20,7 @@ from nats.aio.client import Client
 from connectors import natsio
 from connectors.jetstream import PublishRejected, publish_all
 from connectors.mongo import TRANSIENT_ERRORS
-from connectors.room_store import RoomStore
+from connectors.room_store import Member, RoomStore
 from logic import room_commands as rc
 from logic import room_events
 from logic import room_plans as plans
@@ -35,7 +36,7 @@ from schemas.commands import (
     RemoveMember,
     encode_command,
 )
-from schemas.documents import MemberType
+from schemas.documents import MemberType, User
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,24 @@ def mint_request_id() -> str:
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+class BatchReads(msgspec.Struct, frozen=True, kw_only=True):
+    """Reads shared by the commands of one batch; `None`: not read, each command reads its own."""
+
+    users: dict[str, User] | None = None  # by account
+    org_users: list[User] | None = None  # users of any of `orgs`
+    orgs: frozenset[str] = frozenset()
+
+
+def _bots(members: Mapping[str, Member]) -> dict[str, bool]:
+    return {account: m.is_bot for account, m in members.items()}
+
+
+def _roles(members: Mapping[str, Member], account: str) -> list[str] | None:
+    """`roles` of `account`'s subscription; `None` if not a member."""
+    member = members.get(account)
+    return None if member is None else member.roles
 
 
 class RoomCommandRunner:
@@ -109,23 +128,49 @@ class RoomCommandRunner:
                     raise TypeError(msg)
                 by_room.setdefault(command.room_id, []).append(command)
         groups = [sorted(cmds, key=lambda c: c.delivery.stream_seq) for cmds in by_room.values()]
+        reads = self._prefetch([command for group in groups for command in group])
         # set once a command exhausted its in-place retries: the store (or NATS) is down, so the rest of the
         # batch is nak'd at once instead of each paying the retries (a batch must settle well within ack_wait)
         outage = threading.Event()
         if len(groups) == 1:
-            return self._apply_room(groups[0], outage)
-        return [settle for settles in self._pool.map(self._apply_room, groups, itertools.repeat(outage)) for settle in settles]
+            return self._apply_room(groups[0], reads, outage)
+        runs = self._pool.map(self._apply_room, groups, itertools.repeat(reads), itertools.repeat(outage))
+        return [settle for settles in runs for settle in settles]
 
-    def _apply_room(self, commands: list[Command], outage: threading.Event) -> list[Settle]:
-        return [self._apply_one(command, outage) for command in commands]
+    def _prefetch(self, commands: Sequence[Command]) -> BatchReads:
+        """The users (by account and by org) of every command of the batch, one query each.
 
-    def _apply_one(self, command: Command, outage: threading.Event) -> Settle:
+        On FerretDB a query by anything but `_id` scans its collection, so a lookup per command costs a
+        scan of `users` per command. Users are not written by this flow, so reading them once per batch
+        sees what a read per command would. A failed read leaves each command to read on its own (and
+        retry in place).
+        """
+        accounts: set[str] = set()
+        orgs: set[str] = set()
+        for command in commands:
+            body = command.body
+            if isinstance(body, RemoveMember):
+                accounts.update([body.account] if body.account else [])
+                orgs.update([body.org_id] if body.org_id else [])
+            else:
+                accounts.update([body.requester_account, *body.users])
+                orgs.update(body.orgs)
+        try:
+            return BatchReads(users=self._store.users_by_accounts(accounts), org_users=self._store.org_members(orgs), orgs=frozenset(orgs))
+        except TRANSIENT as exc:
+            log.warning("batch user lookup failed, each command looks up its own: %r", exc)
+            return BatchReads()
+
+    def _apply_room(self, commands: list[Command], reads: BatchReads, outage: threading.Event) -> list[Settle]:
+        return [self._apply_one(command, reads, outage) for command in commands]
+
+    def _apply_one(self, command: Command, reads: BatchReads, outage: threading.Event) -> Settle:
         if outage.is_set():
             return self._give_up(command, "outage: an earlier command of this batch exhausted its retries")
         last: BaseException | None = None
         for pause in (*self._pauses, None):
             try:
-                return self._execute(command)
+                return self._execute(command, reads)
             except TRANSIENT as exc:
                 last = exc
                 log.warning("room %s seq %s: transient failure: %r", command.room_id, command.delivery.stream_seq, exc)
@@ -138,6 +183,19 @@ class RoomCommandRunner:
         outage.set()
         return self._give_up(command, repr(last))
 
+    def _users(self, reads: BatchReads, accounts: Sequence[str]) -> dict[str, User]:
+        if reads.users is None:
+            return self._store.users_by_accounts(accounts)
+        return {a: reads.users[a] for a in accounts if a in reads.users}
+
+    def _org_members(self, reads: BatchReads, orgs: Sequence[str]) -> list[User]:
+        if not orgs:
+            return []
+        if reads.org_users is None or not reads.orgs.issuperset(orgs):
+            return self._store.org_members(orgs)
+        wanted = set(orgs)
+        return [u for u in reads.org_users if u.sect_id in wanted or u.dept_id in wanted]
+
     def _give_up(self, command: Command, why: str) -> Settle:
         """A delayed nak; on the last delivery the requester hears of it (the settle sink dead-letters it)."""
         if command.delivery.num_delivered >= self._max_deliver:
@@ -147,16 +205,16 @@ class RoomCommandRunner:
                 log.warning("room %s seq %s: no failure result sent: %r", command.room_id, command.delivery.stream_seq, exc)
         return retry(command.delivery, f"transient: {why}")
 
-    def _execute(self, command: Command) -> Settle:
+    def _execute(self, command: Command, reads: BatchReads) -> Settle:
         body = command.body
         if isinstance(body, CreateRoom):
-            outcome = self._create(command, body)
+            outcome = self._create(command, body, reads)
         elif isinstance(body, AddMembers):
-            outcome = self._add(command, body)
+            outcome = self._add(command, body, reads)
         elif body.org_id:
-            outcome = self._remove_org(command, body)
+            outcome = self._remove_org(command, body, reads)
         else:
-            outcome = self._remove_one(command, body)
+            outcome = self._remove_one(command, body, reads)
         if isinstance(outcome, Failure):
             self._send_failure(command, outcome)
             return poison(command.delivery, f"{outcome.code.value}: {outcome.error}")
@@ -167,22 +225,30 @@ class RoomCommandRunner:
         self._send_result(rc.requester_of(body), rc.ok_result(command, command.room_id, self._clock()))
         return done(command.delivery, body.timestamp)
 
-    def _create(self, command: Command, body: CreateRoom) -> list[Publish] | Failure:
+    def _create(self, command: Command, body: CreateRoom, reads: BatchReads) -> list[Publish] | Failure:
         store = self._store
-        found = store.users_by_accounts([body.requester_account, *body.users])
+        found = self._users(reads, [body.requester_account, *body.users])
         requester = found.get(body.requester_account)
         if requester is None:
             return Failure(code=ErrorCode.NOT_FOUND, error=f"requester {body.requester_account} not found")
-        org_members = store.org_members(body.orgs)
+        org_members = self._org_members(reads, body.orgs)
         plan = plans.plan_create(body, home=self._site, requester=requester, found=found, org_members=org_members, new_id=new_id)
         if isinstance(plan, Failure):
             return plan
-        room = store.insert_room(plan.room)
+        # inserted with the counts of its plan: a room this call inserts has no subscriptions yet (a command
+        # on a missing room fails before it writes), so once the plan's are in, these are the counts
+        user_count, app_count = plans.counts_after({}, plan.subscriptions)
+        # (`updatedAt`: when it was counted, as a separate recount would have set it)
+        counted = msgspec.structs.replace(plan.room, user_count=user_count, app_count=app_count, updated_at=self._clock())
+        room, fresh = store.insert_room(counted)
         if (room.type, room.site_id) != (plan.room.type, plan.room.site_id):
             return Failure(code=ErrorCode.CONFLICT, error=f"room {room.id} exists as a {room.type} of site {room.site_id}")
-        store.insert_subscriptions(plan.subscriptions)
+        inserted = store.insert_subscriptions(plan.subscriptions)
         store.insert_room_members(plan.room_members)
-        store.recount(room.id, self._clock())
+        if not fresh or inserted < len(plan.subscriptions):
+            # an earlier delivery (maybe one that died before its subscriptions) or another create got
+            # there first, or a subscription existed already: count what is stored
+            store.recount(room.id, self._clock())
         return room_events.member_added_publishes(
             room=room,
             members=plan.members,
@@ -193,18 +259,19 @@ class RoomCommandRunner:
             dedup_base=command.dedup_base,
         )
 
-    def _add(self, command: Command, body: AddMembers) -> list[Publish] | Failure:
+    def _add(self, command: Command, body: AddMembers, reads: BatchReads) -> list[Publish] | Failure:
         store = self._store
         room = store.room(body.room_id)
-        found = store.users_by_accounts([body.requester_account, *body.users])
+        found = self._users(reads, [body.requester_account, *body.users])
+        before = store.members(body.room_id) if room is not None else {}
         plan = plans.plan_add(
             body,
             home=self._site,
             room=room,
             requester=found.get(body.requester_account),
             found=found,
-            org_members=store.org_members(body.orgs),
-            subscribers=store.subscribers(body.room_id),
+            org_members=self._org_members(reads, body.orgs),
+            subscribers={account: m.user_id for account, m in before.items()},
             room_orgs=store.room_orgs(body.room_id),
             new_id=new_id,
         )
@@ -216,7 +283,8 @@ class RoomCommandRunner:
         subs = plans.subscriptions_for(room, members, owner="", joined_at=body.timestamp, history_shared_since=hss, new_id=new_id)
         store.insert_subscriptions(subs)
         store.insert_room_members(plan.room_members)
-        store.recount(room.id, self._clock())
+        # the room's commands run one at a time: its subscriptions are `before` plus what was just inserted
+        store.set_counts(room.id, plans.counts_after(_bots(before), added=subs), self._clock())
         return room_events.member_added_publishes(
             room=room,
             members=members,
@@ -227,17 +295,19 @@ class RoomCommandRunner:
             dedup_base=command.dedup_base,
         )
 
-    def _remove_one(self, command: Command, body: RemoveMember) -> list[Publish] | Failure:
+    def _remove_one(self, command: Command, body: RemoveMember, reads: BatchReads) -> list[Publish] | Failure:
         store = self._store
-        user = store.users_by_accounts([body.account]).get(body.account)
-        own_roles = store.roles_of(body.room_id, body.account)
+        user = self._users(reads, [body.account]).get(body.account)
+        room = store.room(body.room_id)
+        before = store.members(body.room_id) if room is not None else {}
+        own_roles = _roles(before, body.account)
         plan = plans.plan_remove_one(
             body,
             home=self._site,
-            room=store.room(body.room_id),
+            room=room,
             user=user,
             is_member=own_roles is not None,
-            requester_roles=own_roles if body.requester == body.account else store.roles_of(body.room_id, body.requester),
+            requester_roles=own_roles if body.requester == body.account else _roles(before, body.requester),
             room_orgs=store.room_orgs(body.room_id),
         )
         if isinstance(plan, Failure) or user is None:
@@ -248,7 +318,7 @@ class RoomCommandRunner:
             return []
         announced = store.record_change(f"remove:{command.dedup_base}", body.room_id, [u.account for u in plan.remove], self._clock())
         store.delete_subscriptions(body.room_id, announced)
-        store.recount(body.room_id, self._clock())
+        store.set_counts(body.room_id, plans.counts_after(_bots(before), removed=announced), self._clock())
         members = [user] if user.account in announced else []
         return room_events.member_removed_publishes(
             home=self._site,
@@ -260,17 +330,19 @@ class RoomCommandRunner:
             dedup_base=command.dedup_base,
         )
 
-    def _remove_org(self, command: Command, body: RemoveMember) -> list[Publish] | Failure:
+    def _remove_org(self, command: Command, body: RemoveMember, reads: BatchReads) -> list[Publish] | Failure:
         store = self._store
-        org_members = store.org_members([body.org_id])
+        org_members = self._org_members(reads, [body.org_id])
+        room = store.room(body.room_id)
+        before = store.members(body.room_id) if room is not None else {}
         plan = plans.plan_remove_org(
             body,
             home=self._site,
-            room=store.room(body.room_id),
+            room=room,
             org_members=org_members,
-            subscribers=store.subscribers(body.room_id),
+            subscribers={account: m.user_id for account, m in before.items()},
             individual_ids=store.individual_ids(body.room_id),
-            requester_roles=store.roles_of(body.room_id, body.requester),
+            requester_roles=_roles(before, body.requester),
             room_orgs=store.room_orgs(body.room_id),
         )
         if isinstance(plan, Failure):
@@ -278,7 +350,7 @@ class RoomCommandRunner:
         announced = set(store.record_change(f"remove:{command.dedup_base}", body.room_id, [u.account for u in plan.remove], self._clock()))
         store.delete_subscriptions(body.room_id, sorted(announced))
         store.delete_room_member(body.room_id, MemberType.ORG, body.org_id)
-        store.recount(body.room_id, self._clock())
+        store.set_counts(body.room_id, plans.counts_after(_bots(before), removed=announced), self._clock())
         members = [u for u in sorted(org_members, key=lambda u: u.account) if u.account in announced]
         return room_events.member_removed_publishes(
             home=self._site,

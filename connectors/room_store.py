@@ -6,11 +6,13 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
+import msgspec
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from connectors import metrics
 from connectors.mongo import Document
+from logic.room_plans import room_counts
 from schemas.documents import (
     MemberType,
     Room,
@@ -42,6 +44,14 @@ def _insert_only(collection: Any, docs: Sequence[dict[str, object]]) -> int:
         return int(exc.details.get("nInserted", 0))
 
 
+class Member(msgspec.Struct, frozen=True, kw_only=True):
+    """One subscription of a room, as `RoomStore.members` reads it."""
+
+    user_id: str
+    is_bot: bool
+    roles: list[str]
+
+
 class RoomStore:
     """MongoDB I/O of one site's room_worker; every write is idempotent (SYSTEM.md §3)."""
 
@@ -68,26 +78,28 @@ class RoomStore:
         doc = self._db.rooms.find_one({"_id": room_id})
         return None if doc is None else from_mongo(Room, doc)
 
-    def insert_room(self, room: Room) -> Room:
-        """Insert `room` unless a room with its id exists; return what is stored."""
+    def insert_room(self, room: Room) -> tuple[Room, bool]:
+        """Insert `room` unless a room with its id exists; return what is stored and whether this call inserted it."""
         try:
             self._db.rooms.insert_one(to_mongo(room))
         except DuplicateKeyError:
             stored = self.room(room.id)
             if stored is None:  # pragma: no cover - a duplicate key means it exists
                 raise
-            return stored
-        return room
+            return stored, False
+        return room, True
 
-    def subscribers(self, room_id: str) -> dict[str, str]:
-        """The room's subscribed accounts, mapped to their user ids."""
-        docs = self._db.subscriptions.find({"roomId": room_id}, {"u": 1})
-        return {d["u"]["account"]: d["u"].get("_id", "") for d in docs}
+    def members(self, room_id: str) -> dict[str, Member]:
+        """The room's subscriptions by account: members' user ids, bot flags and roles, in one query.
 
-    def roles_of(self, room_id: str, account: str) -> list[str] | None:
-        """`roles` of `account`'s subscription to the room; `None` if not a member."""
-        doc = self._db.subscriptions.find_one({"roomId": room_id, "u.account": account}, {"roles": 1})
-        return None if doc is None else list(doc.get("roles") or [])
+        On FerretDB every filter but `_id` scans the collection, so a command reads its room's
+        subscriptions once and derives roles and counts from that (docs/inbox_mirror.md, "FerretDB facts").
+        """
+        docs = self._db.subscriptions.find({"roomId": room_id}, {"u": 1, "roles": 1})
+        return {
+            d["u"]["account"]: Member(user_id=d["u"].get("_id", ""), is_bot=bool(d["u"].get("isBot")), roles=list(d.get("roles") or []))
+            for d in docs
+        }
 
     def insert_subscriptions(self, subs: Sequence[Subscription]) -> int:
         """Insert-only on the unique `(roomId, u.account)`: a replay never overwrites read state."""
@@ -107,10 +119,12 @@ class RoomStore:
         self._db.subscriptions.update_one({"roomId": room_id, "u.account": account}, {"$pull": {"roles": "owner"}})
 
     def recount(self, room_id: str, now_ms: int) -> None:
-        """Recompute `userCount` (humans) and `appCount` (bots); a replay that changes no count changes nothing."""
-        subs = self._db.subscriptions
-        apps = subs.count_documents({"roomId": room_id, "u.isBot": True})
-        users = subs.count_documents({"roomId": room_id}) - apps
+        """Recompute `userCount` (humans) and `appCount` (bots) from the stored subscriptions (one scan)."""
+        self.set_counts(room_id, room_counts({a: m.is_bot for a, m in self.members(room_id).items()}), now_ms)
+
+    def set_counts(self, room_id: str, counts: tuple[int, int], now_ms: int) -> None:
+        """Set (`userCount`, `appCount`); a replay that changes no count changes nothing (not even `updatedAt`)."""
+        users, apps = counts
         changed = {"_id": room_id, "$or": [{"userCount": {"$ne": users}}, {"appCount": {"$ne": apps}}]}
         self._db.rooms.update_one(changed, {"$set": {"userCount": users, "appCount": apps, "updatedAt": now_ms}})
 

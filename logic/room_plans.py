@@ -203,6 +203,22 @@ def plan_add(
     return AddPlan(candidates=candidates, new_accounts=new_accounts, room_members=rows)
 
 
+def room_counts(bots_by_account: Mapping[str, bool]) -> tuple[int, int]:
+    """(`userCount`, `appCount`) of a room whose subscriptions are these accounts (value: the account is a bot)."""
+    apps = sum(1 for bot in bots_by_account.values() if bot)
+    return len(bots_by_account) - apps, apps
+
+
+def counts_after(before: Mapping[str, bool], added: Iterable[Subscription] = (), removed: Iterable[str] = ()) -> tuple[int, int]:
+    """The room's counts once `added` were inserted (insert-only: an existing one stays) and `removed` deleted."""
+    after = dict(before)
+    for sub in added:
+        after.setdefault(sub.u.account, sub.u.is_bot)
+    for account in removed:
+        after.pop(account, None)
+    return room_counts(after)
+
+
 def history_shared_since(command: AddMembers) -> int:
     """`historySharedSince` of an add: its acceptance time when history is hidden, else 0 (absent)."""
     return command.timestamp if command.history.mode == "none" else 0

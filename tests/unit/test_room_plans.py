@@ -174,3 +174,20 @@ def test_remove_org_keeps_individuals_and_members_of_other_orgs() -> None:
         individual_ids=set(), requester_roles=["owner"], room_orgs={"org-sales", "org-sales-2", ""} | {"org-x"},
     )
     assert isinstance(plan, RemovePlan) and [u.account for u in plan.remove] == ["dave", "erin", "sales.bot"]
+
+
+def test_counts_after_keeps_existing_members_and_drops_removed_ones() -> None:
+    from logic.membership import subscription_for
+    from logic.room_plans import counts_after
+
+    def sub(account: str) -> Any:
+        return subscription_for(
+            sub_id=account, user_id=f"u-{account}", account=account, room_id="r", room_type="channel", room_name="r",
+            home_site="s1", counterpart="", is_owner=False, joined_at=1,
+        )
+
+    before = {"alice": False, "helper.bot": True}
+    assert counts_after(before) == (1, 1)
+    assert counts_after(before, added=[sub("bob"), sub("alice"), sub("p_tool")]) == (2, 2)  # alice was already in
+    assert counts_after(before, removed=["helper.bot", "nobody"]) == (1, 0)
+    assert counts_after({}, added=[sub("bob")], removed=["bob"]) == (0, 0)

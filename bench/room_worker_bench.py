@@ -1,0 +1,173 @@
+"""Commands per second of room_worker on a backlog of channel creates, beside a sequential consumer in the same run.
+
+Run with the servers up: `.venv/bin/python -m bench.room_worker_bench [N]` (N creates, default 500).
+
+Each create names 3 members (the requester, a home user, a remote user), so it writes a room and 3
+subscriptions and publishes a local `member_added`, one OUTBOX event and the requester's result. The
+backlog is published first, then the flow is started; its start-up (process start to first delivery)
+is reported apart and excluded from its rate. The baseline drains the same commands on a second fresh
+site with nats-py: fetch, apply each command with `connectors/room_store.py`, publish its events one
+after the other, publish the result, ack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+import uuid
+from typing import Any
+
+import msgspec
+from nats.aio.msg import Msg
+
+from connectors.jetstream import parse_ack_reply
+from connectors.mongo import ensure_indexes
+from connectors.room_runner import mint_request_id, new_id
+from connectors.room_store import RoomStore
+from logic import room_commands as rc
+from logic import room_events
+from logic import room_plans as plans
+from schemas import subjects
+from schemas.carriers import Delivery
+from schemas.commands import CreateRoom, encode_command
+from tests.integration.room_support import RoomHarness, user
+from tests.support import REPO, bootstrap_local_sites, connect_site
+
+HOME_USERS = 100
+REMOTE_USERS = 50
+TS = 1767225600000
+
+
+def _servers() -> dict[str, Any]:
+    out = subprocess.run([sys.executable, str(REPO / "scripts" / "services.py"), "info"], capture_output=True, text=True, check=True)
+    info: dict[str, Any] = json.loads(out.stdout)
+    return info
+
+
+def _people(home: str, remote: str) -> list[dict[str, Any]]:
+    return [user(f"h{i}", home) for i in range(HOME_USERS)] + [user(f"x{i}", remote) for i in range(REMOTE_USERS)]
+
+
+def _create(i: int) -> dict[str, Any]:
+    users = [f"h{(i + 1) % HOME_USERS}", f"x{i % REMOTE_USERS}"]
+    return {"name": f"bench {i}", "users": users, "roomId": f"r-bench-{i}", "requesterAccount": f"h{i % HOME_USERS}", "timestamp": TS + i}
+
+
+async def _prepare(servers: dict[str, Any], n: int) -> RoomHarness:
+    """A fresh site with its users and a backlog of `n` creates; no flow running."""
+    h = RoomHarness(servers)
+    h.nc = await connect_site(servers, "s1")
+    await bootstrap_local_sites(h.nc, [h.site, h.other])
+    ensure_indexes(h.db)
+    h.db.users.insert_many(_people(h.site, h.other))
+    js = h.nc.jetstream()
+    acks = [js.publish(subjects.rooms_command(h.site, "create"), json.dumps(_create(i)).encode(), headers={"X-Request-ID": str(uuid.uuid4())}) for i in range(n)]
+    for start in range(0, n, 200):
+        await asyncio.gather(*acks[start : start + 200])
+    return h
+
+
+def _check(h: RoomHarness, n: int) -> None:
+    assert h.db.rooms.count_documents({}) == n, "every room written"
+    assert h.db.subscriptions.count_documents({}) == 3 * n, "every subscription written"
+    assert h.db.rooms.count_documents({"userCount": 3}) == n, "every room counted"
+
+
+async def _events(h: RoomHarness) -> tuple[int, int]:
+    js = h.client.jetstream()
+    local = (await js.stream_info(subjects.inbox_stream(h.site))).state.messages
+    outbox = (await js.stream_info(subjects.outbox_stream(h.site))).state.messages
+    return local, outbox
+
+
+async def _run_flow(h: RoomHarness, n: int) -> tuple[float, float]:
+    """(start-up seconds, drain seconds after the first delivery)."""
+    js = h.client.jetstream()
+    stream = subjects.rooms_stream(h.site)
+    launched = time.perf_counter()
+    h.start_flow()
+    while (await js.consumer_info(stream, subjects.ROOM_WORKER)).delivered.consumer_seq == 0:
+        assert h.flow is not None
+        h.flow.assert_alive()
+        await asyncio.sleep(0.01)
+    first = time.perf_counter()
+    while True:
+        info = await js.consumer_info(stream, subjects.ROOM_WORKER)
+        if info.num_pending == 0 and info.num_ack_pending == 0:
+            break
+        await asyncio.sleep(0.02)
+    done = time.perf_counter()
+    return first - launched, done - first
+
+
+def _delivery(msg: Msg) -> Delivery:
+    stream, seq, delivered = parse_ack_reply(msg.reply)
+    headers = dict(msg.headers) if msg.headers else None
+    return Delivery(subject=msg.subject, data=msg.data, reply=msg.reply, stream=stream, stream_seq=seq, num_delivered=delivered, headers=headers)
+
+
+async def _run_baseline(h: RoomHarness, n: int) -> float:
+    """The straightforward consumer: one command at a time, every call awaited before the next."""
+    nc = h.client
+    js = nc.jetstream()
+    sub = await js.pull_subscribe_bind(durable=subjects.ROOM_WORKER, stream=subjects.rooms_stream(h.site))
+    store = RoomStore(h.db)
+    done, started = 0, time.perf_counter()
+    while done < n:
+        for msg in await sub.fetch(100, timeout=5):
+            command = rc.parse_command(_delivery(msg), site=h.site, mint_id=mint_request_id, now_ms=int(time.time() * 1000))
+            assert isinstance(command, rc.Command) and isinstance(command.body, CreateRoom)
+            body = command.body
+            found = store.users_by_accounts([body.requester_account, *body.users])
+            plan = plans.plan_create(
+                body, home=h.site, requester=found[body.requester_account], found=found, org_members=store.org_members(body.orgs), new_id=new_id
+            )
+            assert isinstance(plan, plans.CreatePlan)
+            # the runner's writes: a new room is inserted with its plan's counts, recounted only if it existed
+            users, apps = plans.counts_after({}, plan.subscriptions)
+            room, fresh = store.insert_room(msgspec.structs.replace(plan.room, user_count=users, app_count=apps, updated_at=int(time.time() * 1000)))
+            inserted = store.insert_subscriptions(plan.subscriptions)
+            store.insert_room_members(plan.room_members)
+            if not fresh or inserted < len(plan.subscriptions):
+                store.recount(room.id, int(time.time() * 1000))
+            publishes = room_events.member_added_publishes(
+                room=room, members=plan.members, requester_account=body.requester_account, joined_at=body.timestamp,
+                history_shared_since=0, now_ms=int(time.time() * 1000), dedup_base=command.dedup_base,
+            )
+            for p in publishes:
+                await js.publish(p.subject, p.data, headers={"Nats-Msg-Id": p.msg_id})
+            result = rc.ok_result(command, room.id, int(time.time() * 1000))
+            await nc.publish(subjects.command_result(account=body.requester_account, request_id=result.request_id), encode_command(result))
+            await msg.ack()
+            done += 1
+    await nc.flush()
+    return time.perf_counter() - started
+
+
+async def main(n: int) -> None:
+    servers = _servers()
+    flow_site = await _prepare(servers, n)
+    base_site = await _prepare(servers, n)
+    try:
+        startup, flow_s = await _run_flow(flow_site, n)
+        base_s = await _run_baseline(base_site, n)
+        for h in (flow_site, base_site):
+            _check(h, n)
+            assert await _events(h) == (n, n), "one local and one OUTBOX event per create"
+    finally:
+        await flow_site.close()
+        await base_site.close()
+    flow_rate, base_rate = n / flow_s, n / base_s
+    print(f"room_worker bench: {n} channel creates (3 members: 1 remote), backlog published before the consumer starts")
+    print()
+    print("| consumer | commands | seconds | commands/s | ratio to baseline |")
+    print("|---|---|---|---|---|")
+    print(f"| room_worker flow (1 process, 1 worker; start-up {startup:.2f} s excluded) | {n} | {flow_s:.2f} | {flow_rate:,.1f} | {flow_rate / base_rate:.2f}x |")
+    print(f"| baseline: fetch + apply one at a time + publish + ack | {n} | {base_s:.2f} | {base_rate:,.1f} | 1.00x |")
+
+
+if __name__ == "__main__":
+    asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 500))
