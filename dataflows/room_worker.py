@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from datetime import timedelta
@@ -12,18 +11,16 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.outputs import Sink
 
-from connectors import metrics, mongo, natsio
-from connectors.jetstream import JetStreamSource, SettleSink, stop_on_sigterm
+from connectors import mongo, natsio, runtime
+from connectors.jetstream import JetStreamSource, SettleSink
 from connectors.room_runner import RoomCommandRunner, mint_request_id
 from connectors.room_store import RoomStore
-from connectors.settings import load_settings
 from logic import room_commands
 from logic.settlement import collect_for
 from schemas import subjects
 from schemas.carriers import Delivery, Settle
 
 FLOW = "room_worker"
-log = logging.getLogger(__name__)
 
 
 def _now_ms() -> int:
@@ -57,11 +54,7 @@ def __getattr__(name: str) -> Dataflow:
     """Build `flow` from the `CHATFED_*` settings when `python -m bytewax.run dataflows.room_worker` asks."""
     if name != "flow":
         raise AttributeError(name)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = load_settings()
-    stop_on_sigterm()
-    metrics.serve(settings.tuning.metrics_port)
-    log.info("room_worker starting: %s", settings.describe())
+    settings = runtime.start_process(FLOW)
     db = mongo.database(settings.require_mongo())
     mongo.ensure_indexes(db)
     runner = RoomCommandRunner(

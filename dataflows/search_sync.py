@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from datetime import timedelta
 from typing import cast
@@ -12,16 +11,14 @@ from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
 from bytewax.outputs import Sink
 
-from connectors import elastic, metrics
-from connectors.jetstream import JetStreamSource, SettleSink, stop_on_sigterm
-from connectors.settings import load_settings
+from connectors import elastic, runtime
+from connectors.jetstream import JetStreamSource, SettleSink
 from logic import search_views
 from logic.settlement import PartOutcome, collect_for, settle_parts
 from schemas import subjects
 from schemas.carriers import Delivery, Settle
 
 FLOW = "search_sync"
-log = logging.getLogger(__name__)
 
 Writer = Callable[[list[tuple[str, list[object]]]], list[PartOutcome]]
 
@@ -52,11 +49,7 @@ def __getattr__(name: str) -> Dataflow:
     if name != "flow":
         raise AttributeError(name)
     if _built is None:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        settings = load_settings()
-        stop_on_sigterm()
-        metrics.serve(settings.tuning.metrics_port)
-        log.info("search_sync starting: %s", settings.describe())
+        settings = runtime.start_process(FLOW)
         indexes = elastic.SearchIndexes.for_site(settings.require_elastic(), settings.site)
         writer = elastic.SearchViewsWriter(settings.elastic, indexes, flow=FLOW)
         elastic.install(writer.es, indexes)
