@@ -64,6 +64,7 @@ class _PullState:
 
 class _JetStreamPartition(StatelessSourcePartition[Delivery]):
     def __init__(self, nats: NatsSettings, tuning: Tuning, stream: str, durable: str, max_batch: int) -> None:
+        self._nats = nats
         self._tuning = tuning
         self._max_batch = max_batch
         self._stream = stream
@@ -136,6 +137,7 @@ class _JetStreamPartition(StatelessSourcePartition[Delivery]):
     def next_batch(self) -> list[Delivery]:
         if self._error is not None:
             raise self._error
+        natsio.check_permissions(self._nats)
         if self._pump.done() and not self._pump.cancelled():
             self._pump.result()
         buffer = self._buffer
@@ -199,6 +201,7 @@ def dead_letter_headers(settle: Settle, flow: str) -> dict[str, str]:
 
 class _SettlePartition(StatelessSinkPartition[Settle]):
     def __init__(self, nats: NatsSettings, tuning: Tuning, flow: str, dlq_subject: str) -> None:
+        self._nats = nats
         self._client = natsio.connection(nats)
         self._js = self._client.jetstream()
         self._tuning = tuning
@@ -252,6 +255,7 @@ class _SettlePartition(StatelessSinkPartition[Settle]):
     @override
     def write_batch(self, items: list[Settle]) -> None:
         outcomes = natsio.run(self._settle(items), timeout=60)
+        natsio.check_permissions(self._nats)  # a refused ack or dead letter would loop forever otherwise
         metrics.record_settled(self._flow, outcomes, (item.event_ms for item in items if item.verdict is Verdict.ACK))
 
 

@@ -20,6 +20,19 @@ T = TypeVar("T")
 _lock = threading.Lock()
 _loop: asyncio.AbstractEventLoop | None = None
 _connections: dict[NatsSettings, Client] = {}
+_violations: dict[NatsSettings, list[str]] = {}
+
+
+class NotPermitted(PermissionError):
+    """The server refused a publish or subscribe of ours: a configuration fault, never retried."""
+
+
+def check_permissions(settings: NatsSettings) -> None:
+    """Raise if the server reported a permissions violation on the shared connection for `settings`."""
+    found = _violations.get(settings)
+    if found:
+        msg = f"NATS user {settings.user or '(none)'!r} at {redact_url(settings.url)}: {found[0]}"
+        raise NotPermitted(msg)
 
 
 def loop() -> asyncio.AbstractEventLoop:
@@ -61,6 +74,8 @@ async def connect(settings: NatsSettings, *, name: str = "chatfed-cli") -> Clien
 async def _connect(settings: NatsSettings) -> Client:
     async def on_error(exc: Exception) -> None:
         log.warning("nats %s: %s", redact_url(settings.url), exc)
+        if "permissions violation" in str(exc).lower():  # the flow would wait forever: stop it loudly instead
+            _violations.setdefault(settings, []).append(str(exc))
 
     return await nats.connect(error_cb=on_error, **connect_options(settings, name="chatfed", keep_trying=True))
 

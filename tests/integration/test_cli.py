@@ -33,7 +33,10 @@ class CliSite:
         self.mongo: MongoClient[dict[str, Any]] = MongoClient(servers["mongo_uri"])
         self.db = self.mongo[f"chat_{self.site}"]
         self.flows: list[FlowProcess] = []
-        info = {"sites": {self.site: {**servers["sites"]["s1"], "mongo_db": f"chat_{self.site}"}}, "mongo_uri": servers["mongo_uri"], "es_url": servers["es_url"]}
+        s1 = servers["sites"]["s1"]
+        # a test site lives on s1's server, outside the subjects s1's service user may use: its flows run as the operator
+        desc = {**s1, "mongo_db": f"chat_{self.site}", "service_user": s1["nats_user"], "service_password": s1["nats_password"]}
+        info = {"sites": {self.site: desc}, "mongo_uri": servers["mongo_uri"], "es_url": servers["es_url"]}
         self.info = tmp / "info.json"
         self.info.write_text(json.dumps(info))
         self.run(self._bootstrap())
@@ -172,3 +175,27 @@ def test_dlq_replay_of_an_unknown_account_succeeds_once_the_user_exists(servers:
         s.drained()
         assert s.present() == {("r1", "alice"), ("r1", "ghost")}
         assert json.loads(runner.invoke(app, ["dlq", "list", "--site", s.site, "--json"], env=env).output) == []
+
+
+def test_bootstrap_is_idempotent_and_flows_up_down_manage_the_processes(cli_site: CliSite) -> None:
+    from chatfed_cli import flows as flow_procs
+
+    for _ in range(2):  # a second run changes nothing and still verifies
+        boot = cli_site.cli("bootstrap")
+        assert boot.exit_code == 0, boot.output
+        assert f"{cli_site.site}: streams, sources and consumers ready" in boot.output
+
+    up = cli_site.cli("flows", "up", "--timeout", "90")
+    try:
+        assert up.exit_code == 0, up.output
+        assert "every flow is consuming" in up.output
+        mine = {p.flow for p in flow_procs.running() if p.site == cli_site.site}
+        assert mine == set(flow_procs.FLOWS)
+        listed = cli_site.cli("flows", "status")
+        assert all(f"{flow}-{cli_site.site}-0" in listed.output for flow in flow_procs.FLOWS)
+        status = json.loads(cli_site.cli("status", "--json").output)
+        assert all(f["processes"] for f in status[0]["flows"])
+    finally:
+        down = cli_site.cli("flows", "down")
+    assert down.exit_code == 0, down.output
+    assert not [p for p in flow_procs.running() if p.site == cli_site.site]

@@ -109,3 +109,22 @@ async def test_aggregate_lane_dead_letter_keeps_its_origin_and_replays(servers: 
 
 async def _dlq_empty(client: Any, site: str) -> bool:
     return (await client.jetstream().stream_info(subjects.dlq_stream(site))).state.messages == 0
+
+
+def test_a_refused_pull_stops_the_flow_loudly(servers: dict[str, Any]) -> None:
+    """s1's service user may not pull from another site's streams: that is a configuration fault, not a wait."""
+    import pytest
+
+    from connectors.natsio import NotPermitted
+
+    desc = servers["sites"]["s1"]
+    service = NatsSettings(url=desc["nats_url"], user=desc["service_user"], password=desc["service_password"])
+    partition = JetStreamSource(service, Tuning(), stream="INBOX_elsewhere", durable=subjects.SEARCH_SYNC).build("pull", 0, 1)
+    try:
+        deadline = time.monotonic() + 10
+        with pytest.raises(NotPermitted, match="permissions violation"):
+            while time.monotonic() < deadline:
+                partition.next_batch()
+                time.sleep(0.05)
+    finally:
+        partition.close()
