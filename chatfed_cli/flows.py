@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -53,14 +54,21 @@ def flow_env(topology: Topology, site: str) -> dict[str, str]:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether `pid` is a live flow process (not gone, not a zombie, not a reused pid naming another program)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    cmdline = Path(f"/proc/{pid}/cmdline")
-    return cmdline.exists() and b"bytewax.run" in cmdline.read_bytes()
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, IndexError):
+        return False
+    if state in {"Z", "X"}:  # exited, not yet reaped
+        return False
+    return not cmdline or b"bytewax.run" in cmdline  # cmdline reads empty for a moment while a process starts
 
 
 def running() -> list[FlowProc]:
@@ -115,14 +123,21 @@ def start(topology: Topology, *, processes: int = 1, flows: tuple[str, ...] = FL
 
 def stop(*, timeout: float = 20, site: str | None = None, flow: str | None = None) -> list[FlowProc]:
     """SIGTERM every matching flow process (the flows map it to a clean stop), SIGKILL after `timeout`."""
-    victims = [p for p in running() if (site is None or p.site == site) and (flow is None or p.flow == flow)]
+    return terminate([p for p in running() if (site is None or p.site == site) and (flow is None or p.flow == flow)], timeout)
+
+
+def terminate(procs: list[FlowProc], timeout: float = 20) -> list[FlowProc]:
+    """Stop these processes, whatever their pid files say (e.g. those `start` just launched)."""
+    victims = [p for p in procs if _pid_alive(p.pid)]
     for proc in victims:
-        os.kill(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):  # it exited meanwhile: nothing to stop
+            os.kill(proc.pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     for proc in victims:
         while _pid_alive(proc.pid) and time.monotonic() < deadline:
             time.sleep(0.1)
         if _pid_alive(proc.pid):
-            os.kill(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGKILL)
         (RUN_DIR / f"{proc.name}.pid").unlink(missing_ok=True)
     return victims

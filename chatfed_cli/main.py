@@ -119,12 +119,14 @@ def flows_up(
         dead = [f"{st.site}/{f.flow}" for st in statuses for f in st.flows if not f.alive]
         if dead:
             typer.echo(f"flow(s) exited: {', '.join(dead)}; see {flow_procs.LOG_DIR}", err=True)
+            flow_procs.terminate(started)  # leave nothing half-started behind
             raise typer.Exit(1)
         if not idle:
             typer.echo("every flow is consuming")
             return
         if time.monotonic() > deadline:
             typer.echo(f"not consuming after {timeout:.0f}s: {', '.join(idle)}; see {flow_procs.LOG_DIR}", err=True)
+            flow_procs.terminate(started)
             raise typer.Exit(1)
         time.sleep(0.5)
 
