@@ -132,9 +132,10 @@ async def main(backlog: int, rate: int, seconds: int) -> None:
         finally:
             await close_site(site)
     print(f"\nbacklog {backlog:,} events; steady {rate}/s for {seconds}s (spotlight refresh_interval {interval})")
-    print(f"{'consumer':<26} {'backlog ev/s':>12} {'p50 ms':>8} {'p99 ms':>8}")
+    baseline = rows[-1]  # measured in the same run, after the flow
+    print(f"{'consumer':<26} {'backlog ev/s':>12} {'x baseline':>10} {'p50 ms':>8} {'p99 ms':>8} {'p50 x':>6}")
     for name, throughput, p50, p99 in rows:
-        print(f"{name:<26} {throughput:>12,.0f} {p50:>8.0f} {p99:>8.0f}")
+        print(f"{name:<26} {throughput:>12,.0f} {throughput / baseline[1]:>10.2f} {p50:>8.0f} {p99:>8.0f} {p50 / baseline[2]:>6.2f}")
 
 
 if __name__ == "__main__":
