@@ -13,6 +13,7 @@ from bytewax.outputs import Sink
 
 from connectors import mongo, runtime
 from connectors.jetstream import JetStreamSource, SettleSink
+from connectors.settings import Settings
 from connectors.subscriptions import FLOW, SubscriptionWriter, count_if_ignored
 from logic import mirror
 from logic.settlement import PartOutcome, collect_for, settle_parts
@@ -39,24 +40,17 @@ def build_flow(source: Source[Delivery], write: Writer, sink: Sink[Settle], *, f
     return flow
 
 
-_built: Dataflow | None = None
-
-
-def __getattr__(name: str) -> Dataflow:
-    """Build `flow` from the `CHATFED_*` settings when `python -m bytewax.run dataflows.inbox_mirror` asks."""
-    global _built
-    if name != "flow":
-        raise AttributeError(name)
-    if _built is not None:
-        return _built
-    settings = runtime.start_process(FLOW)
+def from_settings(settings: Settings) -> Dataflow:
+    """The flow wired to the servers the `CHATFED_*` settings name."""
     writer = SubscriptionWriter.start(mongo.database(settings.require_mongo()))
     site = settings.site
-    _built = build_flow(
+    return build_flow(
         JetStreamSource(settings.nats, settings.tuning, stream=subjects.inbox_stream(site), durable=subjects.INBOX_WORKER),
         writer.write,
         SettleSink(settings.nats, settings.tuning, flow=FLOW, dlq_subject=subjects.dlq(site, FLOW)),
         flush=timedelta(milliseconds=settings.tuning.flush_ms),
         flush_max=settings.tuning.flush_max,
     )
-    return _built
+
+
+__getattr__ = runtime.flow_attribute(FLOW, from_settings)

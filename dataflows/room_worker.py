@@ -15,6 +15,7 @@ from connectors import mongo, natsio, runtime
 from connectors.jetstream import JetStreamSource, SettleSink
 from connectors.room_runner import RoomCommandRunner, mint_request_id
 from connectors.room_store import RoomStore
+from connectors.settings import Settings
 from logic import room_commands
 from logic.settlement import collect_for
 from schemas import subjects
@@ -50,11 +51,8 @@ def build_flow(
     return flow
 
 
-def __getattr__(name: str) -> Dataflow:
-    """Build `flow` from the `CHATFED_*` settings when `python -m bytewax.run dataflows.room_worker` asks."""
-    if name != "flow":
-        raise AttributeError(name)
-    settings = runtime.start_process(FLOW)
+def from_settings(settings: Settings) -> Dataflow:
+    """The flow wired to the servers the `CHATFED_*` settings name; creates the collections' indexes first."""
     db = mongo.database(settings.require_mongo())
     mongo.ensure_indexes(db)
     runner = RoomCommandRunner(
@@ -73,3 +71,6 @@ def __getattr__(name: str) -> Dataflow:
         order_window=timedelta(milliseconds=settings.tuning.flush_ms),
         order_max=settings.tuning.flush_max,
     )
+
+
+__getattr__ = runtime.flow_attribute(FLOW, from_settings)

@@ -13,6 +13,7 @@ from bytewax.outputs import Sink
 
 from connectors import elastic, runtime
 from connectors.jetstream import JetStreamSource, SettleSink
+from connectors.settings import Settings
 from logic import search_views
 from logic.settlement import PartOutcome, collect_for, settle_parts
 from schemas import subjects
@@ -40,31 +41,25 @@ def build_flow(source: Source[Delivery], write: Writer, sink: Sink[Settle], *, f
     return flow
 
 
-_built: Dataflow | None = None
+def from_settings(settings: Settings) -> Dataflow:
+    """The flow wired to the servers the `CHATFED_*` settings name; installs templates and aliases first."""
+    indexes = elastic.SearchIndexes.for_site(settings.require_elastic(), settings.site)
+    writer = elastic.SearchViewsWriter(settings.elastic, indexes, flow=FLOW)
+    elastic.install(writer.es, indexes)
+    return build_flow(
+        JetStreamSource(
+            settings.nats,
+            settings.tuning,
+            stream=subjects.inbox_stream(settings.site),
+            durable=settings.durable or subjects.SEARCH_SYNC,
+            # all that piled up during a write enters at once, so a backlog is written in big coalesced batches
+            max_batch=settings.tuning.max_buffered,
+        ),
+        writer.write,
+        SettleSink(settings.nats, settings.tuning, flow=FLOW, dlq_subject=subjects.dlq(settings.site, FLOW)),
+        flush=timedelta(milliseconds=settings.tuning.flush_ms),
+        flush_max=settings.tuning.flush_max,
+    )
 
 
-def __getattr__(name: str) -> Dataflow:
-    """Build `flow` from the `CHATFED_*` settings when `python -m bytewax.run dataflows.search_sync` asks."""
-    global _built
-    if name != "flow":
-        raise AttributeError(name)
-    if _built is None:
-        settings = runtime.start_process(FLOW)
-        indexes = elastic.SearchIndexes.for_site(settings.require_elastic(), settings.site)
-        writer = elastic.SearchViewsWriter(settings.elastic, indexes, flow=FLOW)
-        elastic.install(writer.es, indexes)
-        _built = build_flow(
-            JetStreamSource(
-                settings.nats,
-                settings.tuning,
-                stream=subjects.inbox_stream(settings.site),
-                durable=settings.durable or subjects.SEARCH_SYNC,
-                # all that piled up during a write enters at once, so a backlog is written in big coalesced batches
-                max_batch=settings.tuning.max_buffered,
-            ),
-            writer.write,
-            SettleSink(settings.nats, settings.tuning, flow=FLOW, dlq_subject=subjects.dlq(settings.site, FLOW)),
-            flush=timedelta(milliseconds=settings.tuning.flush_ms),
-            flush_max=settings.tuning.flush_max,
-        )
-    return _built
+__getattr__ = runtime.flow_attribute(FLOW, from_settings)
