@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Final
+from typing import Final, TypeAlias
 
 import msgspec
 import nats.errors
@@ -20,11 +20,12 @@ from nats.aio.client import Client
 from connectors import natsio
 from connectors.jetstream import PublishRejected, publish_all
 from connectors.mongo import TRANSIENT_ERRORS
-from connectors.room_store import Member, RoomStore
+from connectors.room_store import IntentPending, Member, RoomStore
 from logic import room_commands as rc
 from logic import room_events
 from logic import room_plans as plans
 from logic.room_commands import Command, Parsed, Publish, Rejected
+from logic.room_outcomes import Outcome, RoomMemberKey, RoomWrites
 from logic.room_plans import Failure
 from schemas import subjects
 from schemas.carriers import Settle, done, poison, retry
@@ -40,7 +41,7 @@ from schemas.documents import MemberType, User
 
 log = logging.getLogger(__name__)
 
-TRANSIENT: Final[tuple[type[Exception], ...]] = (*TRANSIENT_ERRORS, nats.errors.Error, TimeoutError, PublishRejected)
+TRANSIENT: Final[tuple[type[Exception], ...]] = (*TRANSIENT_ERRORS, nats.errors.Error, TimeoutError, PublishRejected, IntentPending)
 # Retried here, in place, before giving up with a delayed nak: a nak'd command is redelivered after
 # later commands of the same room have run, so in-place retries keep stream order through short blips
 # and the nak only covers real outages (where order across the outage is lost: documented trade-off).
@@ -62,12 +63,18 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+# what deciding a command gives: its writes and events, or why it cannot be carried out
+Decided: TypeAlias = tuple[RoomWrites, list[Publish]] | Failure
+
+
 class BatchReads(msgspec.Struct, frozen=True, kw_only=True):
     """Reads shared by the commands of one batch; `None`: not read, each command reads its own."""
 
     users: dict[str, User] | None = None  # by account
     org_users: list[User] | None = None  # users of any of `orgs`
     orgs: frozenset[str] = frozenset()
+    records: dict[str, Outcome] | None = None  # answered requests among the batch's, by request key
+    finished: set[str] = msgspec.field(default_factory=set)  # request keys answered since `records` was read
 
 
 def _bots(members: Mapping[str, Member]) -> dict[str, bool]:
@@ -156,7 +163,12 @@ class RoomCommandRunner:
                 accounts.update([body.requester_account, *body.users])
                 orgs.update(body.orgs)
         try:
-            return BatchReads(users=self._store.users_by_accounts(accounts), org_users=self._store.org_members(orgs), orgs=frozenset(orgs))
+            return BatchReads(
+                users=self._store.users_by_accounts(accounts),
+                org_users=self._store.org_members(orgs),
+                orgs=frozenset(orgs),
+                records=self._store.records(command.dedup_base for command in commands),
+            )
         except TRANSIENT as exc:
             log.warning("batch user lookup failed, each command looks up its own: %r", exc)
             return BatchReads()
@@ -206,27 +218,70 @@ class RoomCommandRunner:
         return retry(command.delivery, f"transient: {why}")
 
     def _execute(self, command: Command, reads: BatchReads) -> Settle:
+        """Finish the room's pending command, answer a finished request from its record, or decide and carry out."""
+        pending = self._store.intent(command.room_id)
+        if pending is not None:
+            self._finish(pending, reads)
+            if pending.request_key == command.dedup_base:
+                return self._settle(command, pending)
+        record = self._record(reads, command.dedup_base)
+        if record is not None:  # answered before: the same answer, nothing changes, nothing new is published
+            log.info("request %s answered before: resending its result", command.dedup_base)
+            self._send_result(record.requester, record.result)
+            return done(command.delivery, command.body.timestamp)
+        outcome = self._decide(command, reads)
+        if outcome.ok and (outcome.publishes or outcome.writes != RoomWrites()):
+            self._store.save_intent(outcome, self._clock())
+        self._finish(outcome, reads)
+        return self._settle(command, outcome)
+
+    def _record(self, reads: BatchReads, request_key: str) -> Outcome | None:
+        if reads.records is not None and request_key not in reads.finished:
+            return reads.records.get(request_key)
+        return self._store.records([request_key]).get(request_key)
+
+    def _finish(self, outcome: Outcome, reads: BatchReads) -> None:
+        """Writes, events, the record, then the requester's result; all idempotent, so a rerun is harmless."""
+        self._store.apply(outcome.room_id, outcome.writes, self._clock())
+        if self._crash_after_write and outcome.publishes:
+            log.error("test hook: dying between the writes and the publishes of %s", outcome.request_key)
+            os._exit(137)
+        self._publish(outcome.publishes)
+        self._store.finish(outcome, self._clock())
+        reads.finished.add(outcome.request_key)
+        self._send_result(outcome.requester, outcome.result)
+
+    def _settle(self, command: Command, outcome: Outcome) -> Settle:
+        if outcome.ok:
+            return done(command.delivery, command.body.timestamp)
+        return poison(command.delivery, outcome.reason)
+
+    def _decide(self, command: Command, reads: BatchReads) -> Outcome:
         body = command.body
         if isinstance(body, CreateRoom):
-            outcome = self._create(command, body, reads)
+            decided = self._create(command, body, reads)
         elif isinstance(body, AddMembers):
-            outcome = self._add(command, body, reads)
+            decided = self._add(command, body, reads)
         elif body.org_id:
-            outcome = self._remove_org(command, body, reads)
+            decided = self._remove_org(command, body, reads)
         else:
-            outcome = self._remove_one(command, body, reads)
-        if isinstance(outcome, Failure):
-            self._send_failure(command, outcome)
-            return poison(command.delivery, f"{outcome.code.value}: {outcome.error}")
-        if self._crash_after_write:
-            log.error("test hook: dying between the writes and the publishes of %s", command.request_id)
-            os._exit(137)
-        self._publish(outcome)
-        self._send_result(rc.requester_of(body), rc.ok_result(command, command.room_id, self._clock()))
-        return done(command.delivery, body.timestamp)
+            decided = self._remove_one(command, body, reads)
+        requester = rc.requester_of(body)
+        if isinstance(decided, Failure):
+            result = rc.error_result(command.request_id, rc.operation_of(body), command.room_id, decided, self._clock())
+            reason = f"{decided.code.value}: {decided.error}"
+            return Outcome(request_key=command.dedup_base, room_id=command.room_id, requester=requester, result=result, ok=False, reason=reason)
+        writes, publishes = decided
+        return Outcome(
+            request_key=command.dedup_base,
+            room_id=command.room_id,
+            requester=requester,
+            writes=writes,
+            publishes=publishes,
+            result=rc.ok_result(command, command.room_id, self._clock()),
+        )
 
-    def _create(self, command: Command, body: CreateRoom, reads: BatchReads) -> list[Publish] | Failure:
-        store = self._store
+    def _create(self, command: Command, body: CreateRoom, reads: BatchReads) -> Decided:
         found = self._users(reads, [body.requester_account, *body.users])
         requester = found.get(body.requester_account)
         if requester is None:
@@ -235,21 +290,18 @@ class RoomCommandRunner:
         plan = plans.plan_create(body, home=self._site, requester=requester, found=found, org_members=org_members, new_id=new_id)
         if isinstance(plan, Failure):
             return plan
-        # inserted with the counts of its plan: a room this call inserts has no subscriptions yet (a command
-        # on a missing room fails before it writes), so once the plan's are in, these are the counts
-        user_count, app_count = plans.counts_after({}, plan.subscriptions)
-        # (`updatedAt`: when it was counted, as a separate recount would have set it)
-        counted = msgspec.structs.replace(plan.room, user_count=user_count, app_count=app_count, updated_at=self._clock())
-        room, fresh = store.insert_room(counted)
-        if (room.type, room.site_id) != (plan.room.type, plan.room.site_id):
-            return Failure(code=ErrorCode.CONFLICT, error=f"room {room.id} exists as a {room.type} of site {room.site_id}")
-        inserted = store.insert_subscriptions(plan.subscriptions)
-        store.insert_room_members(plan.room_members)
-        if not fresh or inserted < len(plan.subscriptions):
-            # an earlier delivery (maybe one that died before its subscriptions) or another create got
-            # there first, or a subscription existed already: count what is stored
-            store.recount(room.id, self._clock())
-        return room_events.member_added_publishes(
+        existing = self._store.room(body.room_id)
+        if existing is not None:
+            if (existing.type, existing.site_id) != (plan.room.type, plan.room.site_id):
+                return Failure(code=ErrorCode.CONFLICT, error=f"room {existing.id} exists as a {existing.type} of site {existing.site_id}")
+            if existing.type == plans.CHANNEL:  # another request's channel: never merge two member sets
+                return Failure(code=ErrorCode.CONFLICT, error=f"room {existing.id} exists already")
+            return RoomWrites(), []  # the dm exists (the counterpart opened it): nothing to do
+        # a new room carries the counts of its plan (`updatedAt`: when it was counted)
+        counts = plans.counts_after({}, plan.subscriptions)
+        room = msgspec.structs.replace(plan.room, user_count=counts[0], app_count=counts[1], updated_at=self._clock())
+        writes = RoomWrites(room=room, subscriptions=plan.subscriptions, room_members=plan.room_members)
+        return writes, room_events.member_added_publishes(
             room=room,
             members=plan.members,
             requester_account=requester.account,
@@ -259,7 +311,7 @@ class RoomCommandRunner:
             dedup_base=command.dedup_base,
         )
 
-    def _add(self, command: Command, body: AddMembers, reads: BatchReads) -> list[Publish] | Failure:
+    def _add(self, command: Command, body: AddMembers, reads: BatchReads) -> Decided:
         store = self._store
         room = store.room(body.room_id)
         found = self._users(reads, [body.requester_account, *body.users])
@@ -277,15 +329,13 @@ class RoomCommandRunner:
         )
         if isinstance(plan, Failure) or room is None:
             return plan if isinstance(plan, Failure) else Failure(code=ErrorCode.NOT_FOUND, error="room not found")
-        announced = set(store.record_change(f"add:{command.dedup_base}", room.id, plan.new_accounts, self._clock()))
-        members = [u for u in plan.candidates if u.account in announced]
+        new = set(plan.new_accounts)
+        members = [u for u in plan.candidates if u.account in new]
         hss = plans.history_shared_since(body)
         subs = plans.subscriptions_for(room, members, owner="", joined_at=body.timestamp, history_shared_since=hss, new_id=new_id)
-        store.insert_subscriptions(subs)
-        store.insert_room_members(plan.room_members)
-        # the room's commands run one at a time: its subscriptions are `before` plus what was just inserted
-        store.set_counts(room.id, plans.counts_after(_bots(before), added=subs), self._clock())
-        return room_events.member_added_publishes(
+        counts = plans.counts_after(_bots(before), added=subs) if subs else None
+        writes = RoomWrites(subscriptions=subs, room_members=plan.room_members, counts=counts)
+        return writes, room_events.member_added_publishes(
             room=room,
             members=members,
             requester_account=body.requester_account,
@@ -295,7 +345,7 @@ class RoomCommandRunner:
             dedup_base=command.dedup_base,
         )
 
-    def _remove_one(self, command: Command, body: RemoveMember, reads: BatchReads) -> list[Publish] | Failure:
+    def _remove_one(self, command: Command, body: RemoveMember, reads: BatchReads) -> Decided:
         store = self._store
         user = self._users(reads, [body.account]).get(body.account)
         room = store.room(body.room_id)
@@ -312,25 +362,23 @@ class RoomCommandRunner:
         )
         if isinstance(plan, Failure) or user is None:
             return plan if isinstance(plan, Failure) else Failure(code=ErrorCode.NOT_FOUND, error="user not found")
-        store.delete_room_member(body.room_id, MemberType.INDIVIDUAL, user.id)
+        row = RoomMemberKey(type=MemberType.INDIVIDUAL.value, id=user.id)
         if plan.demote is not None:  # still in through an org: only the individual standing goes
-            store.drop_owner(body.room_id, user.account)
-            return []
-        announced = store.record_change(f"remove:{command.dedup_base}", body.room_id, [u.account for u in plan.remove], self._clock())
-        store.delete_subscriptions(body.room_id, announced)
-        store.set_counts(body.room_id, plans.counts_after(_bots(before), removed=announced), self._clock())
-        members = [user] if user.account in announced else []
-        return room_events.member_removed_publishes(
+            return RoomWrites(drop_rows=[row], drop_owner=[user.account]), []
+        gone = [u.account for u in plan.remove]
+        counts = plans.counts_after(_bots(before), removed=gone) if gone else None
+        writes = RoomWrites(unsubscribe=gone, drop_rows=[row], counts=counts)
+        return writes, room_events.member_removed_publishes(
             home=self._site,
             room_id=body.room_id,
-            members=members,
+            members=plan.remove,
             inner_type=plan.inner_type,
             org_id="",
             now_ms=self._clock(),
             dedup_base=command.dedup_base,
         )
 
-    def _remove_org(self, command: Command, body: RemoveMember, reads: BatchReads) -> list[Publish] | Failure:
+    def _remove_org(self, command: Command, body: RemoveMember, reads: BatchReads) -> Decided:
         store = self._store
         org_members = self._org_members(reads, [body.org_id])
         room = store.room(body.room_id)
@@ -347,15 +395,13 @@ class RoomCommandRunner:
         )
         if isinstance(plan, Failure):
             return plan
-        announced = set(store.record_change(f"remove:{command.dedup_base}", body.room_id, [u.account for u in plan.remove], self._clock()))
-        store.delete_subscriptions(body.room_id, sorted(announced))
-        store.delete_room_member(body.room_id, MemberType.ORG, body.org_id)
-        store.set_counts(body.room_id, plans.counts_after(_bots(before), removed=announced), self._clock())
-        members = [u for u in sorted(org_members, key=lambda u: u.account) if u.account in announced]
-        return room_events.member_removed_publishes(
+        gone = [u.account for u in plan.remove]
+        counts = plans.counts_after(_bots(before), removed=gone) if gone else None
+        writes = RoomWrites(unsubscribe=gone, drop_rows=[RoomMemberKey(type=MemberType.ORG.value, id=body.org_id)], counts=counts)
+        return writes, room_events.member_removed_publishes(
             home=self._site,
             room_id=body.room_id,
-            members=list({u.account: u for u in members}.values()),
+            members=plan.remove,
             inner_type=plan.inner_type,
             org_id=body.org_id,
             now_ms=self._clock(),

@@ -1,4 +1,4 @@
-"""Every MongoDB read and write of room_worker: users, rooms, subscriptions, room_members and change records."""
+"""Every MongoDB read and write of room_worker: users, rooms, subscriptions, room_members, intents and request records."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
 import msgspec
+from bson import Binary
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from connectors import metrics
 from connectors.mongo import Document
+from logic.room_outcomes import Outcome, RoomWrites, decode_outcome, encode_outcome
 from logic.room_plans import room_counts
 from schemas.documents import (
     MemberType,
@@ -25,6 +27,12 @@ from schemas.documents import (
 
 FLOW: Final = "room_worker"
 DUPLICATE_KEY: Final = 11000
+INTENTS: Final = "room_intents"  # _id = room id: the room's decided, unfinished command
+RECORDS: Final = "room_requests"  # _id = request key: the answer of a finished command
+
+
+class IntentPending(RuntimeError):
+    """Another command's intent holds the room (a concurrent run): retried, it is finished first."""
 
 
 def _insert_only(collection: Any, docs: Sequence[dict[str, object]]) -> int:
@@ -146,17 +154,52 @@ class RoomStore:
         """Delete one `room_members` row."""
         self._db.room_members.delete_one({"rid": room_id, "member.type": member_type.value, "member.id": member_id})
 
-    def record_change(self, change_id: str, room_id: str, accounts: Sequence[str], now_ms: int) -> list[str]:
-        """Remember which accounts a command announces; a redelivery gets the first delivery's list back.
+    def apply(self, room_id: str, writes: RoomWrites, now_ms: int) -> None:
+        """Carry out one command's writes; each is idempotent, so a second run changes nothing."""
+        if writes.room is not None:
+            self.insert_room(writes.room)
+        self.insert_subscriptions(writes.subscriptions)
+        self.insert_room_members(writes.room_members)
+        self.delete_subscriptions(room_id, writes.unsubscribe)
+        for row in writes.drop_rows:
+            self.delete_room_member(room_id, MemberType(row.type), row.id)
+        for account in writes.drop_owner:
+            self.drop_owner(room_id, account)
+        if writes.counts is not None:
+            self.set_counts(room_id, writes.counts, now_ms)
 
-        This is what makes add/remove retry-safe: after a crash between the writes and the publishes,
-        Mongo no longer shows who was new, but the record does (issue 5).
-        """
+    def intent(self, room_id: str) -> Outcome | None:
+        """The room's decided but unfinished command, if any."""
+        doc = self._db[INTENTS].find_one({"_id": room_id})
+        return None if doc is None else decode_outcome(bytes(doc["outcome"]))
+
+    def save_intent(self, outcome: Outcome, now_ms: int) -> None:
+        """Record `outcome` as the room's pending command before any of its writes."""
+        doc = {"_id": outcome.room_id, "request": outcome.request_key, "outcome": Binary(encode_outcome(outcome)), "ts": now_ms}
         try:
-            self._db.room_changes.insert_one({"_id": change_id, "rid": room_id, "accounts": list(accounts), "ts": now_ms})
+            self._db[INTENTS].insert_one(doc)
+        except DuplicateKeyError as exc:
+            raise IntentPending(outcome.room_id) from exc
+
+    def records(self, request_keys: Iterable[str]) -> dict[str, Outcome]:
+        """Finished requests among `request_keys`, by key (their recorded result; no writes, no events)."""
+        wanted = sorted(set(request_keys))
+        if not wanted:
+            return {}
+        found = self._db[RECORDS].find({"_id": {"$in": wanted}})
+        return {d["_id"]: decode_outcome(bytes(d["outcome"])) for d in found}
+
+    def finish(self, outcome: Outcome, now_ms: int) -> None:
+        """Record the request as answered, then clear the room's intent (a crash between: finished again, harmlessly)."""
+        answer = msgspec.structs.replace(outcome, writes=RoomWrites(), publishes=[])
+        doc = {"_id": outcome.request_key, "rid": outcome.room_id, "outcome": Binary(encode_outcome(answer)), "ts": now_ms}
+        try:
+            self._db[RECORDS].insert_one(doc)
         except DuplicateKeyError:
-            stored = self._db.room_changes.find_one({"_id": change_id})
-            if stored is None:  # pragma: no cover - a duplicate key means it exists
-                raise
-            return list(stored.get("accounts") or [])
-        return list(accounts)
+            pass  # an earlier run of this same outcome recorded it
+        if outcome.ok:
+            self._db[INTENTS].delete_one({"_id": outcome.room_id, "request": outcome.request_key})
+
+    def purge_records(self, older_than_ms: int) -> int:
+        """Forget answered requests older than any delivery or client retry of them can be (start-up)."""
+        return int(self._db[RECORDS].delete_many({"ts": {"$lt": older_than_ms}}).deleted_count)

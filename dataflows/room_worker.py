@@ -18,7 +18,7 @@ from connectors.room_store import RoomStore
 from connectors.settings import Settings
 from logic import room_commands
 from logic.settlement import collect_for
-from schemas import subjects
+from schemas import streams, subjects
 from schemas.carriers import Delivery, Settle
 
 FLOW = "room_worker"
@@ -55,8 +55,11 @@ def from_settings(settings: Settings) -> Dataflow:
     """The flow wired to the servers the `CHATFED_*` settings name; creates the collections' indexes first."""
     db = mongo.database(settings.require_mongo())
     mongo.ensure_indexes(db)
+    store = RoomStore(db)
+    # a request is answered from its record for as long as ROOMS can redeliver it, and a day more for client retries
+    store.purge_records(_now_ms() - (streams.ROOMS_MAX_AGE_S + streams.DAY_S) * 1000)
     runner = RoomCommandRunner(
-        RoomStore(db),
+        store,
         natsio.connection(settings.nats),
         site=settings.site,
         max_deliver=settings.tuning.max_deliver,
