@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 import msgspec
 from nats.aio.client import Client
 from nats.js.errors import NotFoundError
@@ -19,6 +21,15 @@ class DurableStatus(msgspec.Struct, frozen=True, kw_only=True):
     redelivered: int
     waiting: int
     exists: bool = True
+    last_delivered_s: float | None = None  # seconds since the server last delivered a message
+    last_acked_s: float | None = None  # seconds since the ack floor last moved
+
+    @property
+    def state(self) -> str:
+        """`working` while anything is pending or unacknowledged (work in progress stays unacknowledged), else `drained`."""
+        if not self.exists:
+            return "missing"
+        return "working" if self.pending or self.ack_pending else "drained"
 
 
 class SourceStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -44,6 +55,10 @@ class SiteStatus(msgspec.Struct, frozen=True, kw_only=True):
     flows: list[FlowStatus]
 
 
+def _age_s(when: datetime | None) -> float | None:
+    return None if when is None else max((datetime.now(timezone.utc) - when).total_seconds(), 0.0)
+
+
 async def site_status(client: Client, site: str, procs: list[FlowProc]) -> SiteStatus:
     js = client.jetstream()
     durables: list[DurableStatus] = []
@@ -61,6 +76,8 @@ async def site_status(client: Client, site: str, procs: list[FlowProc]) -> SiteS
                 ack_pending=info.num_ack_pending or 0,
                 redelivered=info.num_redelivered or 0,
                 waiting=info.num_waiting or 0,
+                last_delivered_s=_age_s(info.delivered.last_active if info.delivered else None),
+                last_acked_s=_age_s(info.ack_floor.last_active if info.ack_floor else None),
             )
         )
     sources: list[SourceStatus] = []

@@ -21,7 +21,7 @@ from nats.errors import FlushTimeoutError
 from nats.js.errors import APIError
 from typing_extensions import override
 
-from connectors import metrics, natsio
+from connectors import metrics, natsio, progress
 from connectors.settings import NatsSettings, Tuning
 from schemas import carriers
 from schemas.carriers import Delivery, Settle, Verdict
@@ -73,6 +73,7 @@ class _JetStreamPartition(StatelessSourcePartition[Delivery]):
         self._error: BaseException | None = None
         self._state = _PullState()
         self._client: Client = natsio.connection(nats)
+        self._progress = progress.shared(self._client, tuning.ack_wait_s, flow=durable)
         self._inbox = self._client.new_inbox()
         natsio.run(self._client.subscribe(self._inbox, cb=self._on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1))
         self._pump = asyncio.run_coroutine_threadsafe(self._keep_pulling(), natsio.loop())
@@ -97,17 +98,18 @@ class _JetStreamPartition(StatelessSourcePartition[Delivery]):
         except (NotJetStreamReply, ValueError):
             log.error("dropping non-JetStream message on pull inbox: subject=%s", msg.subject)
             return
-        self._buffer.append(
-            Delivery(
-                subject=msg.subject,
-                data=msg.data,
-                reply=msg.reply,
-                stream=stream,
-                stream_seq=seq,
-                num_delivered=delivered,
-                headers=dict(headers) if headers else None,
-            )
+        delivery = Delivery(
+            subject=msg.subject,
+            data=msg.data,
+            reply=msg.reply,
+            stream=stream,
+            stream_seq=seq,
+            num_delivered=delivered,
+            headers=dict(headers) if headers else None,
+            received_ms=int(time.time() * 1000),
         )
+        self._progress.hold([delivery])  # a long wait in the buffer must not cost a redelivery
+        self._buffer.append(delivery)
 
     async def _keep_pulling(self) -> None:
         tuning = self._tuning
@@ -142,7 +144,9 @@ class _JetStreamPartition(StatelessSourcePartition[Delivery]):
             self._pump.result()
         buffer = self._buffer
         count = min(len(buffer), self._max_batch)
-        return [buffer.popleft() for _ in range(count)]
+        batch = [buffer.popleft() for _ in range(count)]
+        self._progress.release(batch)
+        return batch
 
     @override
     def next_awake(self) -> datetime | None:

@@ -11,6 +11,7 @@ EVENTS = Counter("chatfed_events_total", "Messages settled, by flow and outcome"
 UNCONFIRMED_ACK_FLUSHES = Counter(
     "chatfed_unconfirmed_ack_flushes_total", "Ack batches whose delivery the server could not confirm (reconnect)", ["flow"]
 )
+IN_PROGRESS_ACKS = Counter("chatfed_in_progress_acks_total", "+WPI sent for messages still being worked on", ["flow"])
 DEAD_LETTERS = Counter("chatfed_dead_letters_total", "Messages sent to the dead-letter stream", ["flow"])
 WRITE_SECONDS = Histogram(
     "chatfed_write_seconds",

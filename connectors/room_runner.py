@@ -19,6 +19,7 @@ from nats.aio.client import Client
 
 from connectors import natsio
 from connectors.jetstream import PublishRejected, publish_all
+from connectors.progress import InProgress, deliveries_in
 from connectors.mongo import TRANSIENT_ERRORS
 from connectors.room_store import IntentPending, Member, RoomStore
 from logic import room_commands as rc
@@ -100,6 +101,7 @@ class RoomCommandRunner:
         crash_after_write: bool = False,
         pauses: Sequence[float] = RETRY_PAUSES_S,
         clock: Callable[[], int] = now_ms,
+        in_progress: InProgress | None = None,
     ) -> None:
         self._store = store
         self._client = client
@@ -108,6 +110,7 @@ class RoomCommandRunner:
         self._crash_after_write = crash_after_write
         self._pauses = tuple(pauses)
         self._clock = clock
+        self._in_progress = in_progress
         self._pool = ThreadPoolExecutor(ROOM_THREADS, thread_name_prefix="room")
 
     def reject(self, item: Parsed) -> Settle:
@@ -127,6 +130,12 @@ class RoomCommandRunner:
 
     def apply(self, batches: Sequence[Sequence[object]]) -> list[Settle]:
         """Settle every command of `batches` (lists of one room's commands, from the ordering step)."""
+        if self._in_progress is None:
+            return self._apply(batches)
+        with self._in_progress.holding(deliveries_in(batches)):  # a slow store must not cost redeliveries
+            return self._apply(batches)
+
+    def _apply(self, batches: Sequence[Sequence[object]]) -> list[Settle]:
         by_room: dict[str, list[Command]] = {}
         for batch in batches:
             for command in batch:
@@ -209,12 +218,14 @@ class RoomCommandRunner:
         return [u for u in reads.org_users if u.sect_id in wanted or u.dept_id in wanted]
 
     def _give_up(self, command: Command, why: str) -> Settle:
-        """A delayed nak; on the last delivery the requester hears of it (the settle sink dead-letters it)."""
+        """A delayed nak; the settle sink dead-letters it on the last delivery.
+
+        The requester is not sent an error: its outcome is not known yet (an intent saved before the outage is
+        still finished by the room's next command), and a request id has one outcome. A client retry with the
+        same request id gets the real one once the store is back.
+        """
         if command.delivery.num_delivered >= self._max_deliver:
-            try:
-                self._send_failure(command, Failure(code=ErrorCode.INTERNAL, error=f"gave up after retries: {why}"))
-            except TRANSIENT as exc:  # NATS is down too: the dead letter still records it
-                log.warning("room %s seq %s: no failure result sent: %r", command.room_id, command.delivery.stream_seq, exc)
+            log.error("room %s seq %s (request %s): giving up after %d deliveries: %s", command.room_id, command.delivery.stream_seq, command.dedup_base, command.delivery.num_delivered, why)
         return retry(command.delivery, f"transient: {why}")
 
     def _execute(self, command: Command, reads: BatchReads) -> Settle:

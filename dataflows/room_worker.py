@@ -11,7 +11,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.outputs import Sink
 
-from connectors import mongo, natsio, runtime
+from connectors import mongo, natsio, progress, runtime
 from connectors.jetstream import JetStreamSource, SettleSink
 from connectors.room_runner import RoomCommandRunner, mint_request_id
 from connectors.room_store import RoomStore
@@ -58,13 +58,15 @@ def from_settings(settings: Settings) -> Dataflow:
     store = RoomStore(db)
     # a request is answered from its record for as long as ROOMS can redeliver it, and a day more for client retries
     store.purge_records(_now_ms() - (streams.ROOMS_MAX_AGE_S + streams.DAY_S) * 1000)
+    client = natsio.connection(settings.nats)
     runner = RoomCommandRunner(
         store,
-        natsio.connection(settings.nats),
+        client,
         site=settings.site,
         max_deliver=settings.tuning.max_deliver,
         # test hook (issue 5): die after the writes, before the publishes
         crash_after_write=os.environ.get("CHATFED_TEST_CRASH_AFTER_WRITE", "") == "1",
+        in_progress=progress.shared(client, settings.tuning.ack_wait_s, flow=subjects.ROOM_WORKER),
     )
     return build_flow(
         JetStreamSource(settings.nats, settings.tuning, stream=subjects.rooms_stream(settings.site), durable=subjects.ROOM_WORKER),

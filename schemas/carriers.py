@@ -18,6 +18,7 @@ class Delivery(msgspec.Struct, frozen=True, kw_only=True):
     stream_seq: int
     num_delivered: int
     headers: dict[str, str] | None = None
+    received_ms: int = 0  # when this process received it (epoch ms): its ack wait runs from about then
 
 
 class Verdict(StrEnum):

@@ -61,13 +61,15 @@ class RoomHarness:
         assert self.nc is not None
         return self.nc
 
-    async def start(self, users: list[dict[str, Any]], **env: str) -> RoomHarness:
+    async def start(self, users: list[dict[str, Any]], *, flow: bool = True, **env: str) -> RoomHarness:
+        """Streams, indexes and `users`; then the flow, unless `flow=False` (the test starts it)."""
         self.nc = await connect_site(self.servers, "s1")
         await bootstrap_local_sites(self.nc, [self.site, self.other])
         ensure_indexes(self.db)
         if users:
             self.db.users.insert_many(users)
-        self.start_flow(**env)
+        if flow:
+            self.start_flow(**env)
         return self
 
     def start_flow(self, **env: str) -> None:

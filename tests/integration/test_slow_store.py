@@ -1,0 +1,57 @@
+"""Work in progress keeps its messages: a store slower than the ack wait causes no redelivery (issue 10, item 2)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nats.js.api import ConsumerConfig
+from pymongo import uri_parser
+
+from schemas import subjects
+from tests.integration.room_support import RoomHarness, run, user
+from tests.integration.slow_proxy import SlowProxy
+
+TS = 1767225600000
+ACK_WAIT_S = 2
+ADDS = 15
+
+
+def test_a_store_slower_than_the_ack_wait_causes_no_redelivery(servers: dict[str, Any]) -> None:
+    [(host, port)] = uri_parser.parse_uri(servers["mongo_uri"])["nodelist"]
+    accounts = [f"m{i:02d}" for i in range(ADDS)]
+
+    async def scenario(h: RoomHarness, proxy: SlowProxy) -> None:
+        js = h.client.jetstream()
+        info = await js.consumer_info(subjects.rooms_stream(h.site), subjects.ROOM_WORKER)
+        config: ConsumerConfig = info.config
+        config.ack_wait = ACK_WAIT_S
+        await js.add_consumer(subjects.rooms_stream(h.site), config)
+        updated = await js.consumer_info(subjects.rooms_stream(h.site), subjects.ROOM_WORKER)
+        assert updated.config.ack_wait == ACK_WAIT_S
+        h.start_flow(
+            CHATFED_MONGO_URI=f"mongodb://127.0.0.1:{proxy.port}/",
+            CHATFED_ACK_WAIT_S=str(ACK_WAIT_S),
+        )
+        created = await h.call("create", {"name": "slow", "users": [], "roomId": "r-slow", "requesterAccount": "alice", "timestamp": TS}, requester="alice")
+        assert created["status"] == "ok"
+        for i, account in enumerate(accounts):  # one backlog: each command pays many slow round trips, in room order
+            body = {"roomId": "r-slow", "users": [account], "history": {"mode": "all"}, "requesterAccount": "alice", "timestamp": TS + 1 + i}
+            await h.send("member.add", body)
+        await h.drained()
+        info = await js.consumer_info(subjects.rooms_stream(h.site), subjects.ROOM_WORKER)
+        # the consumer sequence counts every delivery, redeliveries included
+        assert info.delivered.stream_seq == ADDS + 1
+        assert info.delivered.consumer_seq == ADDS + 1, f"{info.delivered.consumer_seq - ADDS - 1} redeliveries while in progress"
+        assert sorted(h.subs("r-slow")) == sorted(["alice", *accounts])
+        assert len(await h.local_events()) == ADDS + 1
+
+    async def go() -> None:
+        harness = RoomHarness(servers)
+        with SlowProxy(host, port, delay_s=0.05) as proxy:
+            try:
+                await harness.start([user("alice", harness.site), *(user(a, harness.site) for a in accounts)], flow=False)
+                await scenario(harness, proxy)
+            finally:
+                await harness.close()
+
+    run(go())
