@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 import msgspec
-from elasticsearch import Elasticsearch
+import nats.errors
+from elasticsearch import ApiError, Elasticsearch, TransportError
 from pymongo.database import Database
+from pymongo.errors import PyMongoError
 from rich.console import Console
+from rich.markup import escape
 from rich.status import Status
 from rich.table import Table
 
@@ -24,21 +28,53 @@ from logic.room_plans import direct_room_id
 from schemas import subjects
 from schemas.commands import AddMembers, CreateRoom, History, RemoveMember
 from schemas.documents import User, spotlight_doc_id, to_mongo
+from schemas.errors import DecodeError
 
-HOME = "s1"
-REMOTE = "s2"
-USERS = [
-    User(id="u-alice", account="alice", site_id=HOME, sect_id="eng", dept_id="platform", name="Alice"),
-    User(id="u-bob", account="bob", site_id=HOME, sect_id="eng", dept_id="platform", name="Bob"),
-    User(id="u-frank", account="frank", site_id=HOME, sect_id="design", dept_id="ux", name="Frank"),
-    User(id="u-helper", account="helper.bot", site_id=HOME, sect_id="eng", name="Helper bot"),
-    User(id="u-carol", account="carol", site_id=REMOTE, sect_id="eng", dept_id="search", name="Carol"),
-    User(id="u-dave", account="dave", site_id=REMOTE, sect_id="design", dept_id="ux", name="Dave"),
-    User(id="u-erin", account="erin", site_id=REMOTE, sect_id="design", dept_id="research", name="Erin"),
+HOME, REMOTE = "home", "remote"  # roles; the sites are the topology's first two (s1 and s2 by default)
+
+
+class Person(msgspec.Struct, frozen=True, kw_only=True):
+    """One user of the demo's directory; `id` is only the one to insert when the account does not exist yet."""
+
+    id: str
+    account: str
+    role: str  # HOME or REMOTE
+    sect_id: str
+    dept_id: str = ""
+    name: str
+
+
+PEOPLE = [
+    Person(id="u-alice", account="alice", role=HOME, sect_id="eng", dept_id="platform", name="Alice"),
+    Person(id="u-bob", account="bob", role=HOME, sect_id="eng", dept_id="platform", name="Bob"),
+    Person(id="u-frank", account="frank", role=HOME, sect_id="design", dept_id="ux", name="Frank"),
+    Person(id="u-helper", account="helper.bot", role=HOME, sect_id="eng", name="Helper bot"),
+    Person(id="u-carol", account="carol", role=REMOTE, sect_id="eng", dept_id="search", name="Carol"),
+    Person(id="u-dave", account="dave", role=REMOTE, sect_id="design", dept_id="ux", name="Dave"),
+    Person(id="u-erin", account="erin", role=REMOTE, sect_id="design", dept_id="research", name="Erin"),
 ]
 TYPEAHEAD = ("eng", "des", "al", "car", "hel")
-HOME_OF = {user.account: user.site_id for user in USERS}
-ID_OF = {user.account: user.id for user in USERS}
+ORG_FIELDS = ("sectId", "deptId")  # what org expansion matches: a field the demo's user lacks is removed
+
+
+class DemoError(Exception):
+    """Why the demo cannot run; printed as one line."""
+
+
+class Cast(msgspec.Struct, frozen=True, kw_only=True):
+    """The demo's users as the home site's directory holds them: their sites and the ids actually stored."""
+
+    home: str
+    remote: str
+    users: list[User]
+
+    @property
+    def home_of(self) -> dict[str, str]:
+        return {user.account: user.site_id for user in self.users}
+
+    @property
+    def id_of(self) -> dict[str, str]:
+        return {user.account: user.id for user in self.users}
 
 
 class Expect(msgspec.Struct, frozen=True):
@@ -58,72 +94,76 @@ class Step(msgspec.Struct, frozen=True, kw_only=True):
     expect: list[Expect]
 
 
-def _members(room: str, accounts: list[str], member: bool = True) -> list[Expect]:
+def _members(cast: Cast, room: str, accounts: list[str], member: bool = True) -> list[Expect]:
     """Home site sees every member; a remote site sees its own users (mirrored + searchable)."""
-    found = [Expect(HOME, room, account, member) for account in accounts]
-    return found + [Expect(HOME_OF[a], room, a, member) for a in accounts if HOME_OF[a] != HOME]
+    home_of = cast.home_of
+    found = [Expect(cast.home, room, account, member) for account in accounts]
+    return found + [Expect(home_of[a], room, a, member) for a in accounts if home_of[a] != cast.home]
 
 
-def scenario(now_ms: int, suffix: str) -> list[Step]:
+def scenario(cast: Cast, now_ms: int, suffix: str) -> list[Step]:
     eng, design = f"r-eng-{suffix}", f"r-design-{suffix}"
-    dm = direct_room_id(ID_OF["alice"], ID_OF["carol"])
-    bot = direct_room_id(ID_OF["alice"], ID_OF["helper.bot"])
+    ids = cast.id_of
+    alice = ids["alice"]
+    dm = direct_room_id(alice, ids["carol"])
+    bot = direct_room_id(alice, ids["helper.bot"])
+    here, there = cast.home, cast.remote
     return [
         Step(
-            title="create channel eng-platform (alice; bob on s1, carol on s2)",
+            title=f"create channel eng-platform (alice; bob on {here}, carol on {there})",
             op=subjects.RoomOp.CREATE.value,
-            command=CreateRoom(name="eng-platform", users=["bob", "carol"], room_id=eng, requester_id="u-alice", requester_account="alice", timestamp=now_ms),
+            command=CreateRoom(name="eng-platform", users=["bob", "carol"], room_id=eng, requester_id=alice, requester_account="alice", timestamp=now_ms),
             requester="alice",
-            expect=_members(eng, ["alice", "bob", "carol"]),
+            expect=_members(cast, eng, ["alice", "bob", "carol"]),
         ),
         Step(
             title="create dm alice ↔ carol (across sites)",
             op=subjects.RoomOp.CREATE.value,
-            command=CreateRoom(name="", users=["carol"], room_id=dm, requester_id="u-alice", requester_account="alice", timestamp=now_ms + 1),
+            command=CreateRoom(name="", users=["carol"], room_id=dm, requester_id=alice, requester_account="alice", timestamp=now_ms + 1),
             requester="alice",
-            expect=_members(dm, ["alice", "carol"]),
+            expect=_members(cast, dm, ["alice", "carol"]),
         ),
         Step(
             title="create botDM alice ↔ helper.bot",
             op=subjects.RoomOp.CREATE.value,
-            command=CreateRoom(name="", users=["helper.bot"], room_id=bot, requester_id="u-alice", requester_account="alice", timestamp=now_ms + 2),
+            command=CreateRoom(name="", users=["helper.bot"], room_id=bot, requester_id=alice, requester_account="alice", timestamp=now_ms + 2),
             requester="alice",
-            expect=_members(bot, ["alice", "helper.bot"]),
+            expect=_members(cast, bot, ["alice", "helper.bot"]),
         ),
         Step(
-            title="add frank (s1) to eng-platform",
+            title=f"add frank ({here}) to eng-platform",
             op=subjects.RoomOp.MEMBER_ADD.value,
-            command=AddMembers(room_id=eng, users=["frank"], requester_account="alice", requester_id="u-alice", timestamp=now_ms + 3),
+            command=AddMembers(room_id=eng, users=["frank"], requester_account="alice", requester_id=alice, timestamp=now_ms + 3),
             requester="alice",
-            expect=_members(eng, ["frank"]),
+            expect=_members(cast, eng, ["frank"]),
         ),
         Step(
-            title="add dave (s2) to eng-platform, history hidden",
+            title=f"add dave ({there}) to eng-platform, history hidden",
             op=subjects.RoomOp.MEMBER_ADD.value,
-            command=AddMembers(room_id=eng, users=["dave"], history=History(mode="none"), requester_account="alice", requester_id="u-alice", timestamp=now_ms + 4),
+            command=AddMembers(room_id=eng, users=["dave"], history=History(mode="none"), requester_account="alice", requester_id=alice, timestamp=now_ms + 4),
             requester="alice",
-            expect=_members(eng, ["dave"]),
+            expect=_members(cast, eng, ["dave"]),
         ),
         Step(
             title="bob leaves eng-platform",
             op=subjects.RoomOp.MEMBER_REMOVE.value,
             command=RemoveMember(room_id=eng, requester="bob", account="bob", timestamp=now_ms + 5),
             requester="bob",
-            expect=_members(eng, ["bob"], member=False),
+            expect=_members(cast, eng, ["bob"], member=False),
         ),
         Step(
             title="create channel design-review with org design and erin individually",
             op=subjects.RoomOp.CREATE.value,
-            command=CreateRoom(name="design-review", users=["erin"], orgs=["design"], room_id=design, requester_id="u-alice", requester_account="alice", timestamp=now_ms + 6),
+            command=CreateRoom(name="design-review", users=["erin"], orgs=["design"], room_id=design, requester_id=alice, requester_account="alice", timestamp=now_ms + 6),
             requester="alice",
-            expect=_members(design, ["alice", "frank", "dave", "erin"]),
+            expect=_members(cast, design, ["alice", "frank", "dave", "erin"]),
         ),
         Step(
             title="remove org design from design-review (erin stays: individual member)",
             op=subjects.RoomOp.MEMBER_REMOVE.value,
             command=RemoveMember(room_id=design, requester="alice", org_id="design", timestamp=now_ms + 7),
             requester="alice",
-            expect=_members(design, ["frank", "dave"], member=False) + _members(design, ["erin", "alice"]),
+            expect=_members(cast, design, ["frank", "dave"], member=False) + _members(cast, design, ["erin", "alice"]),
         ),
     ]
 
@@ -139,10 +179,32 @@ class SiteViews:
         self.user_room = f"user-room-{site}"
         self.spotlight = f"spotlight-{site}"
 
-    def seed(self) -> None:
-        for user in USERS:
+    def seed(self, users: list[User]) -> list[User]:
+        """Make the directory hold `users`, adopting accounts that exist already (their `_id` is kept).
+
+        Upserted by account: the demo's fields are set, `_id` only on insert (a fresh one if another account
+        holds the proposed id). Returns the users as stored, i.e. with the ids every command must use.
+        """
+        for user in users:
             doc = to_mongo(user)
-            self.db.users.replace_one({"_id": doc["_id"]}, doc, upsert=True)
+            proposed = doc.pop("_id")
+            holder = self.db.users.find_one({"_id": proposed}, {"account": 1})
+            if holder is not None and holder.get("account") != user.account:
+                proposed = f"{proposed}-{uuid.uuid4().hex[:8]}"
+            update: dict[str, Any] = {"$set": doc, "$setOnInsert": {"_id": proposed}}
+            if absent := {field: "" for field in ORG_FIELDS if field not in doc}:
+                update["$unset"] = absent
+            self.db.users.update_one({"account": user.account}, update, upsert=True)
+        accounts = [user.account for user in users]
+        stored: dict[str, list[str]] = {}
+        for found in self.db.users.find({"account": {"$in": accounts}}, {"account": 1}):
+            stored.setdefault(found["account"], []).append(str(found["_id"]))
+        for account in accounts:
+            ids = stored.get(account, [])
+            if len(ids) != 1:
+                what = "is missing" if not ids else f"is held by {len(ids)} users ({', '.join(sorted(ids))})"
+                raise DemoError(f"site {self.site}: account {account!r} {what} in {self.db.name}.users after seeding")
+        return [msgspec.structs.replace(user, id=stored[user.account][0]) for user in users]
 
     def holds(self, expect: Expect) -> dict[str, bool]:
         """For each store, whether it agrees with `expect`."""
@@ -151,6 +213,20 @@ class SiteViews:
         searchable = doc is not None and (expect.room in doc.rooms or expect.room in doc.restricted_rooms)
         spot = bool(self.es.exists(index=self.spotlight, id=spotlight_doc_id(account=expect.account, room_id=expect.room)))
         return {"mongo": sub == expect.member, "user-room": searchable == expect.member, "spotlight": spot == expect.member}
+
+
+def seed_directory(views: dict[str, SiteViews], home: str, remote: str) -> Cast:
+    """Seed the demo's users on every site, home first; a site that lacks an account inserts it under the home's id."""
+    site_of = {HOME: home, REMOTE: remote}
+    wanted = [
+        User(id=p.id, account=p.account, site_id=site_of[p.role], sect_id=p.sect_id, dept_id=p.dept_id, name=p.name)
+        for p in PEOPLE
+    ]
+    cast = Cast(home=home, remote=remote, users=views[home].seed(wanted))
+    for site, view in views.items():
+        if site != home:
+            view.seed(cast.users)
+    return cast
 
 
 def _wait(views: dict[str, SiteViews], step: Step, started: float, timeout: float, tick: Callable[[str], None]) -> tuple[dict[str, float], list[str]]:
@@ -185,20 +261,52 @@ def _progress(status: Status, prefix: str) -> Callable[[str], None]:
     return lambda text: status.update(f"{prefix}: {text}")
 
 
+# the servers refused, are unreachable or answered something unexpected: one line, never a traceback
+SERVER_ERRORS: tuple[type[Exception], ...] = (PyMongoError, ApiError, TransportError, nats.errors.Error, OSError, DecodeError, msgspec.DecodeError)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
+
+
 def run_demo(topology: Topology, *, timeout: float = 30, console: Console | None = None) -> bool:
-    """Seed users, play the scenario, print the summary; True when every expectation held."""
+    """Seed users, play the scenario, print the summary; True when every expectation held.
+
+    Whatever goes wrong is printed as one line and answers False (the CLI exits 1): never a traceback.
+    """
     console = console or Console()
-    views = {site: SiteViews(topology, site) for site in (HOME, REMOTE)}
-    for view in views.values():
-        view.seed()
-    steps = scenario(int(time.time() * 1000), suffix=str(int(time.time())))
+    try:
+        return _run(topology, timeout, console)
+    except DemoError as exc:
+        console.print(f"[red]demo failed[/red]: {escape(str(exc))}", soft_wrap=True, highlight=False)
+    except SERVER_ERRORS as exc:
+        console.print(f"[red]demo failed[/red]: {escape(_one_line(exc))}", soft_wrap=True, highlight=False)
+    except Exception as exc:  # noqa: BLE001 - the main job reports, it does not crash
+        console.print(f"[red]demo failed[/red]: unexpected {escape(_one_line(exc))}", soft_wrap=True, highlight=False)
+    return False
+
+
+def _run(topology: Topology, timeout: float, console: Console) -> bool:
+    if len(topology.site_ids) < 2:
+        raise DemoError(f"the demo needs two sites, the topology has {len(topology.site_ids)}: {' '.join(topology.site_ids) or '-'}")
+    home, remote = topology.site_ids[:2]
+    views = {site: SiteViews(topology, site) for site in (home, remote)}
+    try:
+        cast = seed_directory(views, home, remote)
+    except PyMongoError as exc:
+        raise DemoError(f"seeding the demo's users failed: {_one_line(exc)}") from exc
+    steps = scenario(cast, int(time.time() * 1000), suffix=str(int(time.time())))
     timings: list[tuple[str, dict[str, float]]] = []
     failures: list[str] = []
     with console.status("starting") as status:
         for number, step in enumerate(steps, 1):
             status.update(f"step {number}/{len(steps)}: {step.title}")
             started = time.monotonic()
-            result: dict[str, Any] = asyncio.run(submit(topology.sites[HOME], HOME, step.op, step.command, step.requester, timeout))
+            try:
+                result: dict[str, Any] = asyncio.run(submit(topology.sites[home], home, step.op, step.command, step.requester, timeout))
+            except nats.errors.TimeoutError:
+                failures.append(f"step {number} ({step.title}): no command result within {timeout:.0f}s (is room_worker of {home} running?)")
+                break
             if result.get("status") != "ok":
                 failures.append(f"step {number} ({step.title}): command failed: {result}")
                 break
@@ -207,13 +315,13 @@ def run_demo(topology: Topology, *, timeout: float = 30, console: Console | None
             if missing:
                 failures.extend(f"step {number} ({step.title}): {m}" for m in missing)
                 break
-    _summary(console, views, timings)
+    _summary(console, cast, views, timings)
     for failure in failures:
-        console.print(f"[red]FAILED[/red] {failure}")
+        console.print(f"[red]FAILED[/red] {escape(failure)}", soft_wrap=True)
     return not failures
 
 
-def _summary(console: Console, views: dict[str, SiteViews], timings: list[tuple[str, dict[str, float]]]) -> None:
+def _summary(console: Console, cast: Cast, views: dict[str, SiteViews], timings: list[tuple[str, dict[str, float]]]) -> None:
     table = Table(title="command → visible everywhere it should be (seconds)", title_justify="left")
     table.add_column("step")
     for site in views:
@@ -225,7 +333,7 @@ def _summary(console: Console, views: dict[str, SiteViews], timings: list[tuple[
         rooms = Table(title=f"site {site}: searchable rooms, and typeahead for {', '.join(map(repr, TYPEAHEAD))}", title_justify="left")
         for column in ("user", "rooms", "restricted", "typeahead"):
             rooms.add_column(column)
-        for user in USERS:
+        for user in cast.users:
             doc = rooms_for(view.es, view.user_room, user.account)
             if doc is None:
                 continue
