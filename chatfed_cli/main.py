@@ -19,6 +19,8 @@ from chatfed_cli.inspect import SiteStatus, site_status
 from chatfed_cli.topology import SiteInfo, Topology, load_topology
 from connectors import dlq, natsio
 from connectors.bootstrap import bootstrap_site
+from connectors.errors import ConfigError
+from connectors.settings import load_tuning
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False)
 flows_app = typer.Typer(help="Run the dataflows of every site in the background.", no_args_is_help=True)
@@ -34,13 +36,19 @@ async def connect(site: SiteInfo) -> nats.aio.client.Client:
 
 
 async def _bootstrap(topology: Topology, sites: list[str]) -> None:
+    """Durables take max_deliver and ack_wait from the flows' settings in this environment (CHATFED_MAX_DELIVER, ...)."""
+    try:
+        tuning = load_tuning()
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     for site in sites:
         client = await connect(topology.sites[site])
         try:
-            await bootstrap_site(client, site, topology.site_ids)
+            await bootstrap_site(client, site, topology.site_ids, tuning=tuning)
         finally:
             await client.close()
-        typer.echo(f"{site}: streams, sources and consumers ready")
+        typer.echo(f"{site}: streams, sources and consumers ready (max_deliver {tuning.max_deliver}, ack_wait {tuning.ack_wait_s} s)")
 
 
 @app.command()

@@ -23,10 +23,9 @@ from nats.js.client import JetStreamContext
 
 from chatfed_cli.topology import REPO
 from connectors import elastic, natsio
-from connectors.bootstrap import ensure_consumer
-from connectors.settings import ElasticSettings, NatsSettings
+from connectors.bootstrap import ensure_consumer, tuned_consumers
+from connectors.settings import ElasticSettings, NatsSettings, load_tuning
 from schemas import subjects
-from schemas.streams import site_consumers
 
 Progress = Callable[[int, int], None]
 
@@ -101,7 +100,7 @@ async def _rebuild(
 
     client = await natsio.connect(nats_settings, name="chatfed-rebuild")
     js = client.jetstream()
-    spec = next(c for c in site_consumers(site) if c.durable == subjects.SEARCH_SYNC)
+    spec = next(c for c in tuned_consumers(site, load_tuning(flow_env)) if c.durable == subjects.SEARCH_SYNC)
     await ensure_consumer(js, msgspec.structs.replace(spec, durable=durable, deliver_all=True))
     total = sum(await _backlog(js, site, durable))
     env = dict(flow_env) | {

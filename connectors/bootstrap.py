@@ -22,6 +22,8 @@ from nats.js.api import (
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from connectors.errors import ConfigError
+from connectors.settings import Tuning, tuning_variable
 from schemas.streams import ConsumerSpec, SourceSpec, StreamSpec, site_consumers, site_streams
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,38 @@ log = logging.getLogger(__name__)
 
 class BootstrapError(RuntimeError):
     """A stream, source or consumer is missing or broken after bootstrap."""
+
+
+class DurableMismatch(ConfigError):
+    """A durable is missing, or its delivery contract differs from the flow's settings: never retried."""
+
+
+def tuned_consumers(site: str, tuning: Tuning) -> list[ConsumerSpec]:
+    """The durables of `site` with the flows' own `max_deliver` and `ack_wait` (one contract: SYSTEM.md §6)."""
+    return site_consumers(site, ack_wait_s=tuning.ack_wait_s, max_deliver=tuning.max_deliver)
+
+
+def contract_problems(stream: str, durable: str, config: ConsumerConfig, tuning: Tuning) -> list[str]:
+    """How the durable's `config` differs from what a flow with `tuning` expects; empty when it matches."""
+    problems = []
+    for field, actual in (("max_deliver", config.max_deliver), ("ack_wait_s", config.ack_wait)):
+        wanted = getattr(tuning, field)
+        if actual is None or float(actual) != float(wanted):
+            shown = "unset" if actual is None else f"{actual:g}"
+            problems.append(f"durable {stream}/{durable} has {field}={shown} but {tuning_variable(field)}={wanted}")
+    return problems
+
+
+async def check_durable(js: JetStreamContext, stream: str, durable: str, tuning: Tuning) -> None:
+    """Raise DurableMismatch unless `durable` exists with the delivery contract of `tuning`."""
+    try:
+        info = await js.consumer_info(stream, durable)
+    except NotFoundError:
+        raise DurableMismatch(f"durable {stream}/{durable} does not exist; run `chatfed bootstrap`") from None
+    problems = contract_problems(stream, durable, info.config, tuning)
+    if problems:
+        msg = "; ".join(problems) + "; run `chatfed bootstrap` with the flows' settings"
+        raise DurableMismatch(msg)
 
 
 def _source_config(spec: SourceSpec, federated: bool) -> StreamSource:
@@ -83,8 +117,10 @@ async def ensure_consumer(js: JetStreamContext, spec: ConsumerSpec) -> None:
     await js.add_consumer(spec.stream, consumer_config(spec))
 
 
-async def verify_site(js: JetStreamContext, site: str, all_sites: list[str], *, wait_s: float = 10) -> None:
-    """Every stream present and every INBOX source present and not in error (sources may take a moment)."""
+async def verify_site(js: JetStreamContext, site: str, all_sites: list[str], *, tuning: Tuning | None = None, wait_s: float = 10) -> None:
+    """Every stream present, every INBOX source present and not in error (sources may take a moment), every durable
+    present with the flows' delivery contract."""
+    tuning = tuning or Tuning()
     deadline = asyncio.get_running_loop().time() + wait_s
     while True:
         problems: list[str] = []
@@ -103,9 +139,11 @@ async def verify_site(js: JetStreamContext, site: str, all_sites: list[str], *, 
                     problems.append(f"{spec.name}: source {source.name} error {found.error}")
         for consumer in site_consumers(site):
             try:
-                await js.consumer_info(consumer.stream, consumer.durable)
+                info = await js.consumer_info(consumer.stream, consumer.durable)
             except NotFoundError:
                 problems.append(f"consumer {consumer.stream}/{consumer.durable} missing")
+                continue
+            problems += contract_problems(consumer.stream, consumer.durable, info.config, tuning)
         if not problems:
             return
         if asyncio.get_running_loop().time() > deadline:
@@ -113,15 +151,19 @@ async def verify_site(js: JetStreamContext, site: str, all_sites: list[str], *, 
         await asyncio.sleep(0.25)
 
 
-async def bootstrap_site(client: Client, site: str, all_sites: list[str], *, federated: bool = True) -> None:
+async def bootstrap_site(
+    client: Client, site: str, all_sites: list[str], *, federated: bool = True, tuning: Tuning | None = None
+) -> None:
     """Idempotently create or update everything `site` needs, then verify it.
 
+    The durables take `max_deliver` and `ack_wait` from `tuning` (the flows' settings), updating existing ones.
     `federated=False` puts all sites on one server and sources them without the external API (tests).
     """
+    tuning = tuning or Tuning()
     js = client.jetstream()
     for spec in site_streams(site, all_sites):
         await ensure_stream(js, spec, federated=federated)
-    for consumer in site_consumers(site):
-        await ensure_consumer(js, consumer)
-    await verify_site(js, site, all_sites)
-    log.info("site %s: streams and consumers ready", site)
+    for consumer in tuned_consumers(site, tuning):
+        await ensure_consumer(js, consumer)  # create or update: max_deliver and ack_wait may be edited in place
+    await verify_site(js, site, all_sites, tuning=tuning)
+    log.info("site %s: streams and consumers ready (max_deliver %d, ack_wait %d s)", site, tuning.max_deliver, tuning.ack_wait_s)

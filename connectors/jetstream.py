@@ -6,7 +6,6 @@ import asyncio
 import collections
 import json
 import logging
-import signal
 import time
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta, timezone
@@ -290,9 +289,3 @@ async def publish_all(client: Client, messages: Iterable[tuple[str, bytes, str]]
         return bool(ack.duplicate)
 
     return list(await asyncio.gather(*(one(*message) for message in messages)))
-
-
-def stop_on_sigterm() -> None:
-    """Make SIGTERM (and an inherited ignored SIGINT) stop the flow cleanly: Bytewax dies on SIGTERM (FINDINGS)."""
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from pymongo import ASCENDING, MongoClient
@@ -38,8 +39,18 @@ def client(settings: MongoSettings) -> MongoClient[Document]:
     return MongoClient(settings.uri, **options)
 
 
+_clients: dict[MongoSettings, MongoClient[Document]] = {}
+_lock = threading.Lock()
+
+
 def database(settings: MongoSettings) -> Database[Document]:
-    return client(settings)[settings.database]
+    """The database of `settings` on this process's one client for it: a flow that retries its start-up while the
+    store is down reuses the client instead of leaving one (and its monitor threads) behind per attempt."""
+    with _lock:
+        shared = _clients.get(settings)
+        if shared is None:
+            shared = _clients[settings] = client(settings)
+    return shared[settings.database]
 
 
 def ensure_indexes(db: Database[Document]) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import threading
+import time
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -21,6 +23,7 @@ _lock = threading.Lock()
 _loop: asyncio.AbstractEventLoop | None = None
 _connections: dict[NatsSettings, Client] = {}
 _violations: dict[NatsSettings, list[str]] = {}
+_refusals: dict[NatsSettings, str] = {}  # the server refused our credentials while we were connecting
 
 
 class NotPermitted(PermissionError):
@@ -74,19 +77,39 @@ async def connect(settings: NatsSettings, *, name: str = "chatfed-cli") -> Clien
 async def _connect(settings: NatsSettings) -> Client:
     async def on_error(exc: Exception) -> None:
         log.warning("nats %s: %s", redact_url(settings.url), exc)
-        if "permissions violation" in str(exc).lower():  # the flow would wait forever: stop it loudly instead
+        text = str(exc).lower()
+        if "permissions violation" in text:  # the flow would wait forever: stop it loudly instead
             _violations.setdefault(settings, []).append(str(exc))
+        if "authorization violation" in text or "authentication" in text:
+            _refusals[settings] = str(exc)
 
     return await nats.connect(error_cb=on_error, **connect_options(settings, name="chatfed", keep_trying=True))
 
 
-def connection(settings: NatsSettings) -> Client:
-    """The shared connection for `settings`, opened on first use."""
+def connection(settings: NatsSettings, timeout: float = 30) -> Client:
+    """The shared connection for `settings`, opened on first use.
+
+    Raises TimeoutError when the server stays away for `timeout` (the attempt is cancelled, not left running),
+    NotPermitted at once when it refuses the credentials (nats-py alone would retry them forever).
+    """
     with _lock:
         existing = _connections.get(settings)
     if existing is not None and not existing.is_closed:
         return existing
-    client = run(_connect(settings), timeout=30)
+    _refusals.pop(settings, None)
+    future = asyncio.run_coroutine_threadsafe(_connect(settings), loop())
+    deadline = time.monotonic() + timeout
+    while not future.done():
+        concurrent.futures.wait([future], timeout=0.25)
+        refused = _refusals.get(settings)
+        if not future.done() and (refused is not None or time.monotonic() >= deadline):
+            future.cancel()
+            if refused is not None:
+                msg = f"NATS at {redact_url(settings.url)} refused user {settings.user or '(none)'!r}: {refused}"
+                raise NotPermitted(msg) from None
+            msg = f"NATS at {redact_url(settings.url)} not reachable within {timeout:g} s"
+            raise TimeoutError(msg) from None
+    client = future.result()
     with _lock:
         _connections[settings] = client
     return client

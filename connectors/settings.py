@@ -124,11 +124,8 @@ def _required(env: Mapping[str, str], name: str) -> str:
     return value
 
 
-def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
-    """Read the settings; raise ConfigError naming the variable at fault."""
-    site = _required(env, "CHATFED_SITE_ID")
-    if not SITE_ID_RE.match(site):
-        raise ConfigError(f"CHATFED_SITE_ID={site!r}: use lowercase letters, digits and '-'")
+def load_tuning(env: Mapping[str, str] = os.environ) -> Tuning:
+    """Only the `Tuning` variables: what `chatfed bootstrap` needs to configure the durables the flows read."""
     tuning: dict[str, int] = {}
     for field, var in _TUNING_VARS.items():
         raw = env.get(var, "").strip()
@@ -139,10 +136,23 @@ def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
         except ValueError:
             raise ConfigError(f"{var}={raw!r} is not an integer") from None
     try:
-        tuned = msgspec.convert(tuning, Tuning)
+        return msgspec.convert(tuning, Tuning)
     except msgspec.ValidationError as exc:
         field = str(exc).rsplit("$.", 1)[-1].strip("`")
         raise ConfigError(f"{_TUNING_VARS.get(field, field)}: {exc}") from None
+
+
+def tuning_variable(field: str) -> str:
+    """The environment variable that sets `Tuning.<field>`."""
+    return _TUNING_VARS[field]
+
+
+def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
+    """Read the settings; raise ConfigError naming the variable at fault."""
+    site = _required(env, "CHATFED_SITE_ID")
+    if not SITE_ID_RE.match(site):
+        raise ConfigError(f"CHATFED_SITE_ID={site!r}: use lowercase letters, digits and '-'")
+    tuned = load_tuning(env)
     return Settings(
         site=site,
         durable=env.get("CHATFED_DURABLE", ""),

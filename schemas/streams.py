@@ -21,6 +21,8 @@ OUTBOX_MAX_AGE_S: Final = 7 * DAY_S
 INBOX_MAX_AGE_S: Final = 30 * DAY_S  # a search index rebuild replays it
 DLQ_MAX_AGE_S: Final = 30 * DAY_S
 
+# defaults only: bootstrap takes both from the flows' settings (CHATFED_ACK_WAIT_S, CHATFED_MAX_DELIVER), and a
+# flow refuses a durable whose values differ from its own (a lower max_deliver strands its failures un-acked)
 ACK_WAIT_S: Final = 60
 MAX_DELIVER: Final = 10
 ROOM_WORKER_MAX_ACK_PENDING: Final = 1_000
@@ -126,31 +128,45 @@ def search_sync_filters(site: str) -> list[str]:
     return local + aggregate
 
 
-def site_consumers(site: str) -> list[ConsumerSpec]:
+def site_consumers(site: str, *, ack_wait_s: int = ACK_WAIT_S, max_deliver: int = MAX_DELIVER) -> list[ConsumerSpec]:
     """Return the durables `room-worker`, `inbox-worker` and `search-sync` of `site`."""
     return [
         ConsumerSpec(
             stream=subjects.rooms_stream(site),
             durable=subjects.ROOM_WORKER,
             filter_subjects=[],
-            ack_wait_s=ACK_WAIT_S,
-            max_deliver=MAX_DELIVER,
+            ack_wait_s=ack_wait_s,
+            max_deliver=max_deliver,
             max_ack_pending=ROOM_WORKER_MAX_ACK_PENDING,
         ),
         ConsumerSpec(
             stream=subjects.inbox_stream(site),
             durable=subjects.INBOX_WORKER,
             filter_subjects=[subjects.inbox_aggregate_filter(site)],
-            ack_wait_s=ACK_WAIT_S,
-            max_deliver=MAX_DELIVER,
+            ack_wait_s=ack_wait_s,
+            max_deliver=max_deliver,
             max_ack_pending=INBOX_MAX_ACK_PENDING,
         ),
         ConsumerSpec(
             stream=subjects.inbox_stream(site),
             durable=subjects.SEARCH_SYNC,
             filter_subjects=search_sync_filters(site),
-            ack_wait_s=ACK_WAIT_S,
-            max_deliver=MAX_DELIVER,
+            ack_wait_s=ack_wait_s,
+            max_deliver=max_deliver,
             max_ack_pending=INBOX_MAX_ACK_PENDING,
         ),
     ]
+
+
+# the durable each flow reads by default (a search index rebuild points search_sync at a temporary one)
+FLOW_DURABLES: Final = {
+    "room_worker": subjects.ROOM_WORKER,
+    "inbox_mirror": subjects.INBOX_WORKER,
+    "search_sync": subjects.SEARCH_SYNC,
+}
+
+
+def flow_consumer(site: str, flow: str) -> ConsumerSpec:
+    """The durable `flow` reads on `site`, with the default settings."""
+    durable = FLOW_DURABLES[flow]
+    return next(spec for spec in site_consumers(site) if spec.durable == durable)

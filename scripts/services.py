@@ -210,7 +210,7 @@ def nats_service_permissions(site: str) -> dict[str, dict[str, list[str]]]:
     """What a site's dataflows (and a site-local API) may do: nothing outside the site's own streams.
 
     Publish: room commands, the INBOX *local* lane (the aggregate lane is written only by sourcing),
-    OUTBOX and DLQ; pull requests on the two worked streams; acks of their deliveries; results to
+    OUTBOX and DLQ; pull requests on the two worked streams and their durables' info; acks of their deliveries; results to
     requesters. Subscribe: reply inboxes (pull deliveries, publish acks).
     """
     worked = (f"ROOMS_{site}", f"INBOX_{site}")
@@ -222,6 +222,8 @@ def nats_service_permissions(site: str) -> dict[str, dict[str, list[str]]]:
                 f"outbox.{site}.>",
                 f"chat.dlq.{site}.>",
                 *(f"$JS.API.CONSUMER.MSG.NEXT.{stream}.*" for stream in worked),
+                # a flow checks its durable's delivery contract at start (read-only)
+                *(f"$JS.API.CONSUMER.INFO.{stream}.*" for stream in worked),
                 # ack subjects: $JS.ACK.<stream>.… and the domain form $JS.ACK.<domain>.<account hash>.<stream>.…
                 *(f"$JS.ACK.{stream}.>" for stream in worked),
                 *(f"$JS.ACK.{site}.*.{stream}.>" for stream in worked),

@@ -18,6 +18,7 @@ from nats.aio.client import Client
 from nats.js.client import JetStreamContext
 
 from connectors.bootstrap import bootstrap_site
+from connectors.settings import Tuning
 from schemas.envelope import OutboxEvent, encode_envelope
 from schemas.events import InnerEvent, encode_event
 
@@ -42,10 +43,21 @@ async def connect_site(servers: Mapping[str, Any], site: str, *, role: str = "op
     return await connect(desc["nats_url"], user=desc.get(f"{prefix}_user", ""), password=desc.get(f"{prefix}_password", ""))
 
 
-async def bootstrap_local_sites(client: Client, sites: list[str]) -> None:
-    """All `sites`' streams on one server, sources without an external API (FINDINGS: quick tests)."""
+async def bootstrap_local_sites(client: Client, sites: list[str], *, tuning: Tuning | None = None) -> None:
+    """All `sites`' streams on one server, sources without an external API (FINDINGS: quick tests).
+
+    `tuning`: the flows' settings the durables must match (`max_deliver`, `ack_wait`); the defaults without it.
+    """
     for site in sites:
-        await bootstrap_site(client, site, sites, federated=False)
+        await bootstrap_site(client, site, sites, federated=False, tuning=tuning)
+
+
+async def retune(js: JetStreamContext, stream: str, durable: str, tuning: Tuning) -> None:
+    """Give one durable the flows' `max_deliver` and `ack_wait` of `tuning` (a flow refuses a durable that differs)."""
+    config = (await js.consumer_info(stream, durable)).config
+    config.max_deliver = tuning.max_deliver
+    config.ack_wait = tuning.ack_wait_s
+    await js.add_consumer(stream, config)
 
 
 def envelope_bytes(event: InnerEvent, *, event_type: str, site: str, dest: str, timestamp: int) -> bytes:

@@ -199,3 +199,32 @@ def test_bootstrap_is_idempotent_and_flows_up_down_manage_the_processes(cli_site
         down = cli_site.cli("flows", "down")
     assert down.exit_code == 0, down.output
     assert not [p for p in flow_procs.running() if p.site == cli_site.site]
+
+
+def test_bootstrap_takes_max_deliver_and_ack_wait_from_the_flows_settings_updating_existing_durables(cli_site: CliSite) -> None:
+    async def contracts() -> dict[str, tuple[int, float]]:
+        client = await connect_site(cli_site.servers, "s1")
+        try:
+            js = client.jetstream()
+            found = {}
+            for stream, durable in (
+                (subjects.rooms_stream(cli_site.site), subjects.ROOM_WORKER),
+                (subjects.inbox_stream(cli_site.site), subjects.INBOX_WORKER),
+                (subjects.inbox_stream(cli_site.site), subjects.SEARCH_SYNC),
+            ):
+                config = (await js.consumer_info(stream, durable)).config
+                found[durable] = (config.max_deliver, config.ack_wait)
+            return found
+        finally:
+            await client.close()
+
+    # CliSite bootstrapped the durables with the defaults; a bootstrap with other settings updates them in place
+    assert set(cli_site.run(contracts()).values()) == {(10, 60.0)}
+    env = {"CHATFED_INFO": str(cli_site.info), "CHATFED_MAX_DELIVER": "15", "CHATFED_ACK_WAIT_S": "45"}
+    boot = runner.invoke(app, ["bootstrap"], env=env)
+    assert boot.exit_code == 0, boot.output
+    assert set(cli_site.run(contracts()).values()) == {(15, 45.0)}
+    assert "max_deliver 15, ack_wait 45 s" in boot.output
+
+    bad = runner.invoke(app, ["bootstrap"], env={**env, "CHATFED_MAX_DELIVER": "many"})
+    assert bad.exit_code == 2 and "CHATFED_MAX_DELIVER" in bad.output

@@ -1,12 +1,15 @@
 """Store and NATS outages under running flows (issue 7): nothing lost, nothing dead-lettered, both flows catch up.
+Flows started while their store is down (issue 10) wait for it, one log line per attempt, and catch up.
 
-These stop shared servers (FerretDB for 30 s, the s1 nats-server for a few seconds): other tests running at
+These stop shared servers (FerretDB for 30 s, Elasticsearch for ~25 s, the s1 nats-server for a few seconds): other tests running at
 the same moment see the outage too, so keep them in this file and run it on its own when possible.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
+import re
 import subprocess
 import sys
 import time
@@ -16,7 +19,9 @@ from typing import Any, TypeVar
 
 import nats.errors
 import pytest
+from elasticsearch import Elasticsearch
 
+from connectors.mongo import ensure_indexes
 from schemas import subjects
 from tests.integration.mirror_support import (
     MirrorSite,
@@ -26,7 +31,9 @@ from tests.integration.mirror_support import (
     redelivered,
 )
 from tests.integration.room_support import RoomHarness, user
-from tests.support import REPO, FlowProcess, wait_drained, wait_for
+from tests.integration.search_helpers import close_site, open_site
+from tests.support import LOGS, REPO, FlowProcess, bootstrap_local_sites, connect_site, flow_env, wait_drained, wait_for
+from tests.unit.search_oracle import added
 
 T = TypeVar("T")
 
@@ -229,3 +236,80 @@ def test_nats_restart_under_room_worker_and_inbox_mirror(servers: dict[str, Any]
         b.mirror.publish(100, "c")
         b.catch_up("nats-s1")
         b.check()
+
+
+# --------------------------------------------------------------------------- flows started during an outage (issue 10)
+
+STARTING_OUTAGE_S = 25.0
+QUICK_BACKOFF = {"CHATFED_BACKOFF_BASE_MS": "200", "CHATFED_BACKOFF_MAX_MS": "2000"}
+ATTEMPT_RE = re.compile(r"cannot start yet \(attempt (\d+)\)")
+LOG_RECORD_RE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [A-Z]+ ")
+
+
+def assert_waited_one_line_per_attempt(flow: FlowProcess) -> None:
+    """The flow's log: failed start-up attempts, each one line numbered 1..n, and at most one traceback in all."""
+    log = (LOGS / f"{flow.name}-0.log").read_text()
+    attempts = [int(m.group(1)) for m in ATTEMPT_RE.finditer(log)]
+    assert len(attempts) >= 2, f"{flow.name} did not wait for its store:\n{log}"
+    assert attempts == list(range(1, len(attempts) + 1)), log
+    lines = log.splitlines()
+    records = [line for line in lines if LOG_RECORD_RE.match(line)]
+    with_traceback = [line for line, after in zip(lines, lines[1:]) if LOG_RECORD_RE.match(line) and after.startswith("Traceback")]
+    assert len(with_traceback) <= 1, log  # a client library's, once per outage: not one per attempt
+    assert len(records) <= len(attempts) + 15, "\n".join(records)  # nothing else repeats per attempt
+
+
+def fresh_log(flow: FlowProcess) -> FlowProcess:
+    (LOGS / f"{flow.name}-0.log").unlink(missing_ok=True)
+    return flow
+
+
+def test_room_worker_and_inbox_mirror_started_while_mongo_is_down_wait_and_catch_up(servers: dict[str, Any]) -> None:
+    with mirror_site(servers) as m:
+        h = RoomHarness(servers)
+        try:
+            # everything but the flows, while MongoDB is up: streams, indexes, users
+            h.nc = m.run(connect_site(servers, "s1"))
+            m.run(bootstrap_local_sites(h.client, [h.site, h.other]))
+            ensure_indexes(h.db)
+            h.db.users.insert_many([user(a, h.site) for a in HOME_USERS] + [user("erin", h.other)])
+            m.users(MIRROR_ACCOUNTS)
+            h.flow = fresh_log(FlowProcess("dataflows.room_worker", flow_env(servers, h.site, **QUICK_BACKOFF)))
+            mirror_flow = fresh_log(m.flow(**QUICK_BACKOFF))
+            b = Both(m, h, mirror_flow)
+            try:
+                with outage("ferretdb", STARTING_OUTAGE_S):
+                    h.flow.start()
+                    mirror_flow.start()
+                    time.sleep(3)
+                    b.run(b.rooms.create("rs", 40))  # published while the flows wait for the store
+                    b.mirror.publish(150, "s")
+                    h.flow.assert_alive()
+                    mirror_flow.assert_alive()
+                b.catch_up("MongoDB (flows started during the outage)")
+                b.check()
+                assert_waited_one_line_per_attempt(h.flow)
+                assert_waited_one_line_per_attempt(mirror_flow)
+            finally:
+                mirror_flow.stop()
+        finally:
+            m.run(h.close())
+
+
+async def test_search_sync_started_while_elasticsearch_is_down_waits_and_catches_up(servers: dict[str, Any], es_url: str) -> None:
+    site = await open_site(servers, Elasticsearch(es_url))
+    try:
+        accounts = [f"a{i}" for i in range(20)]
+        with outage("es", STARTING_OUTAGE_S):
+            flow = site.start_flow(**QUICK_BACKOFF)  # a fresh site: a fresh log
+            await asyncio.sleep(3)
+            events = [(subjects.inbox_local(site.site, "member_added"), added(f"r{i % 5}", [account], TS + i)) for i, account in enumerate(accounts)]
+            await site.publish(events)
+            flow.assert_alive()
+        await site.drain(timeout=CATCH_UP_S)
+        flow.assert_alive()
+        user_rooms = site.documents(site.indexes.user_room)
+        assert {account: doc["rooms"] for account, doc in user_rooms.items()} == {a: [f"r{i % 5}"] for i, a in enumerate(accounts)}
+        assert_waited_one_line_per_attempt(flow)
+    finally:
+        await close_site(site)

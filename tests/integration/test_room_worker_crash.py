@@ -23,7 +23,7 @@ async def _crash_then_recover(h: RoomHarness, op: str, body: dict[str, Any], rid
     assert h.flow is not None
     h.flow.stop()
     published = len(await h.local_events())
-    h.start_flow(CHATFED_TEST_CRASH_AFTER_WRITE="1")
+    h.start_flow(CHATFED_TEST_CRASH_AFTER_WRITE="1", CHATFED_ACK_WAIT_S="2")
     await h.send(op, body, request_id=rid)
     crashed = h.flow
 
@@ -34,7 +34,7 @@ async def _crash_then_recover(h: RoomHarness, op: str, body: dict[str, Any], rid
     crashed.procs.clear()
     assert sorted(h.subs(body["roomId"])) == written, "the writes happen before the crash"
     assert len(await h.local_events()) == published, "the crash comes before any publish"
-    h.start_flow()
+    h.start_flow(CHATFED_ACK_WAIT_S="2")
     await h.drained()
 
 

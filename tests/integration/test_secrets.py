@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from connectors.settings import load_tuning
 from schemas import subjects
 from schemas.events import MemberAddEvent
 from tests.integration.mirror_support import MirrorSite, add, mirror_site
@@ -26,6 +27,7 @@ from tests.support import (
     FlowProcess,
     envelope_bytes,
     flow_env,
+    retune,
     wait_drained,
 )
 
@@ -83,6 +85,7 @@ def test_flow_logs_carry_no_password(servers: dict[str, Any]) -> None:
             CHATFED_NATS_PASSWORD="",
         )
         assert mirror_env["CHATFED_NATS_PASSWORD"] in secrets
+        s.run(retune(s.js, subjects.inbox_stream(s.site), subjects.INBOX_WORKER, load_tuning(mirror_env)))
         mirror = FlowProcess("dataflows.inbox_mirror", mirror_env)
         rooms = FlowProcess("dataflows.room_worker", room_env)
         with mirror, rooms:

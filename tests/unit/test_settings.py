@@ -63,3 +63,14 @@ def test_describe_never_contains_a_secret() -> None:
     described = repr(load_settings(env).describe())
     for secret in ("natspw", "mongopw", "espw", "apikey"):
         assert secret not in described
+
+
+def test_tuning_alone_is_read_without_a_site_and_names_a_bad_variable() -> None:
+    from connectors.settings import load_tuning, tuning_variable
+
+    tuning = load_tuning({"CHATFED_MAX_DELIVER": "15", "CHATFED_ACK_WAIT_S": "45"})
+    assert (tuning.max_deliver, tuning.ack_wait_s) == (15, 45)
+    assert load_settings({**BASE, "CHATFED_MAX_DELIVER": "15"}).tuning.max_deliver == 15
+    assert tuning_variable("ack_wait_s") == "CHATFED_ACK_WAIT_S"
+    with pytest.raises(ConfigError, match="CHATFED_ACK_WAIT_S"):
+        load_tuning({"CHATFED_ACK_WAIT_S": "0"})
