@@ -21,7 +21,7 @@ from connectors import natsio
 from connectors.jetstream import PublishRejected, publish_all
 from connectors.progress import InProgress, deliveries_in
 from connectors.mongo import TRANSIENT_ERRORS
-from connectors.room_store import IntentPending, Member, RoomStore
+from connectors.room_store import Claim, IntentPending, Member, RoomStore
 from logic import room_commands as rc
 from logic import room_events
 from logic import room_plans as plans
@@ -74,12 +74,14 @@ class BatchReads(msgspec.Struct, frozen=True, kw_only=True):
     users: dict[str, User] | None = None  # by account
     org_users: list[User] | None = None  # users of any of `orgs`
     orgs: frozenset[str] = frozenset()
-    records: dict[str, Outcome] | None = None  # answered requests among the batch's, by request key
-    finished: set[str] = msgspec.field(default_factory=set)  # request keys answered since `records` was read
 
 
 def _bots(members: Mapping[str, Member]) -> dict[str, bool]:
     return {account: m.is_bot for account, m in members.items()}
+
+
+def _has_effects(outcome: Outcome) -> bool:
+    return bool(outcome.publishes) or outcome.writes != RoomWrites()
 
 
 def _roles(members: Mapping[str, Member], account: str) -> list[str] | None:
@@ -176,7 +178,6 @@ class RoomCommandRunner:
                 users=self._store.users_by_accounts(accounts),
                 org_users=self._store.org_members(orgs),
                 orgs=frozenset(orgs),
-                records=self._store.records(command.dedup_base for command in commands),
             )
         except TRANSIENT as exc:
             log.warning("batch user lookup failed, each command looks up its own: %r", exc)
@@ -229,38 +230,51 @@ class RoomCommandRunner:
         return retry(command.delivery, f"transient: {why}")
 
     def _execute(self, command: Command, reads: BatchReads) -> Settle:
-        """Finish the room's pending command, answer a finished request from its record, or decide and carry out."""
+        """Finish the room's pending command first; then decide this one, claim its request id and carry it out.
+
+        Claiming records the outcome as the request's one answer; if an answer was recorded before (a retry, a
+        redelivery), that one is sent again and nothing is written or published.
+        """
         pending = self._store.intent(command.room_id)
         if pending is not None:
-            self._finish(pending, reads)
-            if pending.request_key == command.dedup_base:
-                return self._settle(command, pending)
-        record = self._record(reads, command.dedup_base)
-        if record is not None:  # answered before: the same answer, nothing changes, nothing new is published
+            answer = self._finish_pending(pending)
+            if pending.outcome.request_key == command.dedup_base:
+                return self._settle(command, answer)
+        claim = Claim(outcome=self._decide(command, reads), nonce=new_id())
+        effects = _has_effects(claim.outcome)
+        if effects:
+            self._store.save_intent(claim, self._clock())
+        recorded = self._store.record(claim, self._clock())
+        if recorded.nonce != claim.nonce:  # answered before: the same answer, no store changes, no new events
+            if effects:
+                self._store.clear_intent(command.room_id)
             log.info("request %s answered before: resending its result", command.dedup_base)
-            self._send_result(record.requester, record.result)
+            self._send_result(recorded.outcome.requester, recorded.outcome.result)
             return done(command.delivery, command.body.timestamp)
-        outcome = self._decide(command, reads)
-        if outcome.ok and (outcome.publishes or outcome.writes != RoomWrites()):
-            self._store.save_intent(outcome, self._clock())
-        self._finish(outcome, reads)
-        return self._settle(command, outcome)
+        self._carry_out(claim.outcome)
+        if effects:
+            self._store.clear_intent(command.room_id)
+        self._send_result(claim.outcome.requester, claim.outcome.result)
+        return self._settle(command, claim.outcome)
 
-    def _record(self, reads: BatchReads, request_key: str) -> Outcome | None:
-        if reads.records is not None and request_key not in reads.finished:
-            return reads.records.get(request_key)
-        return self._store.records([request_key]).get(request_key)
+    def _finish_pending(self, pending: Claim) -> Outcome:
+        """Carry out a room's intent left by a run that stopped half way; return its request's answer."""
+        recorded = self._store.record(pending, self._clock())
+        if recorded.nonce == pending.nonce:
+            self._carry_out(pending.outcome)
+        else:  # the run died between saving the intent and finding its request answered already
+            log.info("dropping the intent of request %s: it was answered before", pending.outcome.request_key)
+        self._store.clear_intent(pending.outcome.room_id)
+        self._send_result(recorded.outcome.requester, recorded.outcome.result)
+        return recorded.outcome
 
-    def _finish(self, outcome: Outcome, reads: BatchReads) -> None:
-        """Writes, events, the record, then the requester's result; all idempotent, so a rerun is harmless."""
+    def _carry_out(self, outcome: Outcome) -> None:
+        """The writes, then the events; both idempotent, so a rerun is harmless."""
         self._store.apply(outcome.room_id, outcome.writes, self._clock())
         if self._crash_after_write and outcome.publishes:
             log.error("test hook: dying between the writes and the publishes of %s", outcome.request_key)
             os._exit(137)
         self._publish(outcome.publishes)
-        self._store.finish(outcome, self._clock())
-        reads.finished.add(outcome.request_key)
-        self._send_result(outcome.requester, outcome.result)
 
     def _settle(self, command: Command, outcome: Outcome) -> Settle:
         if outcome.ok:

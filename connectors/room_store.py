@@ -31,6 +31,13 @@ INTENTS: Final = "room_intents"  # _id = room id: the room's decided, unfinished
 RECORDS: Final = "room_requests"  # _id = request key: the answer of a finished command
 
 
+class Claim(msgspec.Struct, frozen=True, kw_only=True):
+    """An outcome and the run that decided it: a record with another run's nonce means another run answered."""
+
+    outcome: Outcome
+    nonce: str
+
+
 class IntentPending(RuntimeError):
     """Another command's intent holds the room (a concurrent run): retried, it is finished first."""
 
@@ -168,37 +175,40 @@ class RoomStore:
         if writes.counts is not None:
             self.set_counts(room_id, writes.counts, now_ms)
 
-    def intent(self, room_id: str) -> Outcome | None:
-        """The room's decided but unfinished command, if any."""
+    def intent(self, room_id: str) -> Claim | None:
+        """The room's decided but unfinished command, if any (the collection holds only unfinished ones: small)."""
         doc = self._db[INTENTS].find_one({"_id": room_id})
-        return None if doc is None else decode_outcome(bytes(doc["outcome"]))
+        return None if doc is None else Claim(outcome=decode_outcome(bytes(doc["outcome"])), nonce=doc["nonce"])
 
-    def save_intent(self, outcome: Outcome, now_ms: int) -> None:
-        """Record `outcome` as the room's pending command before any of its writes."""
-        doc = {"_id": outcome.room_id, "request": outcome.request_key, "outcome": Binary(encode_outcome(outcome)), "ts": now_ms}
+    def save_intent(self, claim: Claim, now_ms: int) -> None:
+        """Make `claim` the room's pending command, before its record and any of its writes."""
+        outcome = claim.outcome
+        doc = {"_id": outcome.room_id, "request": outcome.request_key, "nonce": claim.nonce, "outcome": Binary(encode_outcome(outcome)), "ts": now_ms}
         try:
             self._db[INTENTS].insert_one(doc)
         except DuplicateKeyError as exc:
             raise IntentPending(outcome.room_id) from exc
 
-    def records(self, request_keys: Iterable[str]) -> dict[str, Outcome]:
-        """Finished requests among `request_keys`, by key (their recorded result; no writes, no events)."""
-        wanted = sorted(set(request_keys))
-        if not wanted:
-            return {}
-        found = self._db[RECORDS].find({"_id": {"$in": wanted}})
-        return {d["_id"]: decode_outcome(bytes(d["outcome"])) for d in found}
+    def clear_intent(self, room_id: str) -> None:
+        self._db[INTENTS].delete_one({"_id": room_id})
 
-    def finish(self, outcome: Outcome, now_ms: int) -> None:
-        """Record the request as answered, then clear the room's intent (a crash between: finished again, harmlessly)."""
+    def record(self, claim: Claim, now_ms: int) -> Claim:
+        """Record `claim` as its request's one answer, unless one is recorded already: return the recorded one.
+
+        An insert, so a new request costs no lookup (on FerretDB every lookup scans the collection, and
+        this one holds a week of requests); only a retry or redelivery reads the record back.
+        """
+        outcome = claim.outcome
         answer = msgspec.structs.replace(outcome, writes=RoomWrites(), publishes=[])
-        doc = {"_id": outcome.request_key, "rid": outcome.room_id, "outcome": Binary(encode_outcome(answer)), "ts": now_ms}
+        doc = {"_id": outcome.request_key, "rid": outcome.room_id, "nonce": claim.nonce, "outcome": Binary(encode_outcome(answer)), "ts": now_ms}
         try:
             self._db[RECORDS].insert_one(doc)
         except DuplicateKeyError:
-            pass  # an earlier run of this same outcome recorded it
-        if outcome.ok:
-            self._db[INTENTS].delete_one({"_id": outcome.room_id, "request": outcome.request_key})
+            stored = self._db[RECORDS].find_one({"_id": outcome.request_key})
+            if stored is None:  # pragma: no cover - a duplicate key means it exists
+                raise
+            return Claim(outcome=decode_outcome(bytes(stored["outcome"])), nonce=stored["nonce"])
+        return Claim(outcome=answer, nonce=claim.nonce)
 
     def purge_records(self, older_than_ms: int) -> int:
         """Forget answered requests older than any delivery or client retry of them can be (start-up)."""

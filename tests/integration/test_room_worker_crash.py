@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from typing import Any
 
@@ -59,5 +60,33 @@ def test_crash_between_writes_and_publishes_publishes_once_after_redelivery(serv
         outbox = await h.outbox_events()
         assert [e.inner["accounts"] for e in outbox] == [["carol"], ["dave"]]
         assert set(Counter(e.msg_id for e in local + outbox).values()) == {1}
+
+    run(with_harness(servers, _people, scenario))
+
+
+def test_a_later_command_finishes_the_crashed_one_first(servers: dict[str, Any]) -> None:
+    """The room's next command meets the intent the crashed worker left, and carries it out before itself."""
+
+    async def scenario(h: RoomHarness) -> None:
+        create = {"name": "eng", "users": ["bob"], "roomId": "r-next", "requesterAccount": "alice", "timestamp": TS}
+        assert (await h.call("create", create, requester="alice"))["status"] == "ok"
+        assert h.flow is not None
+        h.flow.stop()
+        h.start_flow(CHATFED_TEST_CRASH_AFTER_WRITE="1")  # the durable keeps its 60 s ack wait: no quick redelivery
+        add = {"roomId": "r-next", "users": ["carol"], "history": {"mode": "all"}, "requesterAccount": "alice", "timestamp": TS + 1}
+        add_id = "0195f0a2-0000-7000-8000-00000000d001"
+        answer = await h.client.subscribe(f"chat.user.alice.response.{add_id}")
+        await h.send("member.add", add, request_id=add_id)
+        crashed = h.flow
+        await wait_for(lambda: all(p.poll() is not None for p in crashed.procs), timeout=30, what="the worker to die at the crash hook")
+        crashed.procs.clear()
+        h.start_flow()
+        remove = {"roomId": "r-next", "requester": "alice", "account": "carol", "timestamp": TS + 2}
+        assert (await h.call("member.remove", remove, requester="alice"))["status"] == "ok"
+        assert json.loads((await answer.next_msg(timeout=30)).data)["status"] == "ok"  # the add was answered on its behalf
+        assert sorted(h.subs("r-next")) == ["alice", "bob"]
+        local = await h.local_events()
+        assert [(e.envelope["type"], e.inner["accounts"]) for e in local[1:]] == [("member_added", ["carol"]), ("member_removed", ["carol"])]
+        assert local[1].envelope["timestamp"] < local[2].envelope["timestamp"]
 
     run(with_harness(servers, _people, scenario))
