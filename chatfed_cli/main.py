@@ -82,9 +82,17 @@ async def _statuses(topology: Topology) -> list[SiteStatus]:
     return statuses
 
 
+def _ago(seconds: float | None) -> str:
+    return "never" if seconds is None else f"{seconds:.1f} s ago"
+
+
 @app.command()
 def status(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables.")) -> None:
-    """Per site: each durable's pending and ack-pending, each INBOX source's lag and error, each flow's processes."""
+    """Per site: each durable's backlog, redeliveries and last activity, each INBOX source's lag, each flow's processes.
+
+    A durable is `drained` only when nothing is pending and nothing awaits an ack: work in progress keeps its
+    messages unacknowledged (they get `+WPI`), so a flow still working never shows as drained.
+    """
     statuses = asyncio.run(_statuses(load_topology()))
     if as_json:
         typer.echo(msgspec.json.encode(statuses).decode())
@@ -94,7 +102,7 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON instea
         for column in ("what", "name", "pending", "ack pending", "redelivered", "detail"):
             table.add_column(column)
         for d in st.durables:
-            detail = "missing" if not d.exists else f"{d.waiting} pull(s) waiting"
+            detail = "missing" if not d.exists else f"{d.state}; {d.waiting} pull(s) waiting; last delivery {_ago(d.last_delivered_s)}, last ack {_ago(d.last_acked_s)}"
             table.add_row("durable", f"{d.stream}/{d.durable}", str(d.pending), str(d.ack_pending), str(d.redelivered), detail)
         for src in st.sources:
             active = "never" if src.active_s is None else f"active {src.active_s:.1f}s ago"

@@ -110,13 +110,15 @@ def test_status_shows_the_backlog_of_a_stopped_flow_then_zero_after_catch_up(cli
 
     stopped = cli_site.cli("status", "--json")
     assert stopped.exit_code == 0, stopped.output
-    assert _durable(json.loads(stopped.output), subjects.ROOM_WORKER)["pending"] == 5
+    idle = _durable(json.loads(stopped.output), subjects.ROOM_WORKER)
+    assert (idle["pending"], idle["last_delivered_s"]) == (5, None)
 
     cli_site.flow("dataflows.room_worker")
     cli_site.run(cli_site.drained(subjects.rooms_stream(site), subjects.ROOM_WORKER))
     caught_up = json.loads(cli_site.cli("status", "--json").output)
     room_worker = _durable(caught_up, subjects.ROOM_WORKER)
-    assert (room_worker["pending"], room_worker["ack_pending"]) == (0, 0)
+    assert (room_worker["pending"], room_worker["ack_pending"], room_worker["redelivered"]) == (0, 0, 0)
+    assert room_worker["last_delivered_s"] is not None and room_worker["last_acked_s"] is not None
     assert cli_site.db.rooms.count_documents({}) == 5
 
 
