@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Final, TypeAlias
+from typing import Final, TypeAlias, TypeVar
 
 import msgspec
 import nats.errors
@@ -38,10 +38,11 @@ from schemas.commands import (
     RemoveMember,
     encode_command,
 )
-from schemas.documents import MemberType, User
+from schemas.documents import MemberType, Room, User
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 TRANSIENT: Final[tuple[type[Exception], ...]] = (*TRANSIENT_ERRORS, nats.errors.Error, TimeoutError, PublishRejected, IntentPending)
 # Retried here, in place, before giving up with a delayed nak: a nak'd command is redelivered after
 # later commands of the same room have run, so in-place retries keep stream order through short blips
@@ -74,6 +75,10 @@ class BatchReads(msgspec.Struct, frozen=True, kw_only=True):
     users: dict[str, User] | None = None  # by account
     org_users: list[User] | None = None  # users of any of `orgs`
     orgs: frozenset[str] = frozenset()
+    # each room's state before the batch, by room id; taken (popped) by the room's first command
+    rooms: dict[str, Room | None] | None = None
+    members: dict[str, dict[str, Member]] | None = None
+    room_orgs: dict[str, set[str]] | None = None
 
 
 def _bots(members: Mapping[str, Member]) -> dict[str, bool]:
@@ -150,13 +155,85 @@ class RoomCommandRunner:
         # set once a command exhausted its in-place retries: the store (or NATS) is down, so the rest of the
         # batch is nak'd at once instead of each paying the retries (a batch must settle well within ack_wait)
         outage = threading.Event()
-        if len(groups) == 1:
-            return self._apply_room(groups[0], reads, outage)
-        runs = self._pool.map(self._apply_room, groups, itertools.repeat(reads), itertools.repeat(outage))
-        return [settle for settles in runs for settle in settles]
+        try:  # rooms left half way by an earlier run go one command at a time (their intent is finished first)
+            careful = self._store.rooms_with_intents(by_room)
+        except TRANSIENT as exc:
+            log.warning("intent lookup failed, every room goes one command at a time: %r", exc)
+            careful = set(by_room)
+        settled: dict[int, Settle] = {}
+        # round r holds the r-th command of every room: rooms never wait for each other, a room's commands keep their order
+        for depth in range(max(len(group) for group in groups)):
+            round_ = [group[depth] for group in groups if len(group) > depth]
+            together = [c for c in round_ if c.room_id not in careful and not outage.is_set()]
+            fell_back = together
+            if len(together) > 1:
+                carried, fell_back = self._round(together, reads)
+                settled |= carried
+            for command in fell_back:
+                careful.add(command.room_id)
+            one_by_one = [c for c in round_ if c.room_id in careful or outage.is_set()]
+            runs = self._pool.map(lambda c: self._apply_one(c, reads, outage), one_by_one)
+            for command, settle in zip(one_by_one, runs, strict=True):
+                settled[id(command)] = settle
+        return [settled[id(command)] for group in groups for command in group]
+
+    def _round(self, commands: list[Command], reads: BatchReads) -> tuple[dict[int, Settle], list[Command]]:
+        """Carry out one command of each of many rooms with their bookkeeping in bulk.
+
+        Returns the settles of those carried out (by `id` of the command) and the commands that must go one at a time.
+
+        The same steps as `_execute` (decide, intents, records, writes, events, intents cleared, results), each
+        done for every room at once: an intent, a record and an insert of each collection cost one request for
+        the whole round instead of one per command. Whatever fails here falls back to `_execute`, which finds
+        the intents and records this left and finishes exactly what was decided.
+        """
+        decided = list(self._pool.map(lambda c: self._try(lambda: self._decide(c, reads)), commands))
+        fallback = [c for c, d in zip(commands, decided, strict=True) if isinstance(d, BaseException)]
+        claims = {id(c): Claim(outcome=d, nonce=new_id()) for c, d in zip(commands, decided, strict=True) if isinstance(d, Outcome)}
+        live = [c for c in commands if id(c) in claims]
+        now = self._clock()
+        try:
+            taken = self._store.save_intents([claims[id(c)] for c in live if _has_effects(claims[id(c)].outcome)], now)
+            live, fallback = [c for c in live if c.room_id not in taken], fallback + [c for c in live if c.room_id in taken]
+            answered = self._store.record_many([claims[id(c)] for c in live], now)
+        except TRANSIENT as exc:
+            log.warning("round of %d rooms: bookkeeping failed, one at a time: %r", len(commands), exc)
+            return {}, commands
+        fresh = [c for c in live if c.dedup_base not in answered]
+        try:
+            outcomes = [claims[id(c)].outcome for c in fresh]
+            self._store.apply_many(outcomes, self._clock())
+            if self._crash_after_write and any(o.publishes for o in outcomes):
+                log.error("test hook: dying between the writes and the publishes of a round")
+                os._exit(137)
+            self._publish([p for o in outcomes for p in o.publishes])
+            self._store.clear_intents(c.room_id for c in live if _has_effects(claims[id(c)].outcome))
+        except TRANSIENT as exc:
+            log.warning("round of %d rooms: writes failed, one at a time: %r", len(commands), exc)
+            return {}, fallback + live
+        settles: dict[int, Settle] = {}
+        for command in live:
+            recorded = answered.get(command.dedup_base)
+            outcome = claims[id(command)].outcome if recorded is None else recorded.outcome
+            try:
+                self._send_result(outcome.requester, outcome.result)
+            except TRANSIENT as exc:  # its record is there: one at a time, it is answered from it
+                log.warning("room %s: result not sent: %r", command.room_id, exc)
+                fallback.append(command)
+                continue
+            settle = done(command.delivery, command.body.timestamp) if recorded is not None else self._settle(command, outcome)
+            settles[id(command)] = settle
+        return settles, fallback
+
+    def _try(self, step: Callable[[], T]) -> T | BaseException:
+        """`step()`, or the transient failure it raised (our own bugs still raise)."""
+        try:
+            return step()
+        except TRANSIENT as exc:
+            return exc
 
     def _prefetch(self, commands: Sequence[Command]) -> BatchReads:
-        """The users (by account and by org) of every command of the batch, one query each.
+        """The users (by account and by org) of every command of the batch, and its rooms' state, one query each.
 
         On FerretDB a query by anything but `_id` scans its collection, so a lookup per command costs a
         scan of `users` per command. Users are not written by this flow, so reading them once per batch
@@ -173,11 +250,16 @@ class RoomCommandRunner:
             else:
                 accounts.update([body.requester_account, *body.users])
                 orgs.update(body.orgs)
+        room_ids = {command.room_id for command in commands}
+        changed = {command.room_id for command in commands if not isinstance(command.body, CreateRoom)}  # creates read no members
         try:
             return BatchReads(
                 users=self._store.users_by_accounts(accounts),
                 org_users=self._store.org_members(orgs),
                 orgs=frozenset(orgs),
+                rooms=self._store.rooms(room_ids),
+                members=self._store.members_of(changed),
+                room_orgs=self._store.orgs_of(changed),
             )
         except TRANSIENT as exc:
             log.warning("batch user lookup failed, each command looks up its own: %r", exc)
@@ -204,6 +286,22 @@ class RoomCommandRunner:
                 raise  # our own bug: stop loudly, JetStream still holds the command (STYLE §2)
         outage.set()
         return self._give_up(command, repr(last))
+
+    # A room's state as the batch found it serves only its first command: later ones must see what it wrote.
+    def _room(self, reads: BatchReads, room_id: str) -> Room | None:
+        if reads.rooms is not None and room_id in reads.rooms:
+            return reads.rooms.pop(room_id)
+        return self._store.room(room_id)
+
+    def _members(self, reads: BatchReads, room_id: str) -> dict[str, Member]:
+        if reads.members is not None and room_id in reads.members:
+            return reads.members.pop(room_id)
+        return self._store.members(room_id)
+
+    def _room_orgs(self, reads: BatchReads, room_id: str) -> set[str]:
+        if reads.room_orgs is not None and room_id in reads.room_orgs:
+            return reads.room_orgs.pop(room_id)
+        return self._store.room_orgs(room_id)
 
     def _users(self, reads: BatchReads, accounts: Sequence[str]) -> dict[str, User]:
         if reads.users is None:
@@ -315,7 +413,7 @@ class RoomCommandRunner:
         plan = plans.plan_create(body, home=self._site, requester=requester, found=found, org_members=org_members, new_id=new_id)
         if isinstance(plan, Failure):
             return plan
-        existing = self._store.room(body.room_id)
+        existing = self._room(reads, body.room_id)
         if existing is not None:
             if (existing.type, existing.site_id) != (plan.room.type, plan.room.site_id):
                 return Failure(code=ErrorCode.CONFLICT, error=f"room {existing.id} exists as a {existing.type} of site {existing.site_id}")
@@ -338,9 +436,9 @@ class RoomCommandRunner:
 
     def _add(self, command: Command, body: AddMembers, reads: BatchReads) -> Decided:
         store = self._store
-        room = store.room(body.room_id)
+        room = self._room(reads, body.room_id)
         found = self._users(reads, [body.requester_account, *body.users])
-        before = store.members(body.room_id) if room is not None else {}
+        before = self._members(reads, body.room_id) if room is not None else {}
         plan = plans.plan_add(
             body,
             home=self._site,
@@ -349,7 +447,7 @@ class RoomCommandRunner:
             found=found,
             org_members=self._org_members(reads, body.orgs),
             subscribers={account: m.user_id for account, m in before.items()},
-            room_orgs=store.room_orgs(body.room_id),
+            room_orgs=self._room_orgs(reads, body.room_id),
             new_id=new_id,
         )
         if isinstance(plan, Failure) or room is None:
@@ -373,8 +471,8 @@ class RoomCommandRunner:
     def _remove_one(self, command: Command, body: RemoveMember, reads: BatchReads) -> Decided:
         store = self._store
         user = self._users(reads, [body.account]).get(body.account)
-        room = store.room(body.room_id)
-        before = store.members(body.room_id) if room is not None else {}
+        room = self._room(reads, body.room_id)
+        before = self._members(reads, body.room_id) if room is not None else {}
         own_roles = _roles(before, body.account)
         plan = plans.plan_remove_one(
             body,
@@ -383,7 +481,7 @@ class RoomCommandRunner:
             user=user,
             is_member=own_roles is not None,
             requester_roles=own_roles if body.requester == body.account else _roles(before, body.requester),
-            room_orgs=store.room_orgs(body.room_id),
+            room_orgs=self._room_orgs(reads, body.room_id),
         )
         if isinstance(plan, Failure) or user is None:
             return plan if isinstance(plan, Failure) else Failure(code=ErrorCode.NOT_FOUND, error="user not found")
@@ -406,8 +504,8 @@ class RoomCommandRunner:
     def _remove_org(self, command: Command, body: RemoveMember, reads: BatchReads) -> Decided:
         store = self._store
         org_members = self._org_members(reads, [body.org_id])
-        room = store.room(body.room_id)
-        before = store.members(body.room_id) if room is not None else {}
+        room = self._room(reads, body.room_id)
+        before = self._members(reads, body.room_id) if room is not None else {}
         plan = plans.plan_remove_org(
             body,
             home=self._site,
@@ -416,7 +514,7 @@ class RoomCommandRunner:
             subscribers={account: m.user_id for account, m in before.items()},
             individual_ids=store.individual_ids(body.room_id),
             requester_roles=_roles(before, body.requester),
-            room_orgs=store.room_orgs(body.room_id),
+            room_orgs=self._room_orgs(reads, body.room_id),
         )
         if isinstance(plan, Failure):
             return plan

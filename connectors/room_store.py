@@ -59,6 +59,39 @@ def _insert_only(collection: Any, docs: Sequence[dict[str, object]]) -> int:
         return int(exc.details.get("nInserted", 0))
 
 
+def _member(doc: Document) -> Member:
+    return Member(user_id=doc["u"].get("_id", ""), is_bot=bool(doc["u"].get("isBot")), roles=list(doc.get("roles") or []))
+
+
+def _duplicates(collection: Any, docs: Sequence[dict[str, object]]) -> set[str]:
+    """Insert `docs` (unordered); the `_id`s that existed already."""
+    if not docs:
+        return set()
+    try:
+        collection.insert_many(list(docs), ordered=False)
+    except BulkWriteError as exc:
+        errors = exc.details.get("writeErrors", [])
+        if any(e.get("code") != DUPLICATE_KEY for e in errors):
+            raise
+        return {str(docs[e["index"]]["_id"]) for e in errors}
+    return set()
+
+
+def _answer(outcome: Outcome) -> Outcome:
+    """What a request's record keeps: its result, not its writes and events."""
+    return msgspec.structs.replace(outcome, writes=RoomWrites(), publishes=[])
+
+
+def _intent_doc(claim: Claim, now_ms: int) -> dict[str, object]:
+    outcome = claim.outcome
+    return {"_id": outcome.room_id, "request": outcome.request_key, "nonce": claim.nonce, "outcome": Binary(encode_outcome(outcome)), "ts": now_ms}
+
+
+def _record_doc(claim: Claim, now_ms: int) -> dict[str, object]:
+    outcome = claim.outcome
+    return {"_id": outcome.request_key, "rid": outcome.room_id, "nonce": claim.nonce, "outcome": Binary(encode_outcome(_answer(outcome))), "ts": now_ms}
+
+
 class Member(msgspec.Struct, frozen=True, kw_only=True):
     """One subscription of a room, as `RoomStore.members` reads it."""
 
@@ -93,6 +126,32 @@ class RoomStore:
         doc = self._db.rooms.find_one({"_id": room_id})
         return None if doc is None else from_mongo(Room, doc)
 
+    def rooms(self, room_ids: Iterable[str]) -> dict[str, Room | None]:
+        """Each room by id (`None`: no such room), in one query."""
+        wanted = sorted(set(room_ids))
+        found: dict[str, Room | None] = dict.fromkeys(wanted)
+        if wanted:
+            found |= {d["_id"]: from_mongo(Room, d) for d in self._db.rooms.find({"_id": {"$in": wanted}})}
+        return found
+
+    def members_of(self, room_ids: Iterable[str]) -> dict[str, dict[str, Member]]:
+        """`members` of each room, in one query."""
+        wanted = sorted(set(room_ids))
+        found: dict[str, dict[str, Member]] = {room: {} for room in wanted}
+        if wanted:
+            for d in self._db.subscriptions.find({"roomId": {"$in": wanted}}, {"roomId": 1, "u": 1, "roles": 1}):
+                found[d["roomId"]][d["u"]["account"]] = _member(d)
+        return found
+
+    def orgs_of(self, room_ids: Iterable[str]) -> dict[str, set[str]]:
+        """`room_orgs` of each room, in one query."""
+        wanted = sorted(set(room_ids))
+        found: dict[str, set[str]] = {room: set() for room in wanted}
+        if wanted:
+            for r in self._db.room_members.find({"rid": {"$in": wanted}, "member.type": MemberType.ORG.value}, {"rid": 1, "member": 1}):
+                found[r["rid"]].add(r["member"]["id"])
+        return found
+
     def insert_room(self, room: Room) -> tuple[Room, bool]:
         """Insert `room` unless a room with its id exists; return what is stored and whether this call inserted it."""
         try:
@@ -111,10 +170,7 @@ class RoomStore:
         subscriptions once and derives roles and counts from that (docs/inbox_mirror.md, "FerretDB facts").
         """
         docs = self._db.subscriptions.find({"roomId": room_id}, {"u": 1, "roles": 1})
-        return {
-            d["u"]["account"]: Member(user_id=d["u"].get("_id", ""), is_bot=bool(d["u"].get("isBot")), roles=list(d.get("roles") or []))
-            for d in docs
-        }
+        return {d["u"]["account"]: _member(d) for d in docs}
 
     def insert_subscriptions(self, subs: Sequence[Subscription]) -> int:
         """Insert-only on the unique `(roomId, u.account)`: a replay never overwrites read state."""
@@ -175,6 +231,45 @@ class RoomStore:
         if writes.counts is not None:
             self.set_counts(room_id, writes.counts, now_ms)
 
+    def apply_many(self, outcomes: Sequence[Outcome], now_ms: int) -> None:
+        """`apply` for commands of different rooms: their inserts in one request per collection."""
+        rooms = [to_mongo(o.writes.room) for o in outcomes if o.writes.room is not None]
+        _insert_only(self._db.rooms, rooms)
+        self.insert_subscriptions([sub for o in outcomes for sub in o.writes.subscriptions])
+        self.insert_room_members([row for o in outcomes for row in o.writes.room_members])
+        for outcome in outcomes:
+            rest = msgspec.structs.replace(outcome.writes, room=None, subscriptions=[], room_members=[])
+            if rest != RoomWrites():
+                self.apply(outcome.room_id, rest, now_ms)
+
+    def rooms_with_intents(self, room_ids: Iterable[str]) -> set[str]:
+        """Which of these rooms have an unfinished command (one small query: only unfinished ones are kept)."""
+        wanted = sorted(set(room_ids))
+        if not wanted:
+            return set()
+        return {d["_id"] for d in self._db[INTENTS].find({"_id": {"$in": wanted}}, {"_id": 1})}
+
+    def save_intents(self, claims: Sequence[Claim], now_ms: int) -> set[str]:
+        """`save_intent` for commands of different rooms in one request; returns the rooms that had one already."""
+        return _duplicates(self._db[INTENTS], [_intent_doc(c, now_ms) for c in claims])
+
+    def record_many(self, claims: Sequence[Claim], now_ms: int) -> dict[str, Claim]:
+        """`record` for many requests in one request; returns the answers recorded before, by request key."""
+        taken = _duplicates(self._db[RECORDS], [_record_doc(c, now_ms) for c in claims])
+        return {key: self._recorded(key) for key in sorted(taken)}
+
+    def clear_intents(self, room_ids: Iterable[str]) -> None:
+        wanted = sorted(set(room_ids))
+        if wanted:
+            self._db[INTENTS].delete_many({"_id": {"$in": wanted}})
+
+    def _recorded(self, request_key: str) -> Claim:
+        stored = self._db[RECORDS].find_one({"_id": request_key})
+        if stored is None:  # pragma: no cover - a duplicate key means it exists
+            msg = f"request {request_key} vanished from {RECORDS}"
+            raise LookupError(msg)
+        return Claim(outcome=decode_outcome(bytes(stored["outcome"])), nonce=stored["nonce"])
+
     def intent(self, room_id: str) -> Claim | None:
         """The room's decided but unfinished command, if any (the collection holds only unfinished ones: small)."""
         doc = self._db[INTENTS].find_one({"_id": room_id})
@@ -182,12 +277,10 @@ class RoomStore:
 
     def save_intent(self, claim: Claim, now_ms: int) -> None:
         """Make `claim` the room's pending command, before its record and any of its writes."""
-        outcome = claim.outcome
-        doc = {"_id": outcome.room_id, "request": outcome.request_key, "nonce": claim.nonce, "outcome": Binary(encode_outcome(outcome)), "ts": now_ms}
         try:
-            self._db[INTENTS].insert_one(doc)
+            self._db[INTENTS].insert_one(_intent_doc(claim, now_ms))
         except DuplicateKeyError as exc:
-            raise IntentPending(outcome.room_id) from exc
+            raise IntentPending(claim.outcome.room_id) from exc
 
     def clear_intent(self, room_id: str) -> None:
         self._db[INTENTS].delete_one({"_id": room_id})
@@ -198,17 +291,11 @@ class RoomStore:
         An insert, so a new request costs no lookup (on FerretDB every lookup scans the collection, and
         this one holds a week of requests); only a retry or redelivery reads the record back.
         """
-        outcome = claim.outcome
-        answer = msgspec.structs.replace(outcome, writes=RoomWrites(), publishes=[])
-        doc = {"_id": outcome.request_key, "rid": outcome.room_id, "nonce": claim.nonce, "outcome": Binary(encode_outcome(answer)), "ts": now_ms}
         try:
-            self._db[RECORDS].insert_one(doc)
+            self._db[RECORDS].insert_one(_record_doc(claim, now_ms))
         except DuplicateKeyError:
-            stored = self._db[RECORDS].find_one({"_id": outcome.request_key})
-            if stored is None:  # pragma: no cover - a duplicate key means it exists
-                raise
-            return Claim(outcome=decode_outcome(bytes(stored["outcome"])), nonce=stored["nonce"])
-        return Claim(outcome=answer, nonce=claim.nonce)
+            return self._recorded(claim.outcome.request_key)
+        return Claim(outcome=_answer(claim.outcome), nonce=claim.nonce)
 
     def purge_records(self, older_than_ms: int) -> int:
         """Forget answered requests older than any delivery or client retry of them can be (start-up)."""

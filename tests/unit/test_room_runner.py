@@ -50,7 +50,7 @@ def test_one_room_pays_the_retries_once_then_naks_the_rest() -> None:
     settles = runner(store).apply([[command(seq, "r1") for seq in range(1, 21)]])
     assert [s.verdict for s in settles] == [Verdict.RETRY] * 20
     assert [s.delivery.stream_seq for s in settles] == list(range(1, 21))
-    assert store.calls == 1 + 3  # the batch's user lookup, the first command's three attempts, nothing for the 19 after it
+    assert store.calls == 2 + 3  # the batch's user and intent lookups, the first command's three attempts, nothing for the 19 after it
     assert settles[1].reason.startswith("transient: outage")
 
 
@@ -59,4 +59,4 @@ def test_many_rooms_stop_after_the_rooms_already_running() -> None:
     batches = [[command(seq, f"r{seq % 50}")] for seq in range(1, 201)]
     settles = runner(store).apply(batches)
     assert len(settles) == 200 and {s.verdict for s in settles} == {Verdict.RETRY}
-    assert store.calls <= 1 + 3 * ROOM_THREADS  # the batch's user lookup, then the rooms already running
+    assert store.calls <= 2 + 3 * ROOM_THREADS  # the batch's user and intent lookups, then the rooms already running
