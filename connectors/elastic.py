@@ -22,9 +22,10 @@ from logic.search_views import (
     RoomName,
     RoomRename,
     SpotlightBody,
+    UserRoomBody,
 )
 from logic.settlement import PartOutcome
-from schemas.documents import UserRoomDoc, from_mongo, spotlight_doc_id
+from schemas.documents import from_mongo, spotlight_doc_id
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,8 @@ def templates(indexes: SearchIndexes) -> dict[str, dict[str, Any]]:
                 "rooms": _KEYWORD,
                 "restrictedRooms": {"type": "flattened"},
                 "roomTimestamps": {"type": "flattened"},
+                # the membership history that decides which add shapes a membership (logic/search_views.py): kept, not searched
+                "roomJoins": {"type": "object", "enabled": False},
                 "createdAt": _DATE,
                 "updatedAt": _DATE,
             },
@@ -178,7 +181,7 @@ class _Fetched:
     """Documents read in one mget, with their concurrency tokens."""
 
     def __init__(self) -> None:
-        self.user_rooms: dict[str, tuple[UserRoomDoc, Meta]] = {}
+        self.user_rooms: dict[str, tuple[UserRoomBody, Meta]] = {}
         self.spotlight: dict[str, tuple[SpotlightBody, Meta]] = {}
         self.names: dict[str, tuple[RoomName, Meta]] = {}
         self.from_cache: set[str] = set()  # accounts whose user-room document is our own last write, not read
@@ -195,7 +198,7 @@ class SearchViewsWriter:
         # Hints for a batch's first round, so a backlog is not re-read document by document (see `_fetch`).
         # A wrong hint costs one more round, never a wrong write: every write is guarded by seq_no or `create`,
         # and every spotlight name is checked against room-names after the write (`_renamed_meanwhile`).
-        self._user_rooms: dict[str, tuple[UserRoomDoc, Meta]] = {}
+        self._user_rooms: dict[str, tuple[UserRoomBody, Meta]] = {}
         self._names: dict[str, RoomName] = {}
 
     @property
@@ -289,7 +292,7 @@ class SearchViewsWriter:
                 continue
             meta = (int(doc["_seq_no"]), int(doc["_primary_term"]))
             if want["_index"] == idx.user_room:
-                fetched.user_rooms[want["_id"]] = (_decode(UserRoomDoc, doc["_source"]), meta)
+                fetched.user_rooms[want["_id"]] = (_decode(UserRoomBody, doc["_source"]), meta)
             elif want["_index"] == idx.spotlight:
                 fetched.spotlight[want["_id"]] = (_decode(SpotlightBody, doc["_source"]), meta)
             else:
@@ -303,7 +306,7 @@ class SearchViewsWriter:
         if len(self._names) > CACHED_NAMES:
             del self._names[next(iter(self._names))]  # oldest first
 
-    def _remember_user_room(self, account: str, entry: tuple[UserRoomDoc, Meta] | None) -> None:
+    def _remember_user_room(self, account: str, entry: tuple[UserRoomBody, Meta] | None) -> None:
         self._user_rooms.pop(account, None)
         if entry is not None:
             self._user_rooms[account] = entry
@@ -347,7 +350,7 @@ class SearchViewsWriter:
             actions: list[Action] = []
             owners: list[str] = []
             named: dict[str, set[str]] = {}  # room -> accounts whose spotlight name came from this round's read
-            user_room_writes: dict[int, tuple[str, UserRoomDoc]] = {}  # action index -> (account, document written)
+            user_room_writes: dict[int, tuple[str, UserRoomBody]] = {}  # action index -> (account, document written)
             retry: set[str] = set()
             for account in todo:
                 stored = fetched.user_rooms.get(account)

@@ -84,13 +84,13 @@ class SearchSite:
             docs.update({hit["_id"]: hit["_source"] for hit in page})
             after = page[-1]["sort"]
 
-    def views(self) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
-        """user-room docs reduced to the oracle's fields, and spotlight ids -> room names."""
+    def views(self) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+        """user-room docs reduced to the oracle's fields, and spotlight ids -> {roomName, joinedAt}."""
         user_rooms = {
             account: {"rooms": doc["rooms"], "restrictedRooms": doc["restrictedRooms"], "roomTimestamps": doc["roomTimestamps"]}
             for account, doc in self.documents(self.indexes.user_room).items()
         }
-        spotlight = {doc_id: doc["roomName"] for doc_id, doc in self.documents(self.indexes.spotlight).items()}
+        spotlight = {doc_id: {"roomName": doc["roomName"], "joinedAt": doc["joinedAt"]} for doc_id, doc in self.documents(self.indexes.spotlight).items()}
         return user_rooms, spotlight
 
 
@@ -108,7 +108,11 @@ def random_history(count: int, accounts: int, rooms: int, seed: int, prefix: str
     for ts in stamps:
         add = rng.random() < 0.6
         restricted = add and rng.random() < 0.2
-        events.append(Event(f"{prefix}u{rng.randrange(accounts)}", f"{prefix}r{rng.randrange(rooms)}", ts, add, ts - 1 if restricted else 0))
+        account, room = f"{prefix}u{rng.randrange(accounts)}", f"{prefix}r{rng.randrange(rooms)}"
+        if add:  # adds of one membership disagree on joinedAt and name: the oldest shapes it, the newest names it
+            events.append(Event(account, room, ts, add, ts - 1 if restricted else 0, ts - rng.randrange(1, 9), rng.choice(["", "sixteen", "sixteen-b"])))
+        else:
+            events.append(Event(account, room, ts, add))
     order = events + rng.sample(events, count // 20)
     rng.shuffle(order)
     return events, order

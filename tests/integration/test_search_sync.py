@@ -102,7 +102,7 @@ async def test_rename_updates_names_and_a_late_add_does_not_bring_the_old_name_b
     late = added("r1", ["dave"], 150, name="Eng Platform")  # older than the rename
     await search_site.publish([(subjects.outbox(origin=HOME, dest=site, event_type="member_added"), late)])
     await search_site.drain()
-    names = search_site.views()[1]
+    names = {doc_id: doc["roomName"] for doc_id, doc in search_site.views()[1].items()}
     assert names == {"alice_r1": "Platform Guild", "bob_r1": "Platform Guild", "dave_r1": "Platform Guild", "alice_d1": "carol", "carol_d1": "alice"}
     es, index = search_site.es, search_site.indexes.spotlight
     assert [doc.room_id for doc in typeahead(es, index, "dave", "platform gu")] == ["r1"]

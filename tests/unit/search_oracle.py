@@ -29,7 +29,17 @@ def envelope(event_type: str, inner: msgspec.Struct, ts: int, site: str = "s1") 
     return encode_envelope(OutboxEvent(type=event_type, site_id=site, dest_site_id=site, payload=payload, timestamp=ts))
 
 
-def added(room: str, accounts: list[str], ts: int, *, name: str = "", room_type: str = "channel", hss: int = 0, requester: str = "") -> bytes:
+def added(
+    room: str,
+    accounts: list[str],
+    ts: int,
+    *,
+    name: str = "",
+    room_type: str = "channel",
+    hss: int = 0,
+    requester: str = "",
+    joined_at: int | None = None,
+) -> bytes:
     event = MemberAddEvent(
         type="member_added",
         room_id=room,
@@ -38,7 +48,7 @@ def added(room: str, accounts: list[str], ts: int, *, name: str = "", room_type:
         accounts=accounts,
         site_id="s1",
         requester_account=requester,
-        joined_at=ts - 1,
+        joined_at=ts - 1 if joined_at is None else joined_at,
         timestamp=ts,
     )
     if hss:
@@ -98,35 +108,60 @@ class MemoryViews:
 
 
 class Event(msgspec.Struct, frozen=True):
-    """One generated membership event of a history."""
+    """One generated membership event of a history; an add's `joined` / `name` default to `ts - 1` / `name of {room}`."""
 
     account: str
     room: str
     ts: int
     added: bool
     hss: int = 0
+    joined: int = 0
+    name: str = ""
+
+    @property
+    def joined_at(self) -> int:
+        return self.joined or self.ts - 1
+
+    @property
+    def room_name(self) -> str:
+        return self.name or f"name of {self.room}"
 
 
-def oracle(events: Iterable[Event]) -> tuple[dict[str, dict[str, object]], dict[str, str]]:
-    """Per account: rooms / restrictedRooms / roomTimestamps after each (account, room)'s events in timestamp order; spotlight ids -> names."""
-    last: dict[tuple[str, str], Event] = {}
+def oracle(events: Iterable[Event]) -> tuple[dict[str, dict[str, object]], dict[str, dict[str, object]]]:
+    """The views after each (account, room)'s events applied one by one in timestamp order.
+
+    A removal ends the membership; an add creates it if there is none and otherwise leaves it as it is,
+    except for the room name, which follows the newest add. Returns per account rooms / restrictedRooms /
+    roomTimestamps, and spotlight ids -> {roomName, joinedAt}.
+    """
+    history: dict[tuple[str, str], list[Event]] = {}
     for event in sorted(set(events), key=lambda e: e.ts):
-        last[(event.account, event.room)] = event
+        history.setdefault((event.account, event.room), []).append(event)
     user_rooms: dict[str, dict[str, object]] = {}
-    spotlight: dict[str, str] = {}
-    for (account, room), event in sorted(last.items()):
+    spotlight: dict[str, dict[str, object]] = {}
+    for (account, room), ordered in sorted(history.items()):
+        shaper: Event | None = None
+        name = ""
+        for event in ordered:
+            if not event.added:
+                shaper = None
+            elif shaper is None:
+                shaper, name = event, event.room_name
+            else:
+                name = event.room_name
         doc = user_rooms.setdefault(account, {"rooms": [], "restrictedRooms": {}, "roomTimestamps": {}})
-        doc["roomTimestamps"][room] = event.ts  # type: ignore[index]
-        if event.added and event.hss:
-            doc["restrictedRooms"][room] = event.hss  # type: ignore[index]
-        elif event.added:
+        doc["roomTimestamps"][room] = ordered[-1].ts  # type: ignore[index]
+        if shaper is None:
+            continue
+        if shaper.hss:
+            doc["restrictedRooms"][room] = shaper.hss  # type: ignore[index]
+        else:
             doc["rooms"].append(room)  # type: ignore[attr-defined]
-        if event.added:
-            spotlight[f"{account}_{room}"] = f"name of {room}"
+        spotlight[f"{account}_{room}"] = {"roomName": name, "joinedAt": shaper.joined_at}
     return user_rooms, spotlight
 
 
 def event_bytes(event: Event) -> bytes:
     if event.added:
-        return added(event.room, [event.account], event.ts, hss=event.hss)
+        return added(event.room, [event.account], event.ts, hss=event.hss, name=event.room_name, joined_at=event.joined_at)
     return removed(event.room, [event.account], event.ts)

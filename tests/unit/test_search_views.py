@@ -106,9 +106,9 @@ def test_lww_guard_sequence() -> None:
 
 
 def test_restricted_room_is_never_in_rooms_too() -> None:
-    doc = views.apply_to_user_room(None, "alice", [_change("r", 10), _change("r", 20, hss=19)])
-    assert (doc.rooms, doc.restricted_rooms) == ([], {"r": 19})
-    doc = views.apply_to_user_room(doc, "alice", [_change("r", 30)])
+    doc = views.apply_to_user_room(None, "alice", [_change("r", 10, hss=9), _change("r", 20)])
+    assert (doc.rooms, doc.restricted_rooms) == ([], {"r": 9})
+    doc = views.apply_to_user_room(doc, "alice", [_change("r", 30, added=False), _change("r", 40)])
     assert (doc.rooms, doc.restricted_rooms) == (["r"], {})
 
 
@@ -120,10 +120,13 @@ def test_remove_on_unknown_account_keeps_a_tombstone_so_a_late_add_stays_out() -
 
 def test_created_and_updated_do_not_depend_on_arrival_order() -> None:
     changes = [_change("r", 30), _change("q", 10, added=False), _change("r", 20)]
-    forward = views.apply_to_user_room(views.apply_to_user_room(None, "alice", changes[:1]), "alice", changes[1:])
-    backward = views.apply_to_user_room(views.apply_to_user_room(None, "alice", changes[2:]), "alice", changes[:2])
-    assert forward == backward
-    assert (forward.created_at, forward.updated_at) == (10, 30)
+    forward, backward = MemoryViews(), MemoryViews()
+    forward.apply("alice", changes[:1])
+    forward.apply("alice", changes[1:])
+    backward.apply("alice", changes[2:])
+    backward.apply("alice", changes[:2])
+    assert forward.user_rooms == backward.user_rooms and forward.spotlight == backward.spotlight
+    assert (forward.user_rooms["alice"].created_at, forward.user_rooms["alice"].updated_at) == (10, 30)
 
 
 def test_plan_of_n_changes_for_one_account_is_one_user_room_write() -> None:
@@ -200,14 +203,19 @@ def test_classify_bulk_item(action: str, status: int, error_type: str, expected:
 
 ACCOUNTS = st.sampled_from(["alice", "bob", "carol"])
 ROOMS = st.sampled_from(["r1", "r2", "r3"])
+NAMES = st.sampled_from(["", "sixteen", "sixteen-b"])
 
 
 @st.composite
 def histories(draw: st.DrawFn) -> tuple[list[Event], list[list[Event]]]:
     """Distinct-timestamp events, delivered shuffled with duplicates and cut into random batches."""
-    shapes = draw(st.lists(st.tuples(ACCOUNTS, ROOMS, st.booleans(), st.booleans()), min_size=1, max_size=30))
+    shapes = draw(st.lists(st.tuples(ACCOUNTS, ROOMS, st.booleans(), st.booleans(), st.integers(1, 9), NAMES), min_size=1, max_size=30))
     stamps = draw(st.permutations(range(1, len(shapes) + 1)))
-    events = [Event(account, room, ts * 10, add, ts * 10 - 5 if add and restricted else 0) for (account, room, add, restricted), ts in zip(shapes, stamps)]
+    events = [
+        # adds of one membership disagree on joinedAt, restriction and name: the oldest must shape it
+        Event(account, room, ts * 10, add, ts * 10 - 5 if add and restricted else 0, ts * 10 - lag if add else 0, name if add else "")
+        for (account, room, add, restricted, lag, name), ts in zip(shapes, stamps)
+    ]
     deliveries = draw(st.permutations(events + draw(st.lists(st.sampled_from(events), max_size=10))))
     cuts = sorted(draw(st.sets(st.integers(1, max(len(deliveries) - 1, 1)), max_size=5)))
     batches = [deliveries[a:b] for a, b in zip([0, *cuts], [*cuts, len(deliveries)])]
@@ -230,7 +238,7 @@ def test_any_order_with_duplicates_equals_timestamp_order(history: tuple[list[Ev
     expected_rooms, expected_spotlight = oracle(events)
     got = {a: {"rooms": d.rooms, "restrictedRooms": d.restricted_rooms, "roomTimestamps": d.room_timestamps} for a, d in memory.user_rooms.items()}
     assert got == expected_rooms
-    assert {doc_id: doc.room_name for doc_id, doc in memory.spotlight.items()} == expected_spotlight
+    assert {doc_id: {"roomName": doc.room_name, "joinedAt": doc.joined_at} for doc_id, doc in memory.spotlight.items()} == expected_spotlight
 
 
 def _vector(path: Path) -> dict[str, Any]:
