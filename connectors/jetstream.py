@@ -106,8 +106,9 @@ class _JetStreamPartition(StatelessSourcePartition[Delivery]):
             num_delivered=delivered,
             headers=dict(headers) if headers else None,
             received_ms=int(time.time() * 1000),
+            holder=self._progress.holder,
         )
-        self._progress.hold([delivery])  # a long wait in the buffer must not cost a redelivery
+        self._progress.hold(delivery)  # until settled: a long wait anywhere in the flow must not cost a redelivery
         self._buffer.append(delivery)
 
     async def _keep_pulling(self) -> None:
@@ -143,9 +144,7 @@ class _JetStreamPartition(StatelessSourcePartition[Delivery]):
             self._pump.result()
         buffer = self._buffer
         count = min(len(buffer), self._max_batch)
-        batch = [buffer.popleft() for _ in range(count)]
-        self._progress.release(batch)
-        return batch
+        return [buffer.popleft() for _ in range(count)]
 
     @override
     def next_awake(self) -> datetime | None:
@@ -208,6 +207,7 @@ class _SettlePartition(StatelessSinkPartition[Settle]):
         self._client = natsio.connection(nats)
         self._js = self._client.jetstream()
         self._tuning = tuning
+        self._progress = progress.shared(self._client, tuning.ack_wait_s, flow=flow)
         self._flow = flow
         self._dlq_subject = dlq_subject
 
@@ -229,6 +229,7 @@ class _SettlePartition(StatelessSinkPartition[Settle]):
         if dead:
             results = await asyncio.gather(*(self._dead_letter(item) for item in dead))
             outcomes["dead"] = sum(results)
+        await self._progress.settled(item.delivery for item in items)  # acked, nak'd or left for redelivery: no more +WPI
         try:
             await self._client.flush()
         except FlushTimeoutError:

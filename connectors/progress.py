@@ -1,11 +1,12 @@
 """Work in progress keeps its messages: `+WPI` before their ack wait runs out, so a slow store causes no redelivery.
 
-Without it a batch that outlasts `ack_wait` (a slow store, a long backlog in the source's buffer) has its
+Without it a batch that outlasts `ack_wait` (a slow store, a long backlog waiting its turn) has its
 messages redelivered while they are still being worked on: copies pile up behind the originals and the
-consumer's ack floor stands still (issue 10, item 2). A message is held while it waits in the source's
-buffer and while a write step works on it; a held message older than a third of the ack wait gets a
-`+WPI`, which restarts its ack wait. Holding stops after `HOLD_LIMIT` ack waits, so a wedged flow still
-lets JetStream redeliver its messages elsewhere.
+consumer's ack floor stands still (issue 10, item 2). The process that pulled a message holds it from
+its arrival until it is settled (acked, nak'd or dead-lettered), wherever that happens: a settle in
+another process of the cluster sends this one a release notice on its `holder` subject. A held message
+gets a `+WPI` (which restarts its ack wait) every third of the ack wait. Holding stops after
+`HOLD_LIMIT` ack waits, so a wedged process (or a lost notice) lets JetStream redeliver.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
-from typing import Final, TypeVar
+import uuid
+from collections.abc import Iterable
+from typing import Final
 
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from connectors import metrics, natsio
 from schemas.carriers import Delivery
@@ -26,12 +28,11 @@ from schemas.carriers import Delivery
 log = logging.getLogger(__name__)
 
 HOLD_LIMIT: Final = 5  # ack waits
-T = TypeVar("T")
-R = TypeVar("R")
+RELEASE_PREFIX: Final = "_INBOX.release."  # notices between the processes of one flow (NATS permissions)
 
 
 class InProgress:
-    """The messages this process works on, and the `+WPI` heartbeat that keeps them from being redelivered."""
+    """The messages this process pulled and not yet settled, and the `+WPI` heartbeat that keeps them."""
 
     def __init__(self, client: Client, ack_wait_s: float, *, flow: str) -> None:
         self._client = client
@@ -39,62 +40,52 @@ class InProgress:
         self._interval_s = max(ack_wait_s / 3, 0.2)
         self._limit_s = ack_wait_s * HOLD_LIMIT
         self._lock = threading.Lock()
-        # reply -> [delivered or last +WPI (epoch s), first delivered (epoch s), holders]
-        self._held: dict[str, list[float]] = {}
+        self._held: dict[str, tuple[float, float]] = {}  # reply -> (last touched, first received), epoch s
+        self.holder = f"{RELEASE_PREFIX}{uuid.uuid4().hex}"
+        natsio.run(client.subscribe(self.holder, cb=self._on_release), timeout=30)
         self._beat = asyncio.run_coroutine_threadsafe(self._keep_beating(), natsio.loop())
 
-    def hold(self, deliveries: Iterable[Delivery]) -> None:
+    def hold(self, delivery: Delivery) -> None:
+        received = delivery.received_ms / 1000 or time.time()
         with self._lock:
-            for delivery in deliveries:
-                entry = self._held.get(delivery.reply)
-                if entry is None:
-                    received = delivery.received_ms / 1000 or time.time()
-                    self._held[delivery.reply] = [received, received, 1]
-                else:
-                    entry[2] += 1
+            self._held[delivery.reply] = (received, received)
 
-    def release(self, deliveries: Iterable[Delivery]) -> None:
+    def release(self, replies: Iterable[str]) -> None:
         with self._lock:
-            for delivery in deliveries:
-                entry = self._held.get(delivery.reply)
-                if entry is None:
-                    continue
-                entry[2] -= 1
-                if entry[2] <= 0:
-                    del self._held[delivery.reply]
+            for reply in replies:
+                self._held.pop(reply, None)
 
-    @contextmanager
-    def holding(self, deliveries: Iterable[Delivery]) -> Iterator[None]:
-        held = list(deliveries)
-        self.hold(held)
-        try:
-            yield
-        finally:
-            self.release(held)
-
-    def wrap(self, step: Callable[[T], R], deliveries_of: Callable[[T], Iterable[Delivery]]) -> Callable[[T], R]:
-        """`step` with the deliveries of its argument held while it runs."""
-
-        def held_step(batch: T) -> R:
-            with self.holding(deliveries_of(batch)):
-                return step(batch)
-
-        return held_step
+    async def settled(self, deliveries: Iterable[Delivery]) -> None:
+        """Stop holding these: here, or by a notice to the process that pulled them (on the NATS loop)."""
+        elsewhere: dict[str, list[str]] = {}
+        for delivery in deliveries:
+            if delivery.holder == self.holder or not delivery.holder:
+                self.release([delivery.reply])
+            else:
+                elsewhere.setdefault(delivery.holder, []).append(delivery.reply)
+        for holder, replies in elsewhere.items():
+            await self._client.publish(holder, "\n".join(replies).encode())
 
     def held(self) -> int:
         with self._lock:
             return len(self._held)
 
+    async def _on_release(self, msg: Msg) -> None:
+        self.release(msg.data.decode().split("\n"))
+
     def _due(self, now: float) -> list[str]:
         due: list[str] = []
+        dropped = 0
         with self._lock:
-            for reply, entry in list(self._held.items()):
-                if now - entry[1] > self._limit_s:
-                    log.warning("%s: held a message for over %d s; letting JetStream redeliver it", self._flow, self._limit_s)
+            for reply, (touched, received) in list(self._held.items()):
+                if now - received > self._limit_s:
                     del self._held[reply]
-                elif now - entry[0] >= self._interval_s:
-                    entry[0] = now
+                    dropped += 1
+                elif now - touched >= self._interval_s:
+                    self._held[reply] = (now, received)
                     due.append(reply)
+        if dropped:
+            log.warning("%s: %d message(s) held over %d s: letting JetStream redeliver them", self._flow, dropped, self._limit_s)
         return due
 
     async def _keep_beating(self) -> None:
@@ -108,31 +99,15 @@ class InProgress:
                 await self._client.publish(reply, b"+WPI")
             metrics.IN_PROGRESS_ACKS.labels(self._flow).inc(len(due))
 
-    def close(self) -> None:
-        self._beat.cancel()
-
 
 _shared: dict[int, InProgress] = {}
 _shared_lock = threading.Lock()
 
 
 def shared(client: Client, ack_wait_s: float, *, flow: str) -> InProgress:
-    """The process's `InProgress` for `client` (the source and the write steps share one heartbeat)."""
+    """The process's `InProgress` for `client`: the source holds, the settle sink releases."""
     with _shared_lock:
         found = _shared.get(id(client))
         if found is None:
             found = _shared[id(client)] = InProgress(client, ack_wait_s, flow=flow)
         return found
-
-
-def deliveries_in(batches: Iterable[object]) -> Iterator[Delivery]:
-    """Every `Delivery` of a write step's input: items or lists of items carrying one as `.delivery`, keyed or not."""
-    for item in batches:
-        if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
-            item = item[1]  # (key, value)
-        if isinstance(item, list | tuple):
-            yield from deliveries_in(item)
-            continue
-        delivery = getattr(item, "delivery", None)
-        if isinstance(delivery, Delivery):
-            yield delivery

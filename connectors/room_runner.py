@@ -19,7 +19,6 @@ from nats.aio.client import Client
 
 from connectors import natsio
 from connectors.jetstream import PublishRejected, publish_all
-from connectors.progress import InProgress, deliveries_in
 from connectors.mongo import TRANSIENT_ERRORS
 from connectors.room_store import Claim, IntentPending, Member, RoomStore
 from logic import room_commands as rc
@@ -108,7 +107,6 @@ class RoomCommandRunner:
         crash_after_write: bool = False,
         pauses: Sequence[float] = RETRY_PAUSES_S,
         clock: Callable[[], int] = now_ms,
-        in_progress: InProgress | None = None,
     ) -> None:
         self._store = store
         self._client = client
@@ -117,7 +115,6 @@ class RoomCommandRunner:
         self._crash_after_write = crash_after_write
         self._pauses = tuple(pauses)
         self._clock = clock
-        self._in_progress = in_progress
         self._pool = ThreadPoolExecutor(ROOM_THREADS, thread_name_prefix="room")
 
     def reject(self, item: Parsed) -> Settle:
@@ -137,12 +134,6 @@ class RoomCommandRunner:
 
     def apply(self, batches: Sequence[Sequence[object]]) -> list[Settle]:
         """Settle every command of `batches` (lists of one room's commands, from the ordering step)."""
-        if self._in_progress is None:
-            return self._apply(batches)
-        with self._in_progress.holding(deliveries_in(batches)):  # a slow store must not cost redeliveries
-            return self._apply(batches)
-
-    def _apply(self, batches: Sequence[Sequence[object]]) -> list[Settle]:
         by_room: dict[str, list[Command]] = {}
         for batch in batches:
             for command in batch:

@@ -11,7 +11,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.outputs import Sink
 
-from connectors import mongo, natsio, progress, runtime
+from connectors import mongo, natsio, runtime
 from connectors.jetstream import JetStreamSource, SettleSink
 from connectors.room_runner import RoomCommandRunner, mint_request_id
 from connectors.room_store import RoomStore
@@ -66,7 +66,6 @@ def from_settings(settings: Settings) -> Dataflow:
         max_deliver=settings.tuning.max_deliver,
         # test hook (issue 5): die after the writes, before the publishes
         crash_after_write=os.environ.get("CHATFED_TEST_CRASH_AFTER_WRITE", "") == "1",
-        in_progress=progress.shared(client, settings.tuning.ack_wait_s, flow=subjects.ROOM_WORKER),
     )
     return build_flow(
         JetStreamSource(settings.nats, settings.tuning, stream=subjects.rooms_stream(settings.site), durable=subjects.ROOM_WORKER),

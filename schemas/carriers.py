@@ -18,7 +18,8 @@ class Delivery(msgspec.Struct, frozen=True, kw_only=True):
     stream_seq: int
     num_delivered: int
     headers: dict[str, str] | None = None
-    received_ms: int = 0  # when this process received it (epoch ms): its ack wait runs from about then
+    received_ms: int = 0  # when it was received (epoch ms): its ack wait runs from about then
+    holder: str = ""  # where to send the notice that it was settled (connectors/progress.py)
 
 
 class Verdict(StrEnum):

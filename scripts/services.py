@@ -228,6 +228,7 @@ def nats_service_permissions(site: str) -> dict[str, dict[str, list[str]]]:
                 *(f"$JS.ACK.{stream}.>" for stream in worked),
                 *(f"$JS.ACK.{site}.*.{stream}.>" for stream in worked),
                 "chat.user.*.response.*",
+                "_INBOX.release.>",  # a flow process tells the one that pulled a message it was settled
             ]
         },
         "subscribe": {"allow": ["_INBOX.>"]},

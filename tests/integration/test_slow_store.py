@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
+from elasticsearch import Elasticsearch
 from nats.js.api import ConsumerConfig
 from pymongo import uri_parser
 
+from connectors.settings import Tuning
 from schemas import subjects
 from tests.integration.room_support import RoomHarness, run, user
+from tests.integration.search_helpers import close_site, open_site, publishable, random_history
 from tests.integration.slow_proxy import SlowProxy
+from tests.support import retune
 
 TS = 1767225600000
 ACK_WAIT_S = 2
@@ -53,5 +58,29 @@ def test_a_store_slower_than_the_ack_wait_causes_no_redelivery(servers: dict[str
                 await scenario(harness, proxy)
             finally:
                 await harness.close()
+
+    run(go())
+
+
+def test_an_elasticsearch_slower_than_the_ack_wait_causes_no_redelivery(servers: dict[str, Any], es_url: str) -> None:
+    """search_sync's bulk writes through a proxy that holds every request: its messages get +WPI, not redelivered."""
+    url = urlsplit(es_url)
+
+    async def go() -> None:
+        site = await open_site(servers, Elasticsearch(es_url))
+        try:
+            js = site.nc.jetstream()
+            await retune(js, subjects.inbox_stream(site.site), subjects.SEARCH_SYNC, Tuning(ack_wait_s=ACK_WAIT_S))
+            _, order = random_history(400, accounts=40, rooms=10, seed=7, prefix="slow")
+            await site.publish(publishable(site.site, order))
+            with SlowProxy(url.hostname or "127.0.0.1", url.port or 9200, delay_s=0.4) as proxy:
+                site.start_flow(CHATFED_ES_URL=f"http://127.0.0.1:{proxy.port}", CHATFED_ACK_WAIT_S=str(ACK_WAIT_S))
+                await site.drain(timeout=300)
+            info = await js.consumer_info(subjects.inbox_stream(site.site), subjects.SEARCH_SYNC)
+            assert info.delivered.consumer_seq == info.delivered.stream_seq == len(order), (
+                f"{info.delivered.consumer_seq - len(order)} redeliveries while in progress"
+            )
+        finally:
+            await close_site(site)
 
     run(go())
