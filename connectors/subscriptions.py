@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 
 import msgspec
 import uuid_utils
@@ -33,6 +33,11 @@ CHUNK: Final = 1_000
 # No event older than this can still be delivered (OUTBOX wait + INBOX retention + DLQ replay):
 # a register older than it guards nothing any more (docs/inbox_mirror.md, "Cleanup").
 REGISTER_HORIZON_MS: Final = (OUTBOX_MAX_AGE_S + INBOX_MAX_AGE_S + DLQ_MAX_AGE_S) * 1000
+# on each mirrored subscription: the guard version of the add whose event shaped it (docs/inbox_mirror.md)
+SHAPED_BY: Final = "shapedBy"
+RESHAPE_CHUNK: Final = 25
+SHAPE_FIELDS: Final = ("name", "roomType", "joinedAt", "historySharedSince", "roles", "isSubscribed", "siteId")
+Folded: TypeAlias = tuple[mirror.Membership, Document | None]
 
 
 class WriteRejected(RuntimeError):
@@ -93,60 +98,76 @@ class SubscriptionWriter:
                 failures[(c.kind, (c.room_id, c.account))] = mirror.unknown_account_reason(c.account)
         # an add that cannot be shaped takes no part: the member's other changes still apply
         plan = mirror.plan(c for c in changes if (c.kind, (c.room_id, c.account)) not in failures)
-        keys = sorted({*plan.membership, *plan.roles})
-        current, superseded = self._read_guards(keys)
-        fresh = [c for key, c in plan.membership.items() if mirror.is_newer(c, _guard(current.get(key)))]
+        docs = self._read_guards(sorted({*plan.membership, *plan.roles}))
         versions: list[Document] = []
-        for c in fresh:
-            sub = to_mongo(mirror.subscription_of(c, user_id=users[c.account], sub_id=self._make_id())) if c.kind is mirror.Kind.ADD else None
-            versions.append(_guard_doc((c.room_id, c.account), mirror.guard_for(c), sub))
+        for key, batch in plan.membership.items():
+            fresh, _ = mirror.needed(batch.values(), [_guard(d) for d in docs.get(key, {}).values()])
+            for c in fresh:
+                sub = to_mongo(mirror.subscription_of(c, user_id=users[c.account], sub_id=self._make_id())) if c.kind is mirror.Kind.ADD else None
+                versions.append(_guard_doc(key, mirror.guard_for(c), sub))
         _insert_only(self._db[GUARDS], versions)  # a duplicate is the same version, written by an earlier delivery
-        finals = dict(current)
+        stored = {key: dict(by_version) for key, by_version in docs.items()}
         for doc in versions:
-            key = (doc["roomId"], doc["account"])
-            if key not in finals or finals[key]["version"] < doc["version"]:
-                finals[key] = doc
+            stored.setdefault((doc["roomId"], doc["account"]), {}).setdefault(doc["version"], doc)
+        finals = {key: _folded(by_version) for key, by_version in stored.items()}
         touched = {key: finals[key] for key in plan.membership if key in finals}
-        inserted = self._conform(touched)
+        shaped = self._conform(touched)
         # a racing worker may have moved a register between our read and our writes: conform to the re-read value
-        again, _ = self._read_guards(sorted(touched))
-        inserted |= self._conform({k: d for k, d in again.items() if d["version"] != touched[k]["version"]})
-        self._delete_ids(self._db[GUARDS], superseded)
-        self._apply_roles(plan.roles, {k: g for k, d in finals.items() if (g := _guard(d)) is not None}, failures)
+        again = {key: _folded(by_version) for key, by_version in self._read_guards(sorted(touched)).items()}
+        shaped |= self._conform({k: f for k, f in again.items() if f[0] != touched[k][0]})
+        # versions older than the last remove can never matter again
+        self._delete_ids(self._db[GUARDS], [d["_id"] for key, by_version in docs.items() for v, d in by_version.items() if v < finals[key][0].floor])
+        self._apply_roles(plan.roles, {k: g for k, (m, _) in finals.items() if (g := m.last) is not None}, failures)
         renames = {room: {"version": c.ts, "ts": c.ts, "name": c.name} for room, c in plan.renames.items()}
-        # a new channel subscription may carry a name older than a rename already applied to its room
-        self._apply_names(self._advance(self._db[ROOM_NAMES], renames, inserted))
+        # a new or re-shaped channel subscription may carry a name older than a rename already applied to its room
+        self._apply_names(self._advance(self._db[ROOM_NAMES], renames, shaped))
         return failures
 
-    def _read_guards(self, keys: Sequence[MemberKey]) -> tuple[dict[MemberKey, Document], list[str]]:
-        """The newest stored version per key, and the `_id`s of older versions (safe to delete: never read again)."""
-        newest: dict[MemberKey, Document] = {}
-        older: list[str] = []
-        if not keys:
-            return newest, older
-        query = {"key": {"$in": [mirror.guard_id(*key) for key in keys]}}
-        for doc in self._db[GUARDS].find(query):
-            key = (doc["roomId"], doc["account"])
-            best = newest.get(key)
-            if best is None or best["version"] < doc["version"]:
-                if best is not None:
-                    older.append(best["_id"])
-                newest[key] = doc
-            else:
-                older.append(doc["_id"])
-        return newest, older
+    def _read_guards(self, keys: Sequence[MemberKey]) -> dict[MemberKey, dict[int, Document]]:
+        """Every stored version of each register, by version."""
+        found: dict[MemberKey, dict[int, Document]] = {}
+        if keys:
+            for doc in self._db[GUARDS].find({"key": {"$in": [mirror.guard_id(*key) for key in keys]}}):
+                found.setdefault((doc["roomId"], doc["account"]), {})[doc["version"]] = doc
+        return found
 
-    def _conform(self, finals: Mapping[MemberKey, Document]) -> set[str]:
-        """Make each subscription match its register (absent when removed, inserted when added); rooms of new channel subs."""
-        gone = [key for key, doc in finals.items() if mirror.should_delete(_guard(doc))]
+    def _conform(self, finals: Mapping[MemberKey, Folded]) -> set[str]:
+        """Make each subscription match its register (absent when removed; present, shaped by `since`, when added).
+
+        Returns the rooms whose channel subscriptions were inserted or re-shaped (their name must be re-checked).
+        """
+        gone = [key for key, (m, _) in finals.items() if mirror.should_delete(m)]
         if gone:
-            rooms, accounts = sorted({r for r, _ in gone}), sorted({a for _, a in gone})
             wanted = set(gone)
-            found = self._db.subscriptions.find({"roomId": {"$in": rooms}, "u.account": {"$in": accounts}}, {"roomId": 1, "u.account": 1})
-            self._delete_ids(self._db.subscriptions, [d["_id"] for d in found if (d["roomId"], d["u"]["account"]) in wanted])
-        subs = [doc["sub"] for doc in finals.values() if mirror.should_exist(_guard(doc)) and doc.get("sub")]
-        existed = _insert_only(self._db.subscriptions, subs)
-        return {sub["roomId"] for sub in subs if sub["_id"] not in existed and sub["roomType"] == RoomType.CHANNEL.value}
+            self._delete_ids(self._db.subscriptions, [d["_id"] for d in self._find_subs(gone, {"roomId": 1, "u.account": 1}) if _sub_key(d) in wanted])
+        subs = {key: {**doc["sub"], SHAPED_BY: doc["version"]} for key, (m, doc) in finals.items() if mirror.should_exist(m) and doc and doc.get("sub")}
+        existed = _insert_only(self._db.subscriptions, list(subs.values()))
+        changed = [sub for sub in subs.values() if sub["_id"] not in existed]
+        if existed:  # insert-only lost to an existing subscription: it keeps its `_id` and read state, maybe not its shape
+            changed += self._reshape({key: sub for key, sub in subs.items() if sub["_id"] in existed}, finals)
+        return {sub["roomId"] for sub in changed if sub["roomType"] == RoomType.CHANNEL.value}
+
+    def _reshape(self, wanted: Mapping[MemberKey, Document], finals: Mapping[MemberKey, Folded]) -> list[Document]:
+        """Give existing subscriptions the shape of their membership's oldest add (SYSTEM.md §4); returns the shapes applied."""
+        # one statement per distinct change (a room's members re-shaped by one add share it): FerretDB scans per statement
+        groups: dict[str, tuple[Document, list[str]]] = {}
+        applied: list[Document] = []
+        for doc in self._find_subs(list(wanted), {"_id": 1, "roomId": 1, "u.account": 1, SHAPED_BY: 1, "rolesUpdatedAt": 1}):
+            key = _sub_key(doc)
+            since = finals[key][0].since if key in wanted else None
+            if since is None or not mirror.needs_reshape(doc.get(SHAPED_BY), finals[key][0]):
+                continue
+            change = _reshape_change(doc, wanted[key], since.ts)
+            groups.setdefault(repr(change), (change, []))[1].append(doc["_id"])
+            applied.append(wanted[key])
+        statements = [{"q": {"_id": {"$in": ids}, SHAPED_BY: change["shapedBy"]}, "u": change["u"], "multi": True} for change, ids in groups.values()]
+        for start in range(0, len(statements), RESHAPE_CHUNK):  # a command per few statements: each stays well under the socket timeout
+            self._update(self._db.subscriptions, statements[start : start + RESHAPE_CHUNK])
+        return applied
+
+    def _find_subs(self, keys: Sequence[MemberKey], projection: Document) -> list[Document]:
+        rooms, accounts = sorted({r for r, _ in keys}), sorted({a for _, a in keys})
+        return list(self._db.subscriptions.find({"roomId": {"$in": rooms}, "u.account": {"$in": accounts}}, projection))
 
     def _apply_roles(self, roles: Mapping[MemberKey, Change], finals: Mapping[MemberKey, Guard], failures: dict[tuple[mirror.Kind, MemberKey], str]) -> None:
         pending = {key: c for key, c in roles.items() if not mirror.is_stale_roles(c, finals.get(key))}
@@ -221,8 +242,31 @@ def _guard_doc(key: MemberKey, guard: Guard, sub: Document | None) -> Document:
     return doc
 
 
-def _guard(doc: Document | None) -> Guard | None:
-    return None if doc is None else msgspec.convert(doc, Guard)
+def _guard(doc: Document) -> Guard:
+    return msgspec.convert(doc, Guard)
+
+
+def _folded(by_version: Mapping[int, Document]) -> Folded:
+    """A register's versions folded, with the stored version of the add that shapes the subscription."""
+    final = mirror.fold(_guard(d) for d in by_version.values())
+    return final, None if final.since is None else by_version[final.since.version]
+
+
+def _sub_key(doc: Document) -> MemberKey:
+    return doc["roomId"], doc["u"]["account"]
+
+
+def _reshape_change(existing: Document, want: Document, since_ts: int) -> Document:
+    """Replace the shape fields, compare-and-set on the old marker; `_id` and read state stay."""
+    fields: Document = {f: want[f] for f in SHAPE_FIELDS if f in want}
+    fields[SHAPED_BY] = want[SHAPED_BY]
+    unset: Document = {f: "" for f in SHAPE_FIELDS if f not in want}
+    unset["nameUpdatedAt"] = ""  # the name is the event's again; the room's rename register is re-applied after
+    if existing.get("rolesUpdatedAt", 0) > since_ts:  # a role change of this membership, applied already: keep it
+        fields.pop("roles", None)
+    else:  # an earlier membership's role change (or none) gives way to the add's roles
+        unset["rolesUpdatedAt"] = ""
+    return {"shapedBy": existing[SHAPED_BY], "u": {"$set": fields, "$unset": unset}}
 
 
 def _check(reply: Mapping[str, Any], what: str) -> None:

@@ -47,10 +47,11 @@ def subscription_for(
     joined_at: int,
     history_shared_since: int = 0,
 ) -> Subscription:
-    """The subscription of `account` to a room, per the table in SYSTEM.md §3."""
-    direct = is_direct(room_type)
-    if direct:
+    """The subscription of `account` to a room, per the table in SYSTEM.md §3 (and §4 for discussions)."""
+    if is_direct(room_type):
         name, roles = counterpart, None
+    elif room_type == RoomType.DISCUSSION.value:  # named after the room like a channel, but no roles (SYSTEM.md §4)
+        name, roles = room_name, None
     else:
         name, roles = room_name, list(OWNER_ROLES if is_owner else MEMBER_ROLES)
     return Subscription(

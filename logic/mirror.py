@@ -1,8 +1,8 @@
 """inbox_mirror's pure rules: decode a delivery into per-(room, account) changes, coalesce a batch, guard decisions.
 
-The guard (docs/inbox_mirror.md) is a last-write-wins register per (room, account), stored as
-append-only versions; `version` = envelope timestamp * 2 + (1 for a remove), so a remove wins a
-tie with an add and every replica picks the same winner whatever the arrival order.
+The guard (docs/inbox_mirror.md) is a register per (room, account), stored as append-only versions;
+`version` = envelope timestamp * 2 + (1 for a remove), so a remove wins a tie with an add and every
+replica folds the same versions to the same membership whatever the arrival order.
 """
 
 from __future__ import annotations
@@ -154,15 +154,15 @@ def _changes(delivery: Delivery, event: object, ts: int) -> list[Change] | Settl
 
 
 class BatchPlan(msgspec.Struct, kw_only=True):
-    """A batch coalesced per target: only the newest change of each target is written."""
+    """A batch coalesced per target: every distinct membership version, the newest roles and name."""
 
-    membership: dict[MemberKey, Change] = msgspec.field(default_factory=dict)  # highest version
+    membership: dict[MemberKey, dict[int, Change]] = msgspec.field(default_factory=dict)  # by version
     roles: dict[MemberKey, Change] = msgspec.field(default_factory=dict)  # newest
     renames: dict[str, Change] = msgspec.field(default_factory=dict)  # newest, by room
 
 
 def plan(changes: Iterable[Change]) -> BatchPlan:
-    """Coalesce a batch: per (room, account) the winning membership change and the newest roles, per room the newest name."""
+    """Coalesce a batch: per (room, account) its distinct add/remove versions and the newest roles, per room the newest name."""
     out = BatchPlan()
     for change in changes:
         key = (change.room_id, change.account)
@@ -174,36 +174,81 @@ def plan(changes: Iterable[Change]) -> BatchPlan:
             current = out.roles.get(key)
             if current is None or change.ts > current.ts:
                 out.roles[key] = change
-        else:
-            current = out.membership.get(key)
-            if current is None or version_of(change.kind, change.ts) > version_of(current.kind, current.ts):
-                out.membership[key] = change
+        else:  # not only the newest: an older add may shape the subscription (SYSTEM.md §4)
+            out.membership.setdefault(key, {}).setdefault(version_of(change.kind, change.ts), change)
     return out
 
 
 def guard_for(change: Change) -> Guard:
-    """The register value a membership change writes if it is newer than the stored one."""
+    """The register version a membership change writes."""
     state = GuardState.REMOVED if change.kind is Kind.REMOVE else GuardState.ADDED
     return Guard(version=version_of(change.kind, change.ts), state=state, ts=change.ts)
 
 
-def is_newer(change: Change, current: Guard | None) -> bool:
-    """Whether a membership change beats the register's current value (and so is written)."""
-    return current is None or guard_for(change).version > current.version
+class Membership(msgspec.Struct, frozen=True, kw_only=True):
+    """A register's versions applied in version order: the last remove, and the add that starts the membership after it.
+
+    `since` is the OLDEST add newer than `removed`: in timestamp order it inserted the subscription and every later
+    add left it alone, so it shapes the subscription. `since is None` means the member is absent.
+    """
+
+    removed: Guard | None = None
+    since: Guard | None = None
+
+    @property
+    def floor(self) -> int:
+        """Versions below this can never matter again (older than the last remove)."""
+        return -1 if self.removed is None else self.removed.version
+
+    @property
+    def last(self) -> Guard | None:
+        """The version that decides presence: `since` when present, else the last remove."""
+        return self.since if self.since is not None else self.removed
 
 
-def should_delete(final: Guard | None) -> bool:
-    """The register's final state is a removal: the subscription must not exist, whoever wrote it."""
-    return final is not None and final.state is GuardState.REMOVED
+def fold(guards: Iterable[Guard]) -> Membership:
+    """The membership that applying `guards` in version order leaves (any order, duplicates allowed)."""
+    versions = list(guards)
+    removes = [g for g in versions if g.state is GuardState.REMOVED]
+    removed = max(removes, key=lambda g: g.version) if removes else None
+    floor = -1 if removed is None else removed.version
+    adds = [g for g in versions if g.state is GuardState.ADDED and g.version > floor]
+    return Membership(removed=removed, since=min(adds, key=lambda g: g.version) if adds else None)
 
 
-def should_exist(final: Guard | None) -> bool:
-    """The register's final state is an add: its subscription must exist (insert-only)."""
-    return final is not None and final.state is GuardState.ADDED
+def needed(changes: Iterable[Change], stored: Iterable[Guard]) -> tuple[list[Change], Membership]:
+    """The batch's versions the register still lacks and needs (none older than the last remove), and the folded result."""
+    have = {g.version: g for g in stored}
+    batch = {version_of(c.kind, c.ts): c for c in changes}
+    result = fold([*have.values(), *(guard_for(c) for c in batch.values())])
+    fresh = [c for v, c in sorted(batch.items()) if v not in have and v >= result.floor]
+    return fresh, result
+
+
+def should_delete(final: Membership) -> bool:
+    """The last change is a removal: the subscription must not exist, whoever wrote it."""
+    return final.since is None and final.removed is not None
+
+
+def should_exist(final: Membership) -> bool:
+    """The member is present: the subscription shaped by `since` must exist."""
+    return final.since is not None
+
+
+def needs_reshape(shaped_by: int | None, final: Membership) -> bool:
+    """Whether an existing subscription (carrying the shape of add version `shaped_by`) must take `final.since`'s shape.
+
+    Newer than `since`: an older add of the same membership arrived late. Older than the last remove: a late remove
+    ended the membership it came from. Older but with no remove between: its add was purged past the horizon, keep it.
+    No marker: written before shapes were tracked, left as is (SYSTEM.md §4).
+    """
+    if final.since is None or shaped_by is None or shaped_by == final.since.version:
+        return False
+    return shaped_by > final.since.version or shaped_by < final.floor
 
 
 def is_stale_roles(change: Change, guard: Guard | None) -> bool:
-    """A role change no newer than the last add/remove of its member belongs to an earlier membership."""
+    """A role change no newer than the start of its member's membership (or its last remove) belongs to an earlier one."""
     return guard is not None and change.ts <= guard.ts
 
 
@@ -222,8 +267,11 @@ def subscription_of(change: Change, *, user_id: str, sub_id: str) -> Subscriptio
 
 def oracle(changes: Iterable[Change]) -> set[MemberKey]:
     """Memberships present after applying `changes` in version order (the convergence target of the tests)."""
-    final: dict[MemberKey, Change] = plan(c for c in changes if c.kind in (Kind.ADD, Kind.REMOVE)).membership
-    return {key for key, change in final.items() if change.kind is Kind.ADD}
+    keys: dict[MemberKey, list[Guard]] = {}
+    for c in changes:
+        if c.kind in (Kind.ADD, Kind.REMOVE):
+            keys.setdefault((c.room_id, c.account), []).append(guard_for(c))
+    return {key for key, guards in keys.items() if should_exist(fold(guards))}
 
 
 def unknown_account_reason(account: str) -> str:

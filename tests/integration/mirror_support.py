@@ -12,11 +12,13 @@ from dataclasses import dataclass
 from typing import Any, TypeAlias, TypeVar
 
 import msgspec
+from msgspec import UNSET
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from pymongo import MongoClient
 
 from connectors.mongo import Document, ensure_indexes
+from connectors.settings import load_tuning
 from schemas import subjects
 from schemas.events import (
     InnerEvent,
@@ -33,6 +35,7 @@ from tests.support import (
     connect_site,
     envelope_bytes,
     flow_env,
+    retune,
     unique_site,
     wait_drained,
     wait_for,
@@ -42,10 +45,12 @@ T = TypeVar("T")
 MODULE = "dataflows.inbox_mirror"
 
 
-def add(room: str, accounts: list[str], ts: int, *, name: str = "room", room_type: str = "channel", requester: str = "", joined_at: int = 0) -> tuple[str, InnerEvent, int]:
+def add(
+    room: str, accounts: list[str], ts: int, *, name: str = "room", room_type: str = "channel", requester: str = "", joined_at: int = 0, hss: int = 0
+) -> tuple[str, InnerEvent, int]:
     event = MemberAddEvent(
         type="member_added", room_id=room, room_name=name, room_type=room_type, accounts=accounts, site_id="home",
-        requester_account=requester, joined_at=joined_at or ts, timestamp=ts,
+        requester_account=requester, joined_at=joined_at or ts, history_shared_since=hss or UNSET, timestamp=ts,
     )
     return "member_added", event, ts
 
@@ -205,7 +210,10 @@ class MirrorSite:
         return {(d["roomId"], d["u"]["account"]) for d in self.db.subscriptions.find({}, {"roomId": 1, "u.account": 1})}
 
     def flow(self, *, processes: int = 1, **env: str) -> FlowProcess:
-        return FlowProcess(MODULE, flow_env(self.servers, self.site, **env), processes=processes)
+        """inbox_mirror for this site; its durable takes the delivery contract of `env` first (the flow checks it)."""
+        full = flow_env(self.servers, self.site, **env)
+        self.run(retune(self.js, subjects.inbox_stream(self.site), subjects.INBOX_WORKER, load_tuning(full)))
+        return FlowProcess(MODULE, full, processes=processes)
 
     def close(self) -> None:
         async def drop() -> None:

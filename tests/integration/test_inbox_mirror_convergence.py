@@ -9,11 +9,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from nats.js.api import ConsumerConfig
-
-from connectors.bootstrap import consumer_config
 from schemas import subjects
-from schemas.streams import site_consumers
 from tests.integration.mirror_support import (
     ACCOUNTS,
     Item,
@@ -24,14 +20,6 @@ from tests.integration.mirror_support import (
     redelivered,
 )
 from tests.support import wait_for
-
-
-def shorten_ack_wait(s: MirrorSite, seconds: float) -> None:
-    """The test's own durable redelivers un-acked work after `seconds` rather than the production minute."""
-    spec = next(c for c in site_consumers(s.site) if c.durable == subjects.INBOX_WORKER)
-    config: ConsumerConfig = consumer_config(spec)
-    config.ack_wait = seconds
-    s.run(s.js.add_consumer(subjects.inbox_stream(s.site), config))
 
 
 def snapshot(s: MirrorSite) -> list[dict[str, Any]]:
@@ -78,9 +66,9 @@ def _publish_history(s: MirrorSite, seed: int, rooms: int, events: int) -> list[
 @pytest.mark.slow
 def test_kill_9_mid_stream_then_restart_equals_the_oracle(servers: dict[str, Any]) -> None:
     with mirror_site(servers) as s:
-        shorten_ack_wait(s, 3)
         items = _publish_history(s, seed=7, rooms=60, events=3_000)
-        flow = s.flow(CHATFED_FLUSH_MS="20", CHATFED_PULL_BATCH="100").start()
+        # the test's own durable redelivers un-acked work after 3 s rather than the production minute
+        flow = s.flow(CHATFED_FLUSH_MS="20", CHATFED_PULL_BATCH="100", CHATFED_ACK_WAIT_S="3").start()
         try:
 
             async def some_acked() -> bool:
@@ -92,7 +80,7 @@ def test_kill_9_mid_stream_then_restart_equals_the_oracle(servers: dict[str, Any
             flow.kill()
         info = s.run(s.js.consumer_info(subjects.inbox_stream(s.site), subjects.INBOX_WORKER))
         assert info.num_pending + info.num_ack_pending > 0, "killed too late: nothing was left in flight"
-        with s.flow() as again:
+        with s.flow(CHATFED_ACK_WAIT_S="3") as again:
             s.drained(timeout=120)
             again.assert_alive()
         assert s.present() == oracle(items)

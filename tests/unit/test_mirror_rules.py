@@ -150,29 +150,64 @@ GUARD_ADDED_5 = Guard(version=10, state=GuardState.ADDED, ts=5)
 GUARD_REMOVED_5 = Guard(version=11, state=GuardState.REMOVED, ts=5)
 
 
+def g(kind: Kind, ts: int) -> Guard:
+    return mirror.guard_for(change(kind, ts))
+
+
 @pytest.mark.parametrize(
-    ("c", "current", "newer"),
+    ("versions", "removed", "since"),
     [
-        (change(Kind.ADD, 5), None, True),
-        (change(Kind.ADD, 5), GUARD_ADDED_5, False),
-        (change(Kind.ADD, 6), GUARD_REMOVED_5, True),
-        (change(Kind.ADD, 5), GUARD_REMOVED_5, False),
-        (change(Kind.REMOVE, 5), GUARD_ADDED_5, True),
-        (change(Kind.REMOVE, 4), GUARD_ADDED_5, False),
+        ([], None, None),
+        ([(Kind.ADD, 5)], None, 5),
+        ([(Kind.ADD, 6), (Kind.ADD, 5), (Kind.ADD, 9)], None, 5),
+        ([(Kind.ADD, 5), (Kind.REMOVE, 5)], 5, None),
+        ([(Kind.ADD, 2), (Kind.REMOVE, 4), (Kind.ADD, 9), (Kind.ADD, 6)], 4, 6),
+        ([(Kind.ADD, 6), (Kind.REMOVE, 4), (Kind.REMOVE, 7), (Kind.ADD, 2)], 7, None),
+        ([(Kind.ADD, 5), (Kind.ADD, 5)], None, 5),
     ],
-    ids=["first", "duplicate", "re-add", "add-loses-tie", "remove-wins-tie", "stale-remove"],
+    ids=["nothing", "one-add", "oldest-add-shapes", "remove-wins-tie", "oldest-add-after-last-remove", "removed-last", "duplicate"],
 )
-def test_a_change_is_written_only_if_it_beats_the_register(c: Change, current: Guard | None, newer: bool) -> None:
-    assert mirror.is_newer(c, current) == newer
+def test_fold_is_the_timestamp_order_result(versions: list[tuple[Kind, int]], removed: int | None, since: int | None) -> None:
+    """The last remove, and the add that (re)inserted the subscription after it: the oldest one since."""
+    for order in (versions, versions[::-1]):
+        m = mirror.fold(g(kind, ts) for kind, ts in order)
+        assert (m.removed and m.removed.ts, m.since and m.since.ts) == (removed, since)
+        assert mirror.should_exist(m) == (since is not None)
+        assert mirror.should_delete(m) == (since is None and removed is not None)
 
 
 @pytest.mark.parametrize(
-    ("final", "exist", "delete"),
-    [(GUARD_ADDED_5, True, False), (GUARD_REMOVED_5, False, True), (None, False, False)],
-    ids=["added", "removed", "no-register"],
+    ("batch", "stored", "fresh", "since"),
+    [
+        ([(Kind.ADD, 5)], [], [5], 5),
+        ([(Kind.ADD, 5)], [(Kind.ADD, 5)], [], 5),
+        ([(Kind.ADD, 4)], [(Kind.ADD, 5)], [4], 4),  # older add arriving late: kept, and it shapes
+        ([(Kind.ADD, 6)], [(Kind.ADD, 5)], [6], 5),  # newer add: kept (a remove may still land between)
+        ([(Kind.ADD, 3)], [(Kind.REMOVE, 4), (Kind.ADD, 5)], [], 5),  # before the last remove: dead
+        ([(Kind.REMOVE, 6), (Kind.ADD, 7), (Kind.ADD, 2)], [(Kind.ADD, 5)], [6, 7], 7),
+    ],
+    ids=["first", "duplicate", "older-add", "newer-add", "stale-add", "remove-and-re-add"],
 )
-def test_subscription_conforms_to_final_register(final: Guard | None, exist: bool, delete: bool) -> None:
-    assert (mirror.should_exist(final), mirror.should_delete(final)) == (exist, delete)
+def test_needed_keeps_what_a_later_arrival_may_need(batch: list[tuple[Kind, int]], stored: list[tuple[Kind, int]], fresh: list[int], since: int) -> None:
+    got, final = mirror.needed([change(kind, ts) for kind, ts in batch], [g(kind, ts) for kind, ts in stored])
+    assert [c.ts for c in got] == fresh
+    assert final.since is not None and final.since.ts == since
+
+
+@pytest.mark.parametrize(
+    ("shaped_by", "versions", "reshape"),
+    [
+        (None, [(Kind.ADD, 5), (Kind.ADD, 4)], False),
+        (10, [(Kind.ADD, 5)], False),
+        (12, [(Kind.ADD, 6), (Kind.ADD, 5)], True),
+        (4, [(Kind.ADD, 2), (Kind.REMOVE, 3), (Kind.ADD, 5)], True),
+        (4, [(Kind.ADD, 5)], False),
+        (10, [(Kind.ADD, 5), (Kind.REMOVE, 6)], False),
+    ],
+    ids=["no-marker", "shaped-by-since", "older-add-arrived", "late-remove-between", "own-add-purged", "removed"],
+)
+def test_existing_subscription_takes_the_shape_of_since(shaped_by: int | None, versions: list[tuple[Kind, int]], reshape: bool) -> None:
+    assert mirror.needs_reshape(shaped_by, mirror.fold(g(kind, ts) for kind, ts in versions)) == reshape
 
 
 @pytest.mark.parametrize(
@@ -184,11 +219,12 @@ def test_role_change_of_an_earlier_membership_is_stale(ts: int, guard: Guard | N
     assert mirror.is_stale_roles(change(Kind.ROLES, ts), guard) == stale
 
 
-def test_plan_keeps_the_winner_per_target() -> None:
-    changes = [change(Kind.ADD, 5), change(Kind.REMOVE, 5), change(Kind.ADD, 4), change(Kind.ADD, 9, "b"), change(Kind.ROLES, 3), change(Kind.ROLES, 8)]
+def test_plan_keeps_every_membership_version_and_the_newest_roles_and_name() -> None:
+    changes = [change(Kind.ADD, 5), change(Kind.REMOVE, 5), change(Kind.ADD, 4), change(Kind.ADD, 5), change(Kind.ADD, 9, "b"), change(Kind.ROLES, 3)]
+    changes += [change(Kind.ROLES, 8)]
     changes += [Change(delivery=delivery(b""), parts=1, kind=Kind.RENAME, room_id="r", ts=t, name=f"n{t}") for t in (7, 2)]
     plan = mirror.plan(changes)
-    assert {k: (c.kind, c.ts) for k, c in plan.membership.items()} == {("r", "a"): (Kind.REMOVE, 5), ("r", "b"): (Kind.ADD, 9)}
+    assert {k: sorted(v) for k, v in plan.membership.items()} == {("r", "a"): [8, 10, 11], ("r", "b"): [18]}
     assert plan.roles[("r", "a")].ts == 8
     assert plan.renames["r"].name == "n7"
 
@@ -196,19 +232,36 @@ def test_plan_keeps_the_winner_per_target() -> None:
 history = st.lists(st.tuples(st.sampled_from([Kind.ADD, Kind.REMOVE]), st.integers(1, 6), st.sampled_from("abc")), max_size=25)
 
 
+def shapes_in_timestamp_order(changes: list[Change]) -> dict[tuple[str, str], int]:
+    """The oracle: apply in version order; an add inserts (its ts is the shape) only when absent, a remove deletes."""
+    present: dict[tuple[str, str], int] = {}
+    for c in sorted(changes, key=lambda c: mirror.version_of(c.kind, c.ts)):
+        key = (c.room_id, c.account)
+        if c.kind is Kind.REMOVE:
+            present.pop(key, None)
+        else:
+            present.setdefault(key, c.ts)
+    return present
+
+
 @given(history, st.randoms(use_true_random=False), st.integers(1, 5))
 def test_register_is_order_independent(events: list[tuple[Kind, int, str]], rnd: random.Random, chunk: int) -> None:
-    """Applying guard writes batch by batch, in any order and with duplicates, ends at the timestamp-order state."""
+    """Storing the needed versions batch by batch, in any order and with duplicates, folds to the timestamp-order shapes."""
     changes = [change(kind, ts, account) for kind, ts, account in events]
     shuffled = changes + rnd.sample(changes, k=len(changes) // 2)
     rnd.shuffle(shuffled)
-    registers: dict[str, Guard] = {}
+    registers: dict[tuple[str, str], dict[int, Guard]] = {}
+    shaped: dict[tuple[str, str], int] = {}  # the subscription: the add version whose shape it carries
     for start in range(0, len(shuffled), chunk):
-        for key, c in mirror.plan(shuffled[start : start + chunk]).membership.items():
-            g, gid = mirror.guard_for(c), mirror.guard_id(*key)
-            if gid not in registers or registers[gid].version < g.version:
-                registers[gid] = g
-    present = {(r, a) for (r, a) in {(c.room_id, c.account) for c in changes} if registers[mirror.guard_id(r, a)].state is GuardState.ADDED}
-    assert present == mirror.oracle(changes)
-
-
+        for key, batch in mirror.plan(shuffled[start : start + chunk]).membership.items():
+            stored = registers.setdefault(key, {})
+            fresh, final = mirror.needed(batch.values(), stored.values())
+            stored.update({mirror.version_of(c.kind, c.ts): mirror.guard_for(c) for c in fresh})
+            for v in [v for v in stored if v < final.floor]:  # superseded versions are deleted
+                del stored[v]
+            if final.since is None:
+                shaped.pop(key, None)
+            elif key not in shaped or mirror.needs_reshape(shaped[key], final):
+                shaped[key] = final.since.version
+    assert {k: v // 2 for k, v in shaped.items()} == shapes_in_timestamp_order(changes)
+    assert set(shaped) == mirror.oracle(changes)

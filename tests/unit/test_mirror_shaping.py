@@ -125,3 +125,9 @@ def test_history_shared_since_only_when_positive(hss: int | None, stored: int | 
     fields = {} if hss is None else {"history_shared_since": hss}
     (doc,) = shaped([add_event(**fields)])
     assert doc.get("historySharedSince") == stored
+
+
+def test_discussion_is_named_after_the_room_with_no_roles() -> None:
+    """SYSTEM.md §4: a discussion is named like a channel but, as in the reference, gets `roles: null`."""
+    (doc,) = shaped([add_event(room_name="launch thread", room_type="discussion", requester_account="alice")])
+    assert (doc["roomType"], doc["name"], doc["roles"], doc["isSubscribed"], doc["siteId"]) == ("discussion", "launch thread", None, False, "s1")
