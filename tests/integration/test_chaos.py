@@ -32,7 +32,7 @@ from tests.integration.test_outages import services, start_again
 pytestmark = pytest.mark.slow
 
 CHAOS_S = float(os.environ.get("CHATFED_CHAOS_SECONDS", "90"))
-ROOMS_PER_SITE = 3
+ROOMS_PER_SITE = int(os.environ.get("CHATFED_CHAOS_ROOMS", "3"))
 USERS_PER_SITE = 6
 ANSWER_TIMEOUT_S = 15.0  # a client resends after this long without an answer
 GIVE_UP_S = 400.0  # a command still unanswered after this long fails the test
