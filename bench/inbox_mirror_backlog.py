@@ -7,6 +7,7 @@ The baseline is what the reference does: fetch, look the user up, upsert with $s
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.cpu import per_10k, process_cpu_s
 from schemas import subjects
 from tests.integration.mirror_support import add, mirror_site
 
@@ -60,15 +62,21 @@ def main() -> None:
         try:
             flow_site.drained(timeout=1800)
             elapsed = time.perf_counter() - started  # includes process start-up (~1 s)
+            flow_cpu = process_cpu_s(flow.procs[0].pid)  # includes start-up (imports, connections)
         finally:
             flow.stop()
         assert flow_site.db.subscriptions.count_documents({}) == events
+        cpu_before = time.process_time()
         rate_base = base_site.run(baseline(base_site, base_events))
+        base_cpu = time.process_time() - cpu_before
         rate_flow = events / elapsed
-        print("| consumer | events | events/s | ratio to baseline |")
-        print("|---|---|---|---|")
-        print(f"| inbox_mirror flow (includes ~1 s start-up) | {events} | {rate_flow:,.0f} | {rate_flow / rate_base:.1f}x |")
-        print(f"| baseline: fetch + find user + upsert + ack, one at a time | {base_events} | {rate_base:,.0f} | 1.0x |")
+        print(f"load average {os.getloadavg()[0]:.2f}; CPU: the consumer's own process (not FerretDB's)")
+        print()
+        print("| consumer | events | events/s | ratio to baseline | CPU-s per 10k | CPU ratio |")
+        print("|---|---|---|---|---|---|")
+        flow_10k, base_10k = per_10k(flow_cpu, events), per_10k(base_cpu, base_events)
+        print(f"| inbox_mirror flow (includes ~1 s start-up) | {events} | {rate_flow:,.0f} | {rate_flow / rate_base:.1f}x | {flow_10k:.1f} | {flow_10k / base_10k:.2f}x |")
+        print(f"| baseline: fetch + find user + upsert + ack, one at a time | {base_events} | {rate_base:,.0f} | 1.0x | {base_10k:.1f} | 1.00x |")
 
 
 if __name__ == "__main__":

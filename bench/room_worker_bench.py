@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ from typing import Any
 import msgspec
 from nats.aio.msg import Msg
 
+from bench.cpu import per_10k, process_cpu_s
 from connectors.jetstream import parse_ack_reply
 from connectors.mongo import ensure_indexes
 from connectors.room_runner import mint_request_id, new_id
@@ -83,8 +85,8 @@ async def _events(h: RoomHarness) -> tuple[int, int]:
     return local, outbox
 
 
-async def _run_flow(h: RoomHarness, n: int) -> tuple[float, float]:
-    """(start-up seconds, drain seconds after the first delivery)."""
+async def _run_flow(h: RoomHarness, n: int) -> tuple[float, float, float]:
+    """(start-up seconds, drain seconds after the first delivery, the flow process's CPU seconds meanwhile)."""
     js = h.client.jetstream()
     stream = subjects.rooms_stream(h.site)
     launched = time.perf_counter()
@@ -94,13 +96,16 @@ async def _run_flow(h: RoomHarness, n: int) -> tuple[float, float]:
         h.flow.assert_alive()
         await asyncio.sleep(0.01)
     first = time.perf_counter()
+    assert h.flow is not None
+    pid = h.flow.procs[0].pid
+    cpu_before = process_cpu_s(pid)
     while True:
         info = await js.consumer_info(stream, subjects.ROOM_WORKER)
         if info.num_pending == 0 and info.num_ack_pending == 0:
             break
         await asyncio.sleep(0.02)
     done = time.perf_counter()
-    return first - launched, done - first
+    return first - launched, done - first, process_cpu_s(pid) - cpu_before
 
 
 def _delivery(msg: Msg) -> Delivery:
@@ -152,8 +157,10 @@ async def main(n: int) -> None:
     flow_site = await _prepare(servers, n)
     base_site = await _prepare(servers, n)
     try:
-        startup, flow_s = await _run_flow(flow_site, n)
+        startup, flow_s, flow_cpu = await _run_flow(flow_site, n)
+        cpu_before = time.process_time()
         base_s = await _run_baseline(base_site, n)
+        base_cpu = time.process_time() - cpu_before
         for h in (flow_site, base_site):
             _check(h, n)
             assert await _events(h) == (n, n), "one local and one OUTBOX event per create"
@@ -163,10 +170,15 @@ async def main(n: int) -> None:
     flow_rate, base_rate = n / flow_s, n / base_s
     print(f"room_worker bench: {n} channel creates (3 members: 1 remote), backlog published before the consumer starts")
     print()
-    print("| consumer | commands | seconds | commands/s | ratio to baseline |")
-    print("|---|---|---|---|---|")
-    print(f"| room_worker flow (1 process, 1 worker; start-up {startup:.2f} s excluded) | {n} | {flow_s:.2f} | {flow_rate:,.1f} | {flow_rate / base_rate:.2f}x |")
-    print(f"| baseline: fetch + apply one at a time + publish + ack | {n} | {base_s:.2f} | {base_rate:,.1f} | 1.00x |")
+    print(f"load average {os.getloadavg()[0]:.2f}; CPU: the consumer's own process (not the stores')")
+    print()
+    print("| consumer | commands | seconds | commands/s | ratio to baseline | CPU-s per 10k | CPU ratio |")
+    print("|---|---|---|---|---|---|---|")
+    print(
+        f"| room_worker flow (1 process, 1 worker; start-up {startup:.2f} s excluded) | {n} | {flow_s:.2f} | {flow_rate:,.1f} "
+        f"| {flow_rate / base_rate:.2f}x | {per_10k(flow_cpu, n):.1f} | {flow_cpu / base_cpu:.2f}x |"
+    )
+    print(f"| baseline: fetch + apply one at a time + publish + ack | {n} | {base_s:.2f} | {base_rate:,.1f} | 1.00x | {per_10k(base_cpu, n):.1f} | 1.00x |")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ from typing import Any
 
 from elasticsearch import Elasticsearch
 
+from bench.cpu import per_10k, process_cpu_s
 from connectors.elastic import SearchIndexes, install
 from logic.search_views import MemberChange, parse
 from schemas import subjects
@@ -107,7 +109,7 @@ def _pct(values: list[float], p: float) -> float:
 async def main(backlog: int, rate: int, seconds: int) -> None:
     servers = _servers()
     es = Elasticsearch(servers["es_url"], request_timeout=60)
-    rows: list[tuple[str, float, float, float]] = []
+    rows: list[tuple[str, float, float, float, float]] = []
     interval = "?"
     for name in ("search_sync flow", "baseline fetch+bulk+ack"):
         site = await open_site(servers, es)
@@ -123,19 +125,26 @@ async def main(backlog: int, rate: int, seconds: int) -> None:
             refresh = es.indices.get_settings(index=site.indexes.spotlight, name="index.refresh_interval", include_defaults=True)
             interval = next(iter(refresh.values()))
             interval = interval.get("settings", {}).get("index", {}).get("refresh_interval") or interval["defaults"]["index"]["refresh_interval"]
+            cpu_of = (lambda: process_cpu_s(site.flows[-1].procs[0].pid)) if naive is None else time.process_time
+            cpu_before = cpu_of()
             throughput = await _drain_time(site, backlog)
+            cpu = cpu_of() - cpu_before
             lat = await _latencies(site, rate, seconds)
             stop.set()
             if naive:
                 await naive
-            rows.append((name, throughput, _pct(lat, 0.5), _pct(lat, 0.99)))
+            rows.append((name, throughput, _pct(lat, 0.5), _pct(lat, 0.99), per_10k(cpu, backlog)))
         finally:
             await close_site(site)
-    print(f"\nbacklog {backlog:,} events; steady {rate}/s for {seconds}s (spotlight refresh_interval {interval})")
+    print(f"\nbacklog {backlog:,} events; steady {rate}/s for {seconds}s (spotlight refresh_interval {interval}); load average {os.getloadavg()[0]:.2f}")
+    print("CPU-s/10k: the consumer's own process while it drains the backlog (not Elasticsearch's)")
     baseline = rows[-1]  # measured in the same run, after the flow
-    print(f"{'consumer':<26} {'backlog ev/s':>12} {'x baseline':>10} {'p50 ms':>8} {'p99 ms':>8} {'p50 x':>6}")
-    for name, throughput, p50, p99 in rows:
-        print(f"{name:<26} {throughput:>12,.0f} {throughput / baseline[1]:>10.2f} {p50:>8.0f} {p99:>8.0f} {p50 / baseline[2]:>6.2f}")
+    print(f"{'consumer':<26} {'backlog ev/s':>12} {'x baseline':>10} {'p50 ms':>8} {'p99 ms':>8} {'p50 x':>6} {'CPU-s/10k':>10} {'CPU x':>6}")
+    for name, throughput, p50, p99, cpu in rows:
+        print(
+            f"{name:<26} {throughput:>12,.0f} {throughput / baseline[1]:>10.2f} {p50:>8.0f} {p99:>8.0f} {p50 / baseline[2]:>6.2f}"
+            f" {cpu:>10.2f} {cpu / baseline[4]:>6.2f}"
+        )
 
 
 if __name__ == "__main__":

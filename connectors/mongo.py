@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 from pymongo import ASCENDING, MongoClient
 from pymongo.database import Database
-from pymongo.errors import AutoReconnect, ConnectionFailure, NetworkTimeout, ServerSelectionTimeoutError
+from pymongo.collection import Collection
+from pymongo.errors import AutoReconnect, BulkWriteError, ConnectionFailure, NetworkTimeout, ServerSelectionTimeoutError
 
 from connectors.settings import MongoSettings
 
@@ -20,6 +22,25 @@ TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
 )
 
 Document = dict[str, Any]
+DUPLICATE_KEY = 11000
+
+
+def insert_missing(collection: Collection[Document], docs: Sequence[Document]) -> set[str]:
+    """Insert `docs` (unordered); return the `_id`s that existed already (an earlier delivery's or a race's insert).
+
+    `insert_many` rather than upserts with `$setOnInsert`: FerretDB drops null fields from `$setOnInsert`
+    (a dm's `roles: null` would vanish), and on FerretDB every filtered write scans its collection.
+    """
+    if not docs:
+        return set()
+    try:
+        collection.insert_many(list(docs), ordered=False)
+    except BulkWriteError as exc:
+        errors = exc.details.get("writeErrors", [])
+        if any(e.get("code") != DUPLICATE_KEY for e in errors):
+            raise
+        return {str(docs[e["index"]]["_id"]) for e in errors}
+    return set()
 
 
 def client(settings: MongoSettings) -> MongoClient[Document]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import os
 import threading
@@ -256,9 +255,6 @@ class RoomCommandRunner:
             log.warning("batch user lookup failed, each command looks up its own: %r", exc)
             return BatchReads()
 
-    def _apply_room(self, commands: list[Command], reads: BatchReads, outage: threading.Event) -> list[Settle]:
-        return [self._apply_one(command, reads, outage) for command in commands]
-
     def _apply_one(self, command: Command, reads: BatchReads, outage: threading.Event) -> Settle:
         if outage.is_set():
             return self._give_up(command, "outage: an earlier command of this batch exhausted its retries")
@@ -326,9 +322,9 @@ class RoomCommandRunner:
         """
         pending = self._store.intent(command.room_id)
         if pending is not None:
-            answer = self._finish_pending(pending)
+            answer, carried_out = self._finish_pending(pending)
             if pending.outcome.request_key == command.dedup_base:
-                return self._settle(command, answer)
+                return self._settle(command, answer) if carried_out else done(command.delivery, command.body.timestamp)
         claim = Claim(outcome=self._decide(command, reads), nonce=new_id())
         effects = _has_effects(claim.outcome)
         if effects:
@@ -346,16 +342,17 @@ class RoomCommandRunner:
         self._send_result(claim.outcome.requester, claim.outcome.result)
         return self._settle(command, claim.outcome)
 
-    def _finish_pending(self, pending: Claim) -> Outcome:
-        """Carry out a room's intent left by a run that stopped half way; return its request's answer."""
+    def _finish_pending(self, pending: Claim) -> tuple[Outcome, bool]:
+        """Carry out a room's intent left by a run that stopped half way: its request's answer, and whether it was carried out now."""
         recorded = self._store.record(pending, self._clock())
-        if recorded.nonce == pending.nonce:
+        ours = recorded.nonce == pending.nonce
+        if ours:
             self._carry_out(pending.outcome)
         else:  # the run died between saving the intent and finding its request answered already
             log.info("dropping the intent of request %s: it was answered before", pending.outcome.request_key)
         self._store.clear_intent(pending.outcome.room_id)
         self._send_result(recorded.outcome.requester, recorded.outcome.result)
-        return recorded.outcome
+        return recorded.outcome, ours
 
     def _carry_out(self, outcome: Outcome) -> None:
         """The writes, then the events; both idempotent, so a rerun is harmless."""

@@ -9,10 +9,10 @@ from typing import Any, Final
 import msgspec
 from bson import Binary
 from pymongo.database import Database
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.errors import DuplicateKeyError
 
 from connectors import metrics
-from connectors.mongo import Document
+from connectors.mongo import Document, insert_missing
 from logic.room_outcomes import Outcome, RoomWrites, decode_outcome, encode_outcome
 from logic.room_plans import room_counts
 from schemas.documents import (
@@ -26,7 +26,6 @@ from schemas.documents import (
 )
 
 FLOW: Final = "room_worker"
-DUPLICATE_KEY: Final = 11000
 INTENTS: Final = "room_intents"  # _id = room id: the room's decided, unfinished command
 RECORDS: Final = "room_requests"  # _id = request key: the answer of a finished command
 
@@ -42,39 +41,8 @@ class IntentPending(RuntimeError):
     """Another command's intent holds the room (a concurrent run): retried, it is finished first."""
 
 
-def _insert_only(collection: Any, docs: Sequence[dict[str, object]]) -> int:
-    """Insert what is not there yet; a duplicate key is an earlier delivery's (or a race's) insert.
-
-    `insert_many` rather than upserts with `$setOnInsert`: the FerretDB we test on drops null
-    fields from `$setOnInsert` (a dm's `roles: null` would vanish).
-    """
-    if not docs:
-        return 0
-    try:
-        return len(collection.insert_many(list(docs), ordered=False).inserted_ids)
-    except BulkWriteError as exc:
-        others = [e for e in exc.details.get("writeErrors", []) if e.get("code") != DUPLICATE_KEY]
-        if others:
-            raise
-        return int(exc.details.get("nInserted", 0))
-
-
 def _member(doc: Document) -> Member:
     return Member(user_id=doc["u"].get("_id", ""), is_bot=bool(doc["u"].get("isBot")), roles=list(doc.get("roles") or []))
-
-
-def _duplicates(collection: Any, docs: Sequence[dict[str, object]]) -> set[str]:
-    """Insert `docs` (unordered); the `_id`s that existed already."""
-    if not docs:
-        return set()
-    try:
-        collection.insert_many(list(docs), ordered=False)
-    except BulkWriteError as exc:
-        errors = exc.details.get("writeErrors", [])
-        if any(e.get("code") != DUPLICATE_KEY for e in errors):
-            raise
-        return {str(docs[e["index"]]["_id"]) for e in errors}
-    return set()
 
 
 def _answer(outcome: Outcome) -> Outcome:
@@ -175,7 +143,7 @@ class RoomStore:
     def insert_subscriptions(self, subs: Sequence[Subscription]) -> int:
         """Insert-only on the unique `(roomId, u.account)`: a replay never overwrites read state."""
         started = time.perf_counter()
-        inserted = _insert_only(self._db.subscriptions, [to_mongo(s) for s in subs])
+        inserted = len(subs) - len(insert_missing(self._db.subscriptions, [to_mongo(s) for s in subs]))
         metrics.observe_write(FLOW, "mongo", len(subs), time.perf_counter() - started)
         return inserted
 
@@ -211,7 +179,7 @@ class RoomStore:
 
     def insert_room_members(self, rows: Sequence[RoomMember]) -> int:
         """Insert-only on the unique `(rid, member.type, member.id)`."""
-        return _insert_only(self._db.room_members, [to_mongo(r) for r in rows])
+        return len(rows) - len(insert_missing(self._db.room_members, [to_mongo(r) for r in rows]))
 
     def delete_room_member(self, room_id: str, member_type: MemberType, member_id: str) -> None:
         """Delete one `room_members` row."""
@@ -234,7 +202,7 @@ class RoomStore:
     def apply_many(self, outcomes: Sequence[Outcome], now_ms: int) -> None:
         """`apply` for commands of different rooms: their inserts in one request per collection."""
         rooms = [to_mongo(o.writes.room) for o in outcomes if o.writes.room is not None]
-        _insert_only(self._db.rooms, rooms)
+        insert_missing(self._db.rooms, rooms)
         self.insert_subscriptions([sub for o in outcomes for sub in o.writes.subscriptions])
         self.insert_room_members([row for o in outcomes for row in o.writes.room_members])
         for outcome in outcomes:
@@ -251,11 +219,11 @@ class RoomStore:
 
     def save_intents(self, claims: Sequence[Claim], now_ms: int) -> set[str]:
         """`save_intent` for commands of different rooms in one request; returns the rooms that had one already."""
-        return _duplicates(self._db[INTENTS], [_intent_doc(c, now_ms) for c in claims])
+        return insert_missing(self._db[INTENTS], [_intent_doc(c, now_ms) for c in claims])
 
     def record_many(self, claims: Sequence[Claim], now_ms: int) -> dict[str, Claim]:
         """`record` for many requests in one request; returns the answers recorded before, by request key."""
-        taken = _duplicates(self._db[RECORDS], [_record_doc(c, now_ms) for c in claims])
+        taken = insert_missing(self._db[RECORDS], [_record_doc(c, now_ms) for c in claims])
         return {key: self._recorded(key) for key in sorted(taken)}
 
     def clear_intents(self, room_ids: Iterable[str]) -> None:

@@ -11,10 +11,9 @@ import msgspec
 import uuid_utils
 from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import BulkWriteError
 
 from connectors import metrics
-from connectors.mongo import TRANSIENT_ERRORS, Document, ensure_indexes
+from connectors.mongo import TRANSIENT_ERRORS, Document, ensure_indexes, insert_missing
 from logic import mirror
 from logic.mirror import Change, Guard, MemberKey
 from logic.settlement import PartOutcome
@@ -28,7 +27,6 @@ log = logging.getLogger(__name__)
 FLOW: Final = "inbox_mirror"
 GUARDS: Final = "membership_guards"
 ROOM_NAMES: Final = "room_names"
-DUPLICATE_KEY: Final = 11000
 CHUNK: Final = 1_000
 # No event older than this can still be delivered (OUTBOX wait + INBOX retention + DLQ replay):
 # a register older than it guards nothing any more (docs/inbox_mirror.md, "Cleanup").
@@ -279,13 +277,7 @@ def _insert_only(coll: Collection[Document], docs: Sequence[Document]) -> set[st
     """Insert `docs`; a duplicate key means an earlier delivery (or a racing worker) inserted it. Returns those `_id`s."""
     collided: set[str] = set()
     for chunk in _chunks(docs):
-        try:
-            coll.insert_many(list(chunk), ordered=False)
-        except BulkWriteError as exc:
-            errors = exc.details.get("writeErrors", [])
-            if any(e.get("code") != DUPLICATE_KEY for e in errors):
-                raise
-            collided.update(str(chunk[e["index"]]["_id"]) for e in errors)
+        collided |= insert_missing(coll, chunk)
     return collided
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from elasticsearch import Elasticsearch, NotFoundError
+from elasticsearch import Elasticsearch
 from pymongo import MongoClient
 
 from chatfed_cli import flows as flow_procs
@@ -27,6 +27,7 @@ from chatfed_cli.topology import Topology
 from connectors.mongo import ensure_indexes
 from logic.room_plans import direct_room_id
 from schemas import subjects
+from tests.integration.search_helpers import cleanup_indexes
 from tests.support import REPO, bootstrap_local_sites, connect_site, unique_site
 
 CHATFED = Path(sys.executable).parent / "chatfed"
@@ -99,21 +100,10 @@ class DemoSites:
         asyncio.run(self._streams(create=False))
         es = Elasticsearch(self.servers["es_url"])
         for site in (self.home, self.remote):
-            _drop_search_views(es, site)
+            cleanup_indexes(es, site)
             self.mongo.drop_database(f"chat_{site}")
         es.close()
         self.mongo.close()
-
-
-def _drop_search_views(es: Elasticsearch, site: str) -> None:
-    """`site`'s indexes, aliases and index templates (what its search_sync installed)."""
-    es.indices.delete(index=f"*-{site}*", ignore_unavailable=True, allow_no_indices=True, expand_wildcards="all")
-    try:
-        templates = es.indices.get_index_template(name=f"chatfed-*-{site}")["index_templates"]
-    except NotFoundError:
-        return
-    for template in templates:
-        es.indices.delete_index_template(name=template["name"])
 
 
 @pytest.fixture
