@@ -12,6 +12,7 @@ import msgspec
 from msgspec import Meta
 
 from connectors.errors import ConfigError
+from schemas import streams
 
 SITE_ID_RE: Final = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 
@@ -52,8 +53,8 @@ class Tuning(msgspec.Struct, frozen=True, kw_only=True):
     max_buffered: PositiveInt = 20_000  # stop asking for more while this many wait for Bytewax
     flush_ms: PositiveInt = 100  # coalescing deadline of a lone event
     flush_max: PositiveInt = 2_000  # changes coalesced per key before a forced flush
-    ack_wait_s: PositiveInt = 60
-    max_deliver: PositiveInt = 10
+    ack_wait_s: PositiveInt = streams.ACK_WAIT_S
+    max_deliver: PositiveInt = streams.MAX_DELIVER
     backoff_base_ms: PositiveInt = 500
     backoff_max_ms: PositiveInt = 30_000
     metrics_port: Annotated[int, Meta(ge=0)] = 0  # 0: no metrics endpoint

@@ -24,7 +24,9 @@ DLQ_MAX_AGE_S: Final = 30 * DAY_S
 # defaults only: bootstrap takes both from the flows' settings (CHATFED_ACK_WAIT_S, CHATFED_MAX_DELIVER), and a
 # flow refuses a durable whose values differ from its own (a lower max_deliver strands its failures un-acked)
 ACK_WAIT_S: Final = 60
-MAX_DELIVER: Final = 10
+# with the settle sink's backoff (0.5 s doubling to 30 s) 20 deliveries ride out a store outage of about 7 minutes
+# before a message is dead-lettered; 10 gave 2.5 minutes, less than a loaded Elasticsearch needs to restart
+MAX_DELIVER: Final = 20
 ROOM_WORKER_MAX_ACK_PENDING: Final = 1_000
 # must exceed what a batching pipeline holds between pull and ack: FINDINGS
 INBOX_MAX_ACK_PENDING: Final = 20_000

@@ -197,8 +197,9 @@ def test_chaos_every_store_matches_the_accepted_commands(servers: dict[str, Any]
             await stack.drained(timeout=300)
             stack.assert_alive()
             compared, wrong = chaos.compare()
+            dead = [(await stack.client.jetstream().stream_info(subjects.dlq_stream(site))).state.messages for site in stack.sites]
             print(f"\nchaos seed {seed}, {CHAOS_S:.0f} s: commands {dict(chaos.tally.commands)}; faults {dict(chaos.tally.faults)}; "
-                  f"memberships compared {compared}, mismatches {len(wrong)}")
+                  f"memberships compared {compared}, mismatches {len(wrong)}, dead letters {sum(dead)}")
             assert not wrong, "\n".join(wrong[:50])
         finally:
             for server in SERVERS:

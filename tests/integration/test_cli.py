@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from chatfed_cli.main import app
 from schemas import subjects
+from schemas.streams import ACK_WAIT_S, MAX_DELIVER
 from schemas.commands import CreateRoom, encode_command
 from schemas.events import MemberAddEvent
 from tests.integration.mirror_support import add, mirror_site
@@ -221,7 +222,7 @@ def test_bootstrap_takes_max_deliver_and_ack_wait_from_the_flows_settings_updati
             await client.close()
 
     # CliSite bootstrapped the durables with the defaults; a bootstrap with other settings updates them in place
-    assert set(cli_site.run(contracts()).values()) == {(10, 60.0)}
+    assert set(cli_site.run(contracts()).values()) == {(MAX_DELIVER, float(ACK_WAIT_S))}
     env = {"CHATFED_INFO": str(cli_site.info), "CHATFED_MAX_DELIVER": "15", "CHATFED_ACK_WAIT_S": "45"}
     boot = runner.invoke(app, ["bootstrap"], env=env)
     assert boot.exit_code == 0, boot.output

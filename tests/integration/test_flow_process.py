@@ -16,6 +16,7 @@ from pymongo import MongoClient
 from connectors.bootstrap import bootstrap_site
 from connectors.settings import Tuning
 from schemas import subjects
+from schemas.streams import ACK_WAIT_S, MAX_DELIVER
 from tests.support import LOGS, FlowProcess, bootstrap_local_sites, connect_site, flow_env, unique_site, wait_for
 
 MODULE = "dataflows.inbox_mirror"
@@ -82,7 +83,7 @@ async def site(servers: dict[str, Any]) -> AsyncIterator[Site]:
 
 @pytest.mark.parametrize(
     ("variable", "value", "field", "actual"),
-    [("CHATFED_MAX_DELIVER", "15", "max_deliver", "10"), ("CHATFED_ACK_WAIT_S", "45", "ack_wait_s", "60")],
+    [("CHATFED_MAX_DELIVER", "15", "max_deliver", str(MAX_DELIVER)), ("CHATFED_ACK_WAIT_S", "45", "ack_wait_s", str(ACK_WAIT_S))],
     ids=["max_deliver", "ack_wait"],
 )
 async def test_a_flow_refuses_a_durable_with_another_delivery_contract(site: Site, variable: str, value: str, field: str, actual: str) -> None:

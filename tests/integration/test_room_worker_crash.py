@@ -9,6 +9,7 @@ from typing import Any
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from schemas import subjects
+from schemas.streams import MAX_DELIVER
 from tests.integration.room_support import RoomHarness, run, user, with_harness
 from tests.support import wait_for
 
@@ -44,7 +45,7 @@ def test_crash_between_writes_and_publishes_publishes_once_after_redelivery(serv
         # a short ack_wait so the killed worker's command comes back within the test
         js = h.client.jetstream()
         config = ConsumerConfig(
-            durable_name=subjects.ROOM_WORKER, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL, ack_wait=2, max_deliver=10
+            durable_name=subjects.ROOM_WORKER, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL, ack_wait=2, max_deliver=MAX_DELIVER
         )
         await js.add_consumer(subjects.rooms_stream(h.site), config)
 

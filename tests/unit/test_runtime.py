@@ -36,7 +36,7 @@ def test_only_an_absent_or_overloaded_server_is_waited_for(exc: BaseException, t
 
 def test_a_durable_with_another_contract_is_named_with_both_values() -> None:
     config = ConsumerConfig(durable_name="search-sync", max_deliver=10, ack_wait=60.0)
-    assert contract_problems("INBOX_s1", "search-sync", config, Tuning()) == []
+    assert contract_problems("INBOX_s1", "search-sync", config, Tuning(max_deliver=10)) == []
     problems = contract_problems("INBOX_s1", "search-sync", config, Tuning(max_deliver=15, ack_wait_s=45))
     assert problems == [
         "durable INBOX_s1/search-sync has max_deliver=10 but CHATFED_MAX_DELIVER=15",

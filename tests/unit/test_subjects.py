@@ -169,5 +169,5 @@ def test_site_consumers() -> None:
         "chat.inbox.s1.aggregate.room_renamed",
     ]
     for spec in (room_worker, inbox_worker, search_sync):
-        assert (spec.ack_wait_s, spec.max_deliver, spec.deliver_all) == (60, 10, True)
+        assert (spec.ack_wait_s, spec.max_deliver, spec.deliver_all) == (60, 20, True)
     assert inbox_worker.max_ack_pending == search_sync.max_ack_pending == 20000
