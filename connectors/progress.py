@@ -75,17 +75,21 @@ class InProgress:
 
     def _due(self, now: float) -> list[str]:
         due: list[str] = []
-        dropped = 0
+        expired: list[str] = []
         with self._lock:
-            for reply, (touched, received) in list(self._held.items()):
+            for reply, (touched, received) in self._held.items():
+                if now - received < self._interval_s:
+                    break  # held in arrival order: this one and all after it are too young for a first +WPI
                 if now - received > self._limit_s:
-                    del self._held[reply]
-                    dropped += 1
+                    expired.append(reply)
                 elif now - touched >= self._interval_s:
-                    self._held[reply] = (now, received)
                     due.append(reply)
-        if dropped:
-            log.warning("%s: %d message(s) held over %d s: letting JetStream redeliver them", self._flow, dropped, self._limit_s)
+            for reply in expired:
+                del self._held[reply]
+            for reply in due:
+                self._held[reply] = (now, self._held[reply][1])
+        if expired:
+            log.warning("%s: %d message(s) held over %d s: letting JetStream redeliver them", self._flow, len(expired), self._limit_s)
         return due
 
     async def _keep_beating(self) -> None:
