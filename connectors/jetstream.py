@@ -207,7 +207,7 @@ class _SettlePartition(StatelessSinkPartition[Settle]):
         self._client = natsio.connection(nats)
         self._js = self._client.jetstream()
         self._tuning = tuning
-        self._progress = progress.shared(self._client, tuning.ack_wait_s, flow=flow)
+        self._progress = progress.shared(self._client, tuning.ack_wait_s, flow=flow, names_flow=True)
         self._flow = flow
         self._dlq_subject = dlq_subject
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 EVENTS = Counter("chatfed_events_total", "Messages settled, by flow and outcome", ["flow", "outcome"])
 UNCONFIRMED_ACK_FLUSHES = Counter(
     "chatfed_unconfirmed_ack_flushes_total", "Ack batches whose delivery the server could not confirm (reconnect)", ["flow"]
 )
+IN_PROGRESS = Gauge("chatfed_messages_in_progress", "Messages pulled by this process and not yet settled", ["flow"])
 IN_PROGRESS_ACKS = Counter("chatfed_in_progress_acks_total", "+WPI sent for messages still being worked on", ["flow"])
 DEAD_LETTERS = Counter("chatfed_dead_letters_total", "Messages sent to the dead-letter stream", ["flow"])
 WRITE_SECONDS = Histogram(

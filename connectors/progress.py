@@ -36,7 +36,7 @@ class InProgress:
 
     def __init__(self, client: Client, ack_wait_s: float, *, flow: str) -> None:
         self._client = client
-        self._flow = flow
+        self.flow = flow
         self._interval_s = max(ack_wait_s / 3, 0.2)
         self._limit_s = ack_wait_s * HOLD_LIMIT
         self._lock = threading.Lock()
@@ -89,29 +89,35 @@ class InProgress:
             for reply in due:
                 self._held[reply] = (now, self._held[reply][1])
         if expired:
-            log.warning("%s: %d message(s) held over %d s: letting JetStream redeliver them", self._flow, len(expired), self._limit_s)
+            log.warning("%s: %d message(s) held over %d s: letting JetStream redeliver them", self.flow, len(expired), self._limit_s)
         return due
 
     async def _keep_beating(self) -> None:
         tick = min(1.0, self._interval_s / 2)
         while True:
             await asyncio.sleep(tick)
+            metrics.IN_PROGRESS.labels(self.flow).set(self.held())
             due = self._due(time.time())
             if not due or not self._client.is_connected:
                 continue
             for reply in due:
                 await self._client.publish(reply, b"+WPI")
-            metrics.IN_PROGRESS_ACKS.labels(self._flow).inc(len(due))
+            metrics.IN_PROGRESS_ACKS.labels(self.flow).inc(len(due))
 
 
 _shared: dict[int, InProgress] = {}
 _shared_lock = threading.Lock()
 
 
-def shared(client: Client, ack_wait_s: float, *, flow: str) -> InProgress:
-    """The process's `InProgress` for `client`: the source holds, the settle sink releases."""
+def shared(client: Client, ack_wait_s: float, *, flow: str, names_flow: bool = False) -> InProgress:
+    """The process's `InProgress` for `client`: the source holds, the settle sink releases.
+
+    `names_flow`: `flow` is the flow's name (the sink knows it; the source only knows its durable), used in metrics.
+    """
     with _shared_lock:
         found = _shared.get(id(client))
         if found is None:
             found = _shared[id(client)] = InProgress(client, ack_wait_s, flow=flow)
+        if names_flow:
+            found.flow = flow
         return found
