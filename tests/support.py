@@ -188,3 +188,30 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+# `services.py up` starts every stopped server (an ES someone else stopped on purpose too): bring back only ours,
+# under the same lock as `up`/`down`.
+_START_ONE = """
+import fcntl, os, sys
+sys.path.insert(0, "scripts")
+import services as s
+layout = s.load_layout(dict(os.environ))
+server = next(x for x in s.all_servers(layout) if x.name == sys.argv[1])
+with (s.RUN / "services.lock").open("w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if server.pid() is None:
+        s.start(server)
+    if server.name.startswith("nats-") and layout.local_sites:
+        s.wait_for_leafnodes(layout)
+"""
+
+
+def services(*args: str) -> None:
+    """`scripts/services.py` of this checkout (e.g. `services("down", "es")` for an outage)."""
+    subprocess.run([sys.executable, str(REPO / "scripts" / "services.py"), *args], cwd=REPO, check=True, capture_output=True, timeout=240)
+
+
+def start_again(server: str) -> None:
+    """What `services.py up` does for `server` alone."""
+    subprocess.run([sys.executable, "-c", _START_ONE, server], cwd=REPO, check=True, capture_output=True, timeout=240)

@@ -28,7 +28,7 @@ import pytest
 
 from schemas import subjects
 from tests.integration.stack_support import FLOWS, Stack
-from tests.integration.test_outages import services, start_again
+from tests.support import services, start_again
 
 pytestmark = pytest.mark.slow
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
@@ -32,7 +30,7 @@ from tests.integration.mirror_support import (
 )
 from tests.integration.room_support import RoomHarness, user
 from tests.integration.search_helpers import close_site, open_site
-from tests.support import LOGS, REPO, FlowProcess, bootstrap_local_sites, connect_site, flow_env, wait_drained, wait_for
+from tests.support import LOGS, FlowProcess, bootstrap_local_sites, connect_site, flow_env, services, start_again, wait_drained, wait_for
 from tests.unit.search_oracle import added
 
 T = TypeVar("T")
@@ -45,33 +43,6 @@ NATS_OUTAGE_S = 3.0
 CATCH_UP_S = 180.0
 HOME_USERS = ["alice", "bob", "carol", "dave", *(f"u{i}" for i in range(10))]
 MIRROR_ACCOUNTS = [f"m{i}" for i in range(12)]
-
-
-# `services.py up` starts every stopped server (an ES someone else stopped on purpose too): bring back only ours,
-# under the same lock as `up`/`down`.
-_START_ONE = """
-import fcntl, os, sys
-sys.path.insert(0, "scripts")
-import services as s
-layout = s.load_layout(dict(os.environ))
-server = next(x for x in s.all_servers(layout) if x.name == sys.argv[1])
-with (s.RUN / "services.lock").open("w") as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    if server.pid() is None:
-        s.start(server)
-    if server.name.startswith("nats-") and layout.local_sites:
-        s.wait_for_leafnodes(layout)
-"""
-
-
-def services(*args: str) -> None:
-    """`scripts/services.py` of this checkout."""
-    subprocess.run([sys.executable, str(REPO / "scripts" / "services.py"), *args], cwd=REPO, check=True, capture_output=True, timeout=240)
-
-
-def start_again(server: str) -> None:
-    """What `services.py up` does for `server` alone."""
-    subprocess.run([sys.executable, "-c", _START_ONE, server], cwd=REPO, check=True, capture_output=True, timeout=240)
 
 
 @contextmanager
