@@ -18,7 +18,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.cpu import per_10k, process_cpu_s
 from schemas import subjects
-from tests.integration.mirror_support import add, mirror_site
+from testkit.mirror_site import add, mirror_site
 
 ACCOUNTS = [f"user{i}" for i in range(50)]
 

@@ -12,8 +12,8 @@ from elasticsearch import Elasticsearch
 
 from chatfed_cli.rebuild import rebuild_site
 from connectors.settings import ElasticSettings, NatsSettings
-from tests.integration.search_helpers import close_site, open_site, publishable, random_history
-from tests.support import REPO, flow_env
+from testkit.search_site import close_site, open_site, publishable, random_history
+from testkit.support import REPO, flow_env
 
 
 def main(events: int) -> None:
@@ -43,7 +43,7 @@ def main(events: int) -> None:
               f"| {report.events} | {report.documents} | {report.fill_seconds:.1f} | {report.docs_per_second:.0f} | {total:.1f} |")
     finally:
         async def close() -> None:
-            from tests.support import connect_site
+            from testkit.support import connect_site
 
             site.nc = await connect_site(servers, "s1")
             await close_site(site)

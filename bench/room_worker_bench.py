@@ -6,7 +6,7 @@ Each create names 3 members (the requester, a home user, a remote user), so it w
 subscriptions and publishes a local `member_added`, one OUTBOX event and the requester's result. The
 backlog is published first, then the flow is started; its start-up (process start to first delivery)
 is reported apart and excluded from its rate. The baseline drains the same commands on a second fresh
-site with nats-py: fetch, apply each command with `connectors/room_store.py`, publish its events one
+site with nats-py: fetch, apply each command with `dataflows/room_worker/store_mongo.py`, publish its events one
 after the other, publish the result, ack.
 """
 
@@ -27,16 +27,16 @@ from nats.aio.msg import Msg
 from bench.cpu import per_10k, process_cpu_s
 from connectors.jetstream import parse_ack_reply
 from connectors.mongo import ensure_indexes
-from connectors.room_runner import mint_request_id, new_id
-from connectors.room_store import RoomStore
-from logic import room_commands as rc
-from logic import room_events
-from logic import room_plans as plans
+from dataflows.room_worker import commands as rc
+from dataflows.room_worker import events as room_events
+from dataflows.room_worker import plans as plans
+from dataflows.room_worker.runner import mint_request_id, new_id
+from dataflows.room_worker.store_mongo import RoomStore
 from schemas import subjects
 from schemas.carriers import Delivery
 from schemas.commands import CreateRoom, encode_command
-from tests.integration.room_support import RoomHarness, user
-from tests.support import REPO, bootstrap_local_sites, connect_site
+from testkit.room_harness import RoomHarness, user
+from testkit.support import REPO, bootstrap_local_sites, connect_site
 
 HOME_USERS = 100
 REMOTE_USERS = 50

@@ -17,13 +17,13 @@ from typing import Any
 from elasticsearch import Elasticsearch
 
 from bench.cpu import per_10k, process_cpu_s
-from connectors.elastic import SearchIndexes, install
-from logic.search_views import MemberChange, parse
+from dataflows.search_sync.indexes import SearchIndexes, install
+from dataflows.search_sync.views import MemberChange, parse
 from schemas import subjects
 from schemas.carriers import Delivery
-from tests.integration.search_helpers import SearchSite, close_site, open_site
-from tests.support import REPO
-from tests.unit.search_oracle import added
+from testkit.search_oracle import added
+from testkit.search_site import SearchSite, close_site, open_site
+from testkit.support import REPO
 
 
 def _servers() -> dict[str, Any]:

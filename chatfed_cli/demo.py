@@ -21,10 +21,11 @@ from rich.table import Table
 from chatfed_cli.rooms import submit
 from chatfed_cli.topology import Topology
 from connectors.elastic import elastic_client
-from connectors.mongo import Document, client as mongo_client
-from connectors.search_queries import rooms_for, typeahead
+from connectors.mongo import Document
+from connectors.mongo import client as mongo_client
 from connectors.settings import ElasticSettings, MongoSettings
-from logic.room_plans import direct_room_id
+from dataflows.room_worker.plans import direct_room_id
+from dataflows.search_sync.queries import rooms_for, typeahead
 from schemas import subjects
 from schemas.commands import AddMembers, CreateRoom, History, RemoveMember
 from schemas.documents import User, spotlight_doc_id, to_mongo

@@ -239,7 +239,7 @@ def search_rooms(
     size: int = typer.Option(10, min=1, max=100),
 ) -> None:
     """Room-name typeahead for a user: their rooms matching QUERY, best first."""
-    from connectors.search_queries import typeahead
+    from dataflows.search_sync.queries import typeahead
 
     topology = load_topology()
     _site(topology, site)
@@ -256,7 +256,7 @@ def user_rooms(
     user: str = typer.Option(..., "--user", "-u"),
 ) -> None:
     """The rooms a user may search on a site: full history, and history-restricted since a time."""
-    from connectors.search_queries import rooms_for
+    from dataflows.search_sync.queries import rooms_for
 
     topology = load_topology()
     _site(topology, site)

@@ -25,6 +25,7 @@ from chatfed_cli.topology import REPO
 from connectors import elastic, natsio
 from connectors.bootstrap import ensure_consumer, tuned_consumers
 from connectors.settings import ElasticSettings, NatsSettings, load_tuning
+from dataflows.search_sync import indexes
 from schemas import subjects
 
 Progress = Callable[[int, int], None]
@@ -86,7 +87,7 @@ def _count(es: Elasticsearch, indexes: list[str]) -> int:
 
 
 async def _rebuild(
-    *, site: str, nats_settings: NatsSettings, es: Elasticsearch, live: elastic.SearchIndexes,
+    *, site: str, nats_settings: NatsSettings, es: Elasticsearch, live: indexes.SearchIndexes,
     flow_env: Mapping[str, str], progress: Progress, keep_old: bool, timeout: float,
 ) -> RebuildReport:
     stamp = time.strftime("%Y%m%d%H%M%S")
@@ -94,7 +95,7 @@ async def _rebuild(
     targets = {alias: f"{alias}-v{stamp}" for alias in aliases}
     staging = {alias: f"rebuild-{stamp}-{alias}" for alias in aliases}
     durable = f"search-rebuild-{stamp}"
-    elastic.install(es, live)  # templates (matching `{alias}-v*`) and the live aliases exist
+    indexes.install(es, live)  # templates (matching `{alias}-v*`) and the live aliases exist
     for alias in aliases:
         es.indices.create(index=targets[alias], aliases={staging[alias]: {"is_write_index": True}})
 
@@ -153,7 +154,7 @@ def rebuild_site(
 ) -> RebuildReport:
     """Rebuild `site`'s user-room, spotlight and room-names indexes from its INBOX stream, without downtime."""
     es = elastic.elastic_client(elastic_settings)
-    live = elastic.SearchIndexes(
+    live = indexes.SearchIndexes(
         user_room=elastic_settings.user_room_index or f"user-room-{site}",
         spotlight=elastic_settings.spotlight_index or f"spotlight-{site}",
         room_names=elastic_settings.room_names_index or f"room-names-{site}",

@@ -16,10 +16,10 @@ import uuid_utils
 from chatfed_cli.topology import SiteInfo, load_topology
 from connectors import natsio
 from connectors.mongo import client as mongo_client
-from connectors.room_store import RoomStore
 from connectors.settings import MongoSettings
-from logic.room_commands import REQUEST_ID_HEADER
-from logic.room_plans import direct_room_id, room_type_of
+from dataflows.room_worker.commands import REQUEST_ID_HEADER
+from dataflows.room_worker.plans import direct_room_id, room_type_of
+from dataflows.room_worker.store_mongo import RoomStore
 from schemas import subjects
 from schemas.commands import (
     AddMembers,

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from pymongo import ASCENDING, MongoClient
-from pymongo.database import Database
 from pymongo.collection import Collection
+from pymongo.database import Database
 from pymongo.errors import AutoReconnect, BulkWriteError, ConnectionFailure, NetworkTimeout, ServerSelectionTimeoutError
 
 from connectors.settings import MongoSettings

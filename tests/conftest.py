@@ -88,7 +88,7 @@ def site_urls(servers: dict[str, Any]) -> dict[str, str]:
 def federated_sites(servers: dict[str, Any]) -> dict[str, Any]:
     """The real sites of `servers`, bootstrapped federated (each its own domain, sourcing over leafnodes)."""
     from connectors.bootstrap import bootstrap_site
-    from tests.support import connect_site
+    from testkit.support import connect_site
 
     async def bootstrap_all() -> None:
         all_sites = list(servers["sites"])

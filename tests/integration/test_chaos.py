@@ -27,8 +27,8 @@ import nats.errors
 import pytest
 
 from schemas import subjects
-from tests.integration.stack_support import FLOWS, Stack
-from tests.support import services, start_again
+from testkit.stack import FLOWS, Stack
+from testkit.support import services, start_again
 
 pytestmark = pytest.mark.slow
 

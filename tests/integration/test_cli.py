@@ -16,11 +16,20 @@ from typer.testing import CliRunner
 
 from chatfed_cli.main import app
 from schemas import subjects
-from schemas.streams import ACK_WAIT_S, MAX_DELIVER
 from schemas.commands import CreateRoom, encode_command
 from schemas.events import MemberAddEvent
-from tests.integration.mirror_support import add, mirror_site
-from tests.support import FlowProcess, bootstrap_local_sites, connect_site, envelope_bytes, flow_env, unique_site, wait_drained, wait_for
+from schemas.streams import ACK_WAIT_S, MAX_DELIVER
+from testkit.mirror_site import add, mirror_site
+from testkit.support import (
+    FlowProcess,
+    bootstrap_local_sites,
+    connect_site,
+    envelope_bytes,
+    flow_env,
+    unique_site,
+    wait_drained,
+    wait_for,
+)
 
 runner = CliRunner()
 

@@ -11,11 +11,11 @@ import pytest
 from elasticsearch import Elasticsearch
 
 from chatfed_cli.rebuild import rebuild_site
-from connectors.search_queries import rooms_for, typeahead
 from connectors.settings import ElasticSettings, NatsSettings
-from tests.integration.search_helpers import SearchSite, close_site, open_site, publishable, random_history
-from tests.support import flow_env
-from tests.unit.search_oracle import Event, oracle
+from dataflows.search_sync.queries import rooms_for, typeahead
+from testkit.search_oracle import Event, oracle
+from testkit.search_site import SearchSite, close_site, open_site, publishable, random_history
+from testkit.support import flow_env
 
 
 @pytest.fixture

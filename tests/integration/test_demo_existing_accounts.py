@@ -25,10 +25,10 @@ from pymongo import MongoClient
 from chatfed_cli import flows as flow_procs
 from chatfed_cli.topology import Topology
 from connectors.mongo import ensure_indexes
-from logic.room_plans import direct_room_id
+from dataflows.room_worker.plans import direct_room_id
 from schemas import subjects
-from tests.integration.search_helpers import cleanup_indexes
-from tests.support import REPO, bootstrap_local_sites, connect_site, unique_site
+from testkit.search_site import cleanup_indexes
+from testkit.support import REPO, bootstrap_local_sites, connect_site, unique_site
 
 CHATFED = Path(sys.executable).parent / "chatfed"
 

@@ -13,7 +13,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
 from schemas import subjects
-from tests.support import REPO, connect_site, wait_for
+from testkit.support import REPO, connect_site, wait_for
 
 
 async def _aggregate_messages(js: JetStreamContext, dest: str, marker: str, expect: int, timeout: float = 30) -> list[Any]:

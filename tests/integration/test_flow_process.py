@@ -17,7 +17,7 @@ from connectors.bootstrap import bootstrap_site
 from connectors.settings import Tuning
 from schemas import subjects
 from schemas.streams import ACK_WAIT_S, MAX_DELIVER
-from tests.support import LOGS, FlowProcess, bootstrap_local_sites, connect_site, flow_env, unique_site, wait_for
+from testkit.support import LOGS, FlowProcess, bootstrap_local_sites, connect_site, flow_env, unique_site, wait_for
 
 MODULE = "dataflows.inbox_mirror"
 

@@ -7,15 +7,15 @@ import urllib.request
 import uuid
 from typing import Any
 
-from connectors.subscriptions import (
+from dataflows.inbox_mirror.writer import (
     GUARDS,
     REGISTER_HORIZON_MS,
     ROOM_NAMES,
     purge_registers,
 )
 from schemas import carriers, subjects
-from tests.integration.mirror_support import add, mirror_site, remove, rename, roles
-from tests.support import wait_for
+from testkit.mirror_site import add, mirror_site, remove, rename, roles
+from testkit.support import wait_for
 
 
 def test_local_lane_is_never_delivered_to_inbox_worker(servers: dict[str, Any]) -> None:

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from schemas import subjects
-from tests.integration.mirror_support import (
+from testkit.mirror_site import (
     ACCOUNTS,
     Item,
     MirrorSite,
@@ -19,7 +20,7 @@ from tests.integration.mirror_support import (
     oracle,
     redelivered,
 )
-from tests.support import wait_for
+from testkit.support import wait_for
 
 
 def snapshot(s: MirrorSite) -> list[dict[str, Any]]:

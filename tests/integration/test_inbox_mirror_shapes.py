@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.integration.mirror_support import BASE_MS, Item, MirrorSite, add, mirror_site, remove
+from testkit.mirror_site import BASE_MS, Item, MirrorSite, add, mirror_site, remove
 
 T = BASE_MS
 SHAPE = ("name", "roomType", "roles", "isSubscribed", "joinedAt", "historySharedSince", "siteId")

@@ -5,13 +5,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from connectors import dlq
 from connectors.jetstream import JetStreamSource, SettleSink
 from connectors.settings import NatsSettings, Tuning
 from schemas import carriers, subjects
 from schemas.carriers import Delivery, done, poison, retry
-from connectors import dlq
-from logic.origin import sourced_from
-from tests.support import bootstrap_local_sites, connect_site, unique_site, wait_drained, wait_for
+from schemas.origin import sourced_from
+from testkit.support import bootstrap_local_sites, connect_site, unique_site, wait_drained, wait_for
 
 
 def _operator(servers: dict[str, Any]) -> NatsSettings:

@@ -21,17 +21,27 @@ from elasticsearch import Elasticsearch
 
 from connectors.mongo import ensure_indexes
 from schemas import subjects
-from tests.integration.mirror_support import (
+from testkit.mirror_site import (
     MirrorSite,
     history,
     mirror_site,
     oracle,
     redelivered,
 )
-from tests.integration.room_support import RoomHarness, user
-from tests.integration.search_helpers import close_site, open_site
-from tests.support import LOGS, FlowProcess, bootstrap_local_sites, connect_site, flow_env, services, start_again, wait_drained, wait_for
-from tests.unit.search_oracle import added
+from testkit.room_harness import RoomHarness, user
+from testkit.search_oracle import added
+from testkit.search_site import close_site, open_site
+from testkit.support import (
+    LOGS,
+    FlowProcess,
+    bootstrap_local_sites,
+    connect_site,
+    flow_env,
+    services,
+    start_again,
+    wait_drained,
+    wait_for,
+)
 
 T = TypeVar("T")
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.stack_support import Stack
+from testkit.stack import Stack
 
 WINDOW_S = 1.0
 T0 = 1_767_225_600_000

@@ -6,7 +6,7 @@ import uuid
 from collections import Counter
 from typing import Any
 
-from tests.integration.room_support import RoomHarness, run, user, with_harness
+from testkit.room_harness import RoomHarness, run, user, with_harness
 
 TS = 1767225600000
 

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from chatfed_cli.rooms import app
-from tests.integration.room_support import RoomHarness, run, user, with_harness
+from testkit.room_harness import RoomHarness, run, user, with_harness
 
 
 def _people(home: str, remote: str) -> list[dict[str, Any]]:

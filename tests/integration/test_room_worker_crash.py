@@ -10,8 +10,8 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from schemas import subjects
 from schemas.streams import MAX_DELIVER
-from tests.integration.room_support import RoomHarness, run, user, with_harness
-from tests.support import wait_for
+from testkit.room_harness import RoomHarness, run, user, with_harness
+from testkit.support import wait_for
 
 TS = 1767225600000
 

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from schemas import carriers
-from tests.integration.room_support import RoomHarness, run, user, with_harness
+from testkit.room_harness import RoomHarness, run, user, with_harness
 
 TS = 1767225600000
 

@@ -13,7 +13,7 @@ from pymongo import MongoClient
 
 from connectors.mongo import ensure_indexes
 from schemas import subjects
-from tests.support import FlowProcess, connect_site, flow_env, wait_drained, wait_for
+from testkit.support import FlowProcess, connect_site, flow_env, wait_drained, wait_for
 
 
 async def _aggregate_for(servers: dict[str, Any], room_id: str) -> list[dict[str, Any]]:

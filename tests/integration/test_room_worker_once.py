@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.integration.room_support import RoomHarness, run, user, with_harness
+from testkit.room_harness import RoomHarness, run, user, with_harness
 
 TS = 1767225600000
 

@@ -12,15 +12,15 @@ from elasticsearch import Elasticsearch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connectors.elastic import install
-from tests.integration.search_helpers import (
+from dataflows.search_sync.indexes import install
+from testkit.search_oracle import Event, oracle
+from testkit.search_site import (
     SearchSite,
     close_site,
     open_site,
     publishable,
 )
-from tests.support import connect_site
-from tests.unit.search_oracle import Event, oracle
+from testkit.support import connect_site
 
 _examples = itertools.count()
 

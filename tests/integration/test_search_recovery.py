@@ -14,15 +14,15 @@ import pytest
 from elasticsearch import Elasticsearch
 
 from schemas import subjects
-from tests.integration.search_helpers import (
+from testkit.search_oracle import oracle
+from testkit.search_site import (
     SearchSite,
     close_site,
     open_site,
     publishable,
     random_history,
 )
-from tests.support import REPO, wait_for
-from tests.unit.search_oracle import oracle
+from testkit.support import REPO, wait_for
 
 ES_PID = REPO / ".local" / "run" / "es.pid"
 

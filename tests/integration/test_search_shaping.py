@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from elasticsearch import Elasticsearch
 
-from tests.integration.search_helpers import SearchSite, close_site, open_site, publishable
-from tests.unit.search_oracle import Event, oracle
+from testkit.search_oracle import Event, oracle
+from testkit.search_site import SearchSite, close_site, open_site, publishable
 
 T = 1_000
 

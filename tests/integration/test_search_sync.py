@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 from elasticsearch import Elasticsearch
 
-from connectors.search_queries import rooms_for, typeahead
+from dataflows.search_sync.queries import rooms_for, typeahead
 from schemas import carriers, subjects
-from tests.integration.search_helpers import HOME, SearchSite, close_site, open_site
-from tests.support import wait_for
-from tests.unit.search_oracle import added, removed, renamed
+from testkit.search_oracle import added, removed, renamed
+from testkit.search_site import HOME, SearchSite, close_site, open_site
+from testkit.support import wait_for
 from tests.unit.test_search_views import SEARCH_VECTORS, check_vector_expectations
 
 

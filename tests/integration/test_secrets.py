@@ -20,8 +20,8 @@ from urllib.parse import urlsplit, urlunsplit
 from connectors.settings import load_tuning
 from schemas import subjects
 from schemas.events import MemberAddEvent
-from tests.integration.mirror_support import MirrorSite, add, mirror_site
-from tests.support import (
+from testkit.mirror_site import MirrorSite, add, mirror_site
+from testkit.support import (
     LOGS,
     REPO,
     FlowProcess,

@@ -23,7 +23,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import NoStreamResponseError, NotFoundError
 
 from schemas import subjects
-from tests.support import connect_site, wait_for
+from testkit.support import connect_site, wait_for
 
 S1_STREAMS = ("ROOMS_s1", "INBOX_s1", "OUTBOX_s1", "DLQ_s1")
 

@@ -11,10 +11,10 @@ from pymongo import uri_parser
 
 from connectors.settings import Tuning
 from schemas import subjects
-from tests.integration.room_support import RoomHarness, run, user
-from tests.integration.search_helpers import close_site, open_site, publishable, random_history
+from testkit.room_harness import RoomHarness, run, user
+from testkit.search_site import close_site, open_site, publishable, random_history
+from testkit.support import retune
 from tests.integration.slow_proxy import SlowProxy
-from tests.support import retune
 
 TS = 1767225600000
 ACK_WAIT_S = 2

@@ -9,9 +9,9 @@ import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 
+from connectors.operators import PartOutcome
 from dataflows.inbox_mirror import build_flow
-from logic.mirror import Change
-from logic.settlement import PartOutcome
+from dataflows.inbox_mirror.rules import Change
 from schemas.carriers import Delivery, Settle
 from schemas.envelope import OutboxEvent, encode_envelope
 from schemas.events import MemberAddEvent, encode_event

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from logic import mirror
-from logic.mirror import Change, Guard, GuardState, Kind
+from dataflows.inbox_mirror import rules as mirror
+from dataflows.inbox_mirror.rules import Change, Guard, GuardState, Kind
 from schemas.carriers import Delivery
 from schemas.envelope import OutboxEvent, encode_envelope
 from schemas.events import (

@@ -11,7 +11,7 @@ import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
 
-from logic import mirror
+from dataflows.inbox_mirror import rules as mirror
 from schemas import subjects
 from schemas.carriers import Delivery
 from schemas.documents import to_mongo

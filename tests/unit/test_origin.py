@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from logic.origin import origin_problem, sourced_from
+from schemas.origin import origin_problem, sourced_from
 
 CROSS_DOMAIN = "OUTBOX_s1:7GOAUEZh 12 outbox.s1.to.s2.> chat.inbox.s2.aggregate.> outbox.s1.to.s2.member_added 6NXfE8fj"
 SAME_SERVER = "OUTBOX_s3 4 outbox.s3.to.s2.> chat.inbox.s2.aggregate.> outbox.s3.to.s2.member_added"

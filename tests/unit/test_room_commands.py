@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from logic.room_commands import (
+from dataflows.room_worker.commands import (
     Command,
     Rejected,
     operation_of,

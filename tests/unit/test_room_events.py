@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from logic.room_commands import Publish
-from logic.room_events import (
+from dataflows.room_worker.commands import Publish
+from dataflows.room_worker.events import (
     accounts_by_remote_site,
     member_added_publishes,
     member_removed_publishes,

@@ -10,7 +10,7 @@ import pytest
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 
 from dataflows.room_worker import build_flow
-from logic.room_commands import Command, Parsed, Rejected
+from dataflows.room_worker.commands import Command, Parsed, Rejected
 from schemas.carriers import Delivery, Settle, Verdict, done, poison
 
 

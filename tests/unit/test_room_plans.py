@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from logic.room_plans import (
+from dataflows.room_worker.plans import (
     AddPlan,
     CreatePlan,
     Failure,
@@ -177,8 +177,8 @@ def test_remove_org_keeps_individuals_and_members_of_other_orgs() -> None:
 
 
 def test_counts_after_keeps_existing_members_and_drops_removed_ones() -> None:
-    from logic.membership import subscription_for
-    from logic.room_plans import counts_after
+    from dataflows.room_worker.plans import counts_after
+    from schemas.membership import subscription_for
 
     def sub(account: str) -> Any:
         return subscription_for(

@@ -8,9 +8,9 @@ from typing import Any, cast
 
 from pymongo.errors import AutoReconnect
 
-from connectors.room_runner import ROOM_THREADS, RoomCommandRunner
-from connectors.room_store import RoomStore
-from logic.room_commands import Command, parse_command
+from dataflows.room_worker.commands import Command, parse_command
+from dataflows.room_worker.runner import ROOM_THREADS, RoomCommandRunner
+from dataflows.room_worker.store_mongo import RoomStore
 from schemas.carriers import Delivery, Verdict
 
 

@@ -14,7 +14,7 @@ from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 
 from dataflows.search_sync import build_flow
 from schemas.carriers import Delivery, Settle, Verdict
-from tests.unit.search_oracle import MemoryViews, added, delivery, removed, renamed
+from testkit.search_oracle import MemoryViews, added, delivery, removed, renamed
 from tests.unit.test_search_views import SEARCH_VECTORS, check_vector_expectations
 
 

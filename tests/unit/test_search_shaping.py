@@ -1,4 +1,4 @@
-"""Which `member_added` shapes a membership: the oldest one since the last removal (logic/search_views.py docstring)."""
+"""Which `member_added` shapes a membership: the oldest one since the last removal (dataflows/search_sync/views.py docstring)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import pytest
 from bytewax.testing import TestingSink, TestingSource, run_main
 
 from dataflows.search_sync import build_flow
-from logic import search_views as views
-from logic.search_views import MemberChange
+from dataflows.search_sync import views as views
+from dataflows.search_sync.views import MemberChange
 from schemas.carriers import Settle, Verdict
 from schemas.documents import UserRoomDoc
-from tests.unit.search_oracle import Event, MemoryViews, delivery, event_bytes, oracle
+from testkit.search_oracle import Event, MemoryViews, delivery, event_bytes, oracle
 
 T = 1_000
 # the issue's two adds of one (room, account), no removal between them

@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from logic import search_views as views
-from logic.search_views import ItemOutcome, MemberChange, RoomName, RoomRename
+from dataflows.search_sync import views as views
+from dataflows.search_sync.views import ItemOutcome, MemberChange, RoomName, RoomRename
 from schemas.carriers import Settle, Verdict
-from tests.unit.search_oracle import (
+from testkit.search_oracle import (
     Event,
     MemoryViews,
     added,

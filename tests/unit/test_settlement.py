@@ -9,8 +9,8 @@ from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
 
 from connectors.jetstream import backoff_ms, parse_ack_reply
+from connectors.operators import PartOutcome, collect_for, settle_parts
 from connectors.settings import Tuning
-from logic.settlement import PartOutcome, collect_for, settle_parts
 from schemas.carriers import Delivery, Settle, Verdict
 
 

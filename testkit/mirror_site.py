@@ -29,7 +29,7 @@ from schemas.events import (
     RoleUser,
     RoomRenamedEvent,
 )
-from tests.support import (
+from testkit.support import (
     FlowProcess,
     bootstrap_local_sites,
     connect_site,
@@ -70,7 +70,7 @@ def rename(room: str, name: str, ts: int) -> tuple[str, InnerEvent, int]:
 
 Item: TypeAlias = tuple[str, InnerEvent, int]
 ACCOUNTS = ["a", "b", "c", "d", "e"]
-# real epoch ms: a restart purges registers older than the horizon (connectors/subscriptions.py)
+# real epoch ms: a restart purges registers older than the horizon (writer.py)
 BASE_MS = int(time.time() * 1000) - 3_600_000
 
 

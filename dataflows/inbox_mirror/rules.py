@@ -13,9 +13,6 @@ from typing import Final, TypeAlias, TypeGuard
 
 import msgspec
 
-from logic.identifiers import identifier_problem
-from logic.membership import subscription_from_event
-from logic.origin import origin_problem
 from schemas.carriers import Delivery, Settle, Verdict, done, poison
 from schemas.documents import Subscription
 from schemas.envelope import decode_envelope
@@ -29,6 +26,9 @@ from schemas.events import (
     decode_payload,
     effective_room_type,
 )
+from schemas.identifiers import identifier_problem
+from schemas.membership import subscription_from_event
+from schemas.origin import origin_problem
 
 IGNORED_PREFIX: Final = "ignored: "
 

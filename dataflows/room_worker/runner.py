@@ -19,13 +19,13 @@ from nats.aio.client import Client
 from connectors import natsio
 from connectors.jetstream import PublishRejected, publish_all
 from connectors.mongo import TRANSIENT_ERRORS
-from connectors.room_store import Claim, IntentPending, Member, RoomStore
-from logic import room_commands as rc
-from logic import room_events
-from logic import room_plans as plans
-from logic.room_commands import Command, Parsed, Publish, Rejected
-from logic.room_outcomes import Outcome, RoomMemberKey, RoomWrites
-from logic.room_plans import Failure
+from dataflows.room_worker import commands as rc
+from dataflows.room_worker import events as room_events
+from dataflows.room_worker import plans as plans
+from dataflows.room_worker.commands import Command, Parsed, Publish, Rejected
+from dataflows.room_worker.outcomes import Outcome, RoomMemberKey, RoomWrites
+from dataflows.room_worker.plans import Failure
+from dataflows.room_worker.store_mongo import Claim, IntentPending, Member, RoomStore
 from schemas import subjects
 from schemas.carriers import Settle, done, poison, retry
 from schemas.commands import (
@@ -423,7 +423,6 @@ class RoomCommandRunner:
         )
 
     def _add(self, command: Command, body: AddMembers, reads: BatchReads) -> Decided:
-        store = self._store
         room = self._room(reads, body.room_id)
         found = self._users(reads, [body.requester_account, *body.users])
         before = self._members(reads, body.room_id) if room is not None else {}
@@ -457,7 +456,6 @@ class RoomCommandRunner:
         )
 
     def _remove_one(self, command: Command, body: RemoveMember, reads: BatchReads) -> Decided:
-        store = self._store
         user = self._users(reads, [body.account]).get(body.account)
         room = self._room(reads, body.room_id)
         before = self._members(reads, body.room_id) if room is not None else {}

@@ -8,8 +8,7 @@ from typing import Final, Protocol, TypeAlias, TypeGuard
 
 import msgspec
 
-from logic.identifiers import identifier_problem
-from logic.room_plans import Failure, NewId
+from dataflows.room_worker.plans import Failure, NewId
 from schemas import subjects
 from schemas.carriers import Delivery, Settle
 from schemas.commands import (
@@ -26,6 +25,7 @@ from schemas.commands import (
     decode_remove_member,
 )
 from schemas.errors import DecodeError
+from schemas.identifiers import identifier_problem
 from schemas.subjects import RoomOp
 
 REQUEST_ID_HEADER: Final = "X-Request-ID"
@@ -68,7 +68,7 @@ Parsed: TypeAlias = Command | Rejected
 
 
 class CommandRunner(Protocol):
-    """What the room_worker graph needs from its I/O side (connectors/room_runner.py)."""
+    """What the room_worker graph needs from its I/O side (runner.py)."""
 
     def reject(self, item: Parsed) -> Settle:
         """Settle a rejected delivery (after sending its error result)."""

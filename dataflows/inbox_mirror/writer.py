@@ -14,9 +14,9 @@ from pymongo.database import Database
 
 from connectors import metrics
 from connectors.mongo import TRANSIENT_ERRORS, Document, ensure_indexes, insert_missing
-from logic import mirror
-from logic.mirror import Change, Guard, MemberKey
-from logic.settlement import PartOutcome
+from connectors.operators import PartOutcome
+from dataflows.inbox_mirror import rules as mirror
+from dataflows.inbox_mirror.rules import Change, Guard, MemberKey
 from schemas.carriers import Settle
 from schemas.documents import to_mongo
 from schemas.events import RoomType

@@ -11,11 +11,12 @@ from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
 from bytewax.outputs import Sink
 
-from connectors import elastic, runtime
+from connectors import runtime
 from connectors.jetstream import JetStreamSource, SettleSink
+from connectors.operators import PartOutcome, collect_for, settle_parts
 from connectors.settings import Settings
-from logic import search_views
-from logic.settlement import PartOutcome, collect_for, settle_parts
+from dataflows.search_sync import indexes, writer
+from dataflows.search_sync import views as search_views
 from schemas import subjects
 from schemas.carriers import Delivery, Settle
 
@@ -43,9 +44,9 @@ def build_flow(source: Source[Delivery], write: Writer, sink: Sink[Settle], *, f
 
 def from_settings(settings: Settings) -> Dataflow:
     """The flow wired to the servers the `CHATFED_*` settings name; installs templates and aliases first."""
-    indexes = elastic.SearchIndexes.for_site(settings.require_elastic(), settings.site)
-    writer = elastic.SearchViewsWriter(settings.elastic, indexes, flow=FLOW)
-    elastic.install(writer.es, indexes)
+    views_indexes = indexes.SearchIndexes.for_site(settings.require_elastic(), settings.site)
+    search_writer = writer.SearchViewsWriter(settings.elastic, views_indexes, flow=FLOW)
+    indexes.install(search_writer.es, views_indexes)
     return build_flow(
         JetStreamSource(
             settings.nats,
@@ -55,7 +56,7 @@ def from_settings(settings: Settings) -> Dataflow:
             # all that piled up during a write enters at once, so a backlog is written in big coalesced batches
             max_batch=settings.tuning.max_buffered,
         ),
-        writer.write,
+        search_writer.write,
         SettleSink(settings.nats, settings.tuning, flow=FLOW, dlq_subject=subjects.dlq(settings.site, FLOW)),
         flush=timedelta(milliseconds=settings.tuning.flush_ms),
         flush_max=settings.tuning.flush_max,

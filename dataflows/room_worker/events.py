@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from logic.room_commands import Publish
+from dataflows.room_worker.commands import Publish
 from schemas import subjects
 from schemas.documents import Room, User
 from schemas.envelope import EventType, OutboxEvent, encode_envelope

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any, Final
+from typing import Final
 
 import msgspec
 from bson import Binary
@@ -13,8 +13,8 @@ from pymongo.errors import DuplicateKeyError
 
 from connectors import metrics
 from connectors.mongo import Document, insert_missing
-from logic.room_outcomes import Outcome, RoomWrites, decode_outcome, encode_outcome
-from logic.room_plans import room_counts
+from dataflows.room_worker.outcomes import Outcome, RoomWrites, decode_outcome, encode_outcome
+from dataflows.room_worker.plans import room_counts
 from schemas.documents import (
     MemberType,
     Room,

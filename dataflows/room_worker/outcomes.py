@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import msgspec
 
-from logic.room_commands import Publish
+from dataflows.room_worker.commands import Publish
 from schemas.commands import CommandResult
 from schemas.documents import Room, RoomMember, Subscription
 

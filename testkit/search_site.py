@@ -13,10 +13,11 @@ from elasticsearch import Elasticsearch, NotFoundError
 from nats.aio.client import Client
 
 from connectors.bootstrap import bootstrap_site, ensure_stream
-from connectors.elastic import SearchIndexes
+from dataflows.search_sync.indexes import SearchIndexes
 from schemas import subjects
 from schemas.streams import site_streams
-from tests.support import (
+from testkit.search_oracle import Event, event_bytes
+from testkit.support import (
     FlowProcess,
     bootstrap_local_sites,
     connect_site,
@@ -25,10 +26,9 @@ from tests.support import (
     wait_drained,
     wait_for,
 )
-from tests.unit.search_oracle import Event, event_bytes
 
 FLOW_MODULE = "dataflows.search_sync"
-# The test events claim to come from site s1 (tests.unit.search_oracle), so a test site sources the real
+# The test events claim to come from site s1 (testkit.search_oracle), so a test site sources the real
 # OUTBOX_s1 of the s1 server for its aggregate lane: the origin check then sees a genuine s1 source.
 HOME = "s1"
 

@@ -13,19 +13,18 @@ from bytewax.outputs import Sink
 
 from connectors import mongo, runtime
 from connectors.jetstream import JetStreamSource, SettleSink
+from connectors.operators import PartOutcome, collect_for, settle_parts
 from connectors.settings import Settings
-from connectors.subscriptions import FLOW, SubscriptionWriter, count_if_ignored
-from logic import mirror
-from logic.settlement import PartOutcome, collect_for, settle_parts
+from dataflows.inbox_mirror import rules as mirror
+from dataflows.inbox_mirror.writer import FLOW, SubscriptionWriter, count_if_ignored
 from schemas import subjects
 from schemas.carriers import Delivery, Settle
-
 
 Writer = Callable[[list[tuple[str, list[object]]]], list[PartOutcome]]
 
 
 def build_flow(source: Source[Delivery], write: Writer, sink: Sink[Settle], *, flush: timedelta, flush_max: int) -> Dataflow:
-    """The graph; `write` is one bulk MongoDB write per batch (connectors/subscriptions.py)."""
+    """The graph; `write` is one bulk MongoDB write per batch (writer.py)."""
     flow = Dataflow(FLOW)
     msgs = op.input("pull", flow, source)
     decoded = op.flat_map("decode", msgs, mirror.decode)  # one Change per (room, account), or a Settle

@@ -6,9 +6,9 @@ from collections.abc import Iterable, Sequence
 
 import msgspec
 
-from logic import search_views as views
-from logic.search_views import MemberChange, RoomName, RoomRename, SpotlightBody
-from logic.settlement import PartOutcome
+from connectors.operators import PartOutcome
+from dataflows.search_sync import views as views
+from dataflows.search_sync.views import MemberChange, RoomName, RoomRename, SpotlightBody
 from schemas.carriers import Delivery
 from schemas.documents import UserRoomDoc, spotlight_doc_id
 from schemas.envelope import OutboxEvent, encode_envelope

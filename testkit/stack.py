@@ -22,8 +22,8 @@ from pymongo import MongoClient
 from connectors.mongo import Document, ensure_indexes
 from schemas import subjects
 from schemas.streams import site_streams
-from tests.integration.search_helpers import cleanup_indexes
-from tests.support import FlowProcess, bootstrap_local_sites, connect_site, flow_env, unique_site, wait_drained
+from testkit.search_site import cleanup_indexes
+from testkit.support import FlowProcess, bootstrap_local_sites, connect_site, flow_env, unique_site, wait_drained
 
 FLOWS = ("room_worker", "inbox_mirror", "search_sync")
 CONSUMERS = (

@@ -17,7 +17,7 @@ from pymongo import MongoClient
 
 from connectors.mongo import Document, ensure_indexes
 from schemas import subjects
-from tests.support import (
+from testkit.support import (
     FlowProcess,
     bootstrap_local_sites,
     connect_site,

@@ -21,14 +21,10 @@ from typing import Final, TypeAlias, TypeGuard
 
 import msgspec
 
-from logic.identifiers import identifier_problem
-from logic.membership import counterpart_of, is_direct
-from logic.origin import origin_problem
 from schemas.carriers import Delivery, Settle, poison
 from schemas.documents import SpotlightDoc, UserRoomDoc, spotlight_doc_id
 from schemas.envelope import EventType, decode_envelope
 from schemas.errors import DecodeError
-from schemas.subjects import parse_inbox
 from schemas.events import (
     MemberAddEvent,
     MemberRemoveEvent,
@@ -38,6 +34,10 @@ from schemas.events import (
     decode_room_renamed,
     effective_room_type,
 )
+from schemas.identifiers import identifier_problem
+from schemas.membership import counterpart_of, is_direct
+from schemas.origin import origin_problem
+from schemas.subjects import parse_inbox
 
 # a rename is keyed by room; whitespace can never occur in an account (a subject token)
 RENAME_KEY_PREFIX: Final = "room "

@@ -13,11 +13,11 @@ from bytewax.outputs import Sink
 
 from connectors import mongo, natsio, runtime
 from connectors.jetstream import JetStreamSource, SettleSink
-from connectors.room_runner import RoomCommandRunner, mint_request_id
-from connectors.room_store import RoomStore
+from connectors.operators import collect_for
 from connectors.settings import Settings
-from logic import room_commands
-from logic.settlement import collect_for
+from dataflows.room_worker import commands as room_commands
+from dataflows.room_worker.runner import RoomCommandRunner, mint_request_id
+from dataflows.room_worker.store_mongo import RoomStore
 from schemas import streams, subjects
 from schemas.carriers import Delivery, Settle
 
@@ -37,7 +37,7 @@ def build_flow(
     order_window: timedelta,
     order_max: int,
 ) -> Dataflow:
-    """The graph; `runner` does the I/O of each command (connectors/room_runner.py)."""
+    """The graph; `runner` does the I/O of each command (runner.py)."""
     flow = Dataflow(FLOW)
     msgs = op.input("pull", flow, source)
     parsed = op.map("decode", msgs, lambda d: room_commands.parse_command(d, site=site, mint_id=mint_request_id, now_ms=_now_ms()))

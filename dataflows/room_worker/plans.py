@@ -7,7 +7,6 @@ from typing import Final, TypeAlias
 
 import msgspec
 
-from logic.membership import is_bot, subscription_for
 from schemas.commands import AddMembers, CreateRoom, ErrorCode, RemoveMember
 from schemas.documents import (
     MemberType,
@@ -19,6 +18,7 @@ from schemas.documents import (
 )
 from schemas.envelope import EventType
 from schemas.events import MEMBER_LEFT, RoomType
+from schemas.membership import is_bot, subscription_for
 
 CHANNEL: Final = RoomType.CHANNEL.value
 OWNER: Final = "owner"

@@ -1,1 +1,0 @@
-"""Pure per-event logic: no I/O, no clock, no environment."""
