@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.cpu import per_10k, process_cpu_s
-from schemas import subjects
+from schemas import names
 from testkit.mirror_site import add, mirror_site
 
 ACCOUNTS = [f"user{i}" for i in range(50)]
@@ -30,7 +30,7 @@ def backlog(events: int, base_ms: int) -> list:
 
 async def baseline(site, limit: int) -> float:
     js = site.js
-    sub = await js.pull_subscribe_bind(durable=subjects.INBOX_WORKER, stream=subjects.inbox_stream(site.site))
+    sub = await js.pull_subscribe_bind(durable=names.INBOX_WORKER_DURABLE, stream=names.inbox_stream(site.site))
     users, subs = site.db.users, site.db.subscriptions
     from schemas.envelope import decode_envelope
     from schemas.events import decode_member_added

@@ -32,7 +32,7 @@ from dataflows.room_worker import events as room_events
 from dataflows.room_worker import plans as plans
 from dataflows.room_worker.runner import mint_request_id, new_id
 from dataflows.room_worker.store_mongo import RoomStore
-from schemas import subjects
+from schemas import names, subjects
 from schemas.carriers import Delivery
 from schemas.commands import CreateRoom, encode_command
 from testkit.room_harness import RoomHarness, user
@@ -80,18 +80,18 @@ def _check(h: RoomHarness, n: int) -> None:
 
 async def _events(h: RoomHarness) -> tuple[int, int]:
     js = h.client.jetstream()
-    local = (await js.stream_info(subjects.inbox_stream(h.site))).state.messages
-    outbox = (await js.stream_info(subjects.outbox_stream(h.site))).state.messages
+    local = (await js.stream_info(names.inbox_stream(h.site))).state.messages
+    outbox = (await js.stream_info(names.outbox_stream(h.site))).state.messages
     return local, outbox
 
 
 async def _run_flow(h: RoomHarness, n: int) -> tuple[float, float, float]:
     """(start-up seconds, drain seconds after the first delivery, the flow process's CPU seconds meanwhile)."""
     js = h.client.jetstream()
-    stream = subjects.rooms_stream(h.site)
+    stream = names.rooms_stream(h.site)
     launched = time.perf_counter()
     h.start_flow()
-    while (await js.consumer_info(stream, subjects.ROOM_WORKER)).delivered.consumer_seq == 0:
+    while (await js.consumer_info(stream, names.ROOM_WORKER_DURABLE)).delivered.consumer_seq == 0:
         assert h.flow is not None
         h.flow.assert_alive()
         await asyncio.sleep(0.01)
@@ -100,7 +100,7 @@ async def _run_flow(h: RoomHarness, n: int) -> tuple[float, float, float]:
     pid = h.flow.procs[0].pid
     cpu_before = process_cpu_s(pid)
     while True:
-        info = await js.consumer_info(stream, subjects.ROOM_WORKER)
+        info = await js.consumer_info(stream, names.ROOM_WORKER_DURABLE)
         if info.num_pending == 0 and info.num_ack_pending == 0:
             break
         await asyncio.sleep(0.02)
@@ -118,7 +118,7 @@ async def _run_baseline(h: RoomHarness, n: int) -> float:
     """The straightforward consumer: one command at a time, every call awaited before the next."""
     nc = h.client
     js = nc.jetstream()
-    sub = await js.pull_subscribe_bind(durable=subjects.ROOM_WORKER, stream=subjects.rooms_stream(h.site))
+    sub = await js.pull_subscribe_bind(durable=names.ROOM_WORKER_DURABLE, stream=names.rooms_stream(h.site))
     store = RoomStore(h.db)
     done, started = 0, time.perf_counter()
     while done < n:

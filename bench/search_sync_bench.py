@@ -18,8 +18,8 @@ from elasticsearch import Elasticsearch
 
 from bench.cpu import per_10k, process_cpu_s
 from dataflows.search_sync.indexes import SearchIndexes, install
-from dataflows.search_sync.views import MemberChange, parse
-from schemas import subjects
+from dataflows.search_sync.parts import MemberChange, parse
+from schemas import names, subjects
 from schemas.carriers import Delivery
 from testkit.search_oracle import added
 from testkit.search_site import SearchSite, close_site, open_site
@@ -40,7 +40,7 @@ def _event(site: str, index: int, ts: int) -> tuple[str, bytes]:
 async def _naive_consumer(site: SearchSite, stop: asyncio.Event) -> None:
     """The straightforward consumer: fetch a batch, one bulk (no coalescing, no LWW guard), ack each message."""
     js = site.nc.jetstream()
-    sub = await js.pull_subscribe_bind(durable=subjects.SEARCH_SYNC, stream=subjects.inbox_stream(site.site))
+    sub = await js.pull_subscribe_bind(durable=names.SEARCH_SYNC_DURABLE, stream=names.inbox_stream(site.site))
     idx = site.indexes
     while not stop.is_set():
         try:

@@ -15,9 +15,8 @@ from typing import Final
 import msgspec
 
 from chatfed_cli.topology import REPO, Topology
+from schemas.names import FLOWS, flow_module
 
-FLOWS: Final = ("room_worker", "inbox_mirror", "search_sync")
-DURABLES: Final = {"room_worker": "room-worker", "inbox_mirror": "inbox-worker", "search_sync": "search-sync"}
 RUN_DIR: Final = REPO / ".local" / "run" / "flows"
 LOG_DIR: Final = REPO / ".local" / "logs" / "flows"
 
@@ -107,7 +106,7 @@ def start(topology: Topology, *, processes: int = 1, flows: tuple[str, ...] = FL
                 continue
             addresses = ";".join(f"127.0.0.1:{port}" for port in _free_ports(processes)) if processes > 1 else ""
             for index in range(processes):
-                args = [sys.executable, "-m", "bytewax.run", f"dataflows.{flow}"]
+                args = [sys.executable, "-m", "bytewax.run", flow_module(flow)]
                 if addresses:
                     args += ["-i", str(index), "-a", addresses]
                 log = open(LOG_DIR / f"{flow}-{site}-{index}.log", "ab")  # noqa: SIM115 - the child owns it

@@ -8,8 +8,9 @@ import msgspec
 from nats.aio.client import Client
 from nats.js.errors import NotFoundError
 
-from chatfed_cli.flows import FLOWS, FlowProc
-from schemas import subjects
+from chatfed_cli.flows import FlowProc
+from schemas import names
+from schemas.names import FLOWS
 from schemas.streams import site_consumers
 
 
@@ -82,7 +83,7 @@ async def site_status(client: Client, site: str, procs: list[FlowProc]) -> SiteS
         )
     sources: list[SourceStatus] = []
     try:
-        inbox = await js.stream_info(subjects.inbox_stream(site))
+        inbox = await js.stream_info(names.inbox_stream(site))
         for source in inbox.sources or []:
             error = source.error
             sources.append(

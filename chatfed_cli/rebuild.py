@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
 
 import msgspec
 from elasticsearch import Elasticsearch
@@ -26,7 +25,7 @@ from connectors import elastic, natsio
 from connectors.bootstrap import ensure_consumer, tuned_consumers
 from connectors.settings import ElasticSettings, NatsSettings, load_tuning
 from dataflows.search_sync import indexes
-from schemas import subjects
+from schemas import names
 
 Progress = Callable[[int, int], None]
 
@@ -48,7 +47,7 @@ class RebuildReport(msgspec.Struct, frozen=True, kw_only=True):
 
 
 async def _backlog(js: JetStreamContext, site: str, durable: str) -> tuple[int, int]:
-    info = await js.consumer_info(subjects.inbox_stream(site), durable)
+    info = await js.consumer_info(names.inbox_stream(site), durable)
     return int(info.num_pending or 0), int(info.num_ack_pending or 0)
 
 
@@ -68,22 +67,9 @@ async def _wait_caught_up(
         await asyncio.sleep(0.2)
 
 
-def _swap_aliases(es: Elasticsearch, targets: Mapping[str, str]) -> list[str]:
-    """Point every alias at its new index in one atomic request; the old concrete indexes."""
-    old: list[str] = []
-    actions: list[dict[str, Any]] = []
-    for alias, new_index in targets.items():
-        for index in es.indices.get_alias(name=alias):
-            old.append(index)
-            actions.append({"remove": {"index": index, "alias": alias}})
-        actions.append({"add": {"index": new_index, "alias": alias, "is_write_index": True}})
-    es.indices.update_aliases(actions=actions)
-    return old
-
-
-def _count(es: Elasticsearch, indexes: list[str]) -> int:
-    es.indices.refresh(index=",".join(indexes))
-    return sum(int(es.count(index=index)["count"]) for index in indexes)
+def _count(es: Elasticsearch, names: list[str]) -> int:
+    es.indices.refresh(index=",".join(names))
+    return sum(int(es.count(index=index)["count"]) for index in names)
 
 
 async def _rebuild(
@@ -91,17 +77,15 @@ async def _rebuild(
     flow_env: Mapping[str, str], progress: Progress, keep_old: bool, timeout: float,
 ) -> RebuildReport:
     stamp = time.strftime("%Y%m%d%H%M%S")
-    aliases = [live.user_room, live.spotlight, live.room_names]
-    targets = {alias: f"{alias}-v{stamp}" for alias in aliases}
-    staging = {alias: f"rebuild-{stamp}-{alias}" for alias in aliases}
+    staging = {alias: f"rebuild-{stamp}-{alias}" for alias in live.aliases}
     durable = f"search-rebuild-{stamp}"
     indexes.install(es, live)  # templates (matching `{alias}-v*`) and the live aliases exist
-    for alias in aliases:
-        es.indices.create(index=targets[alias], aliases={staging[alias]: {"is_write_index": True}})
+    # live alias -> its new index, filled through the staging alias
+    targets = {alias: indexes.create_version(es, alias, stamp, write_alias=staging[alias]) for alias in live.aliases}
 
     client = await natsio.connect(nats_settings, name="chatfed-rebuild")
     js = client.jetstream()
-    spec = next(c for c in tuned_consumers(site, load_tuning(flow_env)) if c.durable == subjects.SEARCH_SYNC)
+    spec = next(c for c in tuned_consumers(site, load_tuning(flow_env)) if c.durable == names.SEARCH_SYNC_DURABLE)
     await ensure_consumer(js, msgspec.structs.replace(spec, durable=durable, deliver_all=True))
     total = sum(await _backlog(js, site, durable))
     env = dict(flow_env) | {
@@ -114,7 +98,7 @@ async def _rebuild(
     log_dir.mkdir(parents=True, exist_ok=True)
     with open(log_dir / f"rebuild-{site}-{stamp}.log", "ab") as log:
         flow = subprocess.Popen(  # noqa: S603 - our interpreter, our flow
-            [sys.executable, "-m", "bytewax.run", "dataflows.search_sync"], env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "bytewax.run", names.flow_module(names.SEARCH_SYNC_FLOW)], env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT
         )
     swapped = False
     try:
@@ -122,7 +106,7 @@ async def _rebuild(
         await _wait_caught_up(js, site, durable, flow, total, progress, timeout)
         fill_seconds = time.monotonic() - started
         documents = _count(es, [targets[live.user_room], targets[live.spotlight]])
-        old = _swap_aliases(es, targets)
+        old = indexes.swap_aliases(es, targets)
         swapped = True
         # the live flow may have written to the old indexes until the swap: replay that tail too
         await asyncio.sleep(0.5)
@@ -135,16 +119,13 @@ async def _rebuild(
             except subprocess.TimeoutExpired:
                 flow.kill()
                 flow.wait()
-        await js.delete_consumer(subjects.inbox_stream(site), durable)
+        await js.delete_consumer(names.inbox_stream(site), durable)
         await client.close()
-        quiet = es.options(ignore_status=404)
-        for alias in aliases:
-            quiet.indices.delete_alias(index=targets[alias], name=staging[alias])
-            quiet.indices.delete_index_template(name=f"chatfed-{staging[alias]}")
+        indexes.drop_aliases(es, {staging[alias]: targets[alias] for alias in live.aliases})
         if not swapped:  # the live indexes are untouched; drop the half-filled new ones
-            quiet.indices.delete(index=",".join(targets.values()))
-    if not keep_old and old:
-        es.indices.delete(index=",".join(old), ignore_unavailable=True)
+            indexes.delete_indexes(es, targets.values())
+    if not keep_old:
+        indexes.delete_indexes(es, old)
     return RebuildReport(site=site, events=total, documents=documents, fill_seconds=fill_seconds, new_indexes=targets)
 
 
@@ -154,11 +135,7 @@ def rebuild_site(
 ) -> RebuildReport:
     """Rebuild `site`'s user-room, spotlight and room-names indexes from its INBOX stream, without downtime."""
     es = elastic.elastic_client(elastic_settings)
-    live = indexes.SearchIndexes(
-        user_room=elastic_settings.user_room_index or f"user-room-{site}",
-        spotlight=elastic_settings.spotlight_index or f"spotlight-{site}",
-        room_names=elastic_settings.room_names_index or f"room-names-{site}",
-    )
+    live = indexes.SearchIndexes.for_site(elastic_settings, site)
     return asyncio.run(
         _rebuild(site=site, nats_settings=nats_settings, es=es, live=live, flow_env=flow_env, progress=progress, keep_old=keep_old, timeout=timeout)
     )

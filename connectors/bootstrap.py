@@ -151,6 +151,18 @@ async def verify_site(js: JetStreamContext, site: str, all_sites: list[str], *, 
         await asyncio.sleep(0.25)
 
 
+async def provision_site(
+    client: Client, site: str, all_sites: list[str], *, federated: bool = True, tuning: Tuning | None = None
+) -> None:
+    """Create or update `site`'s streams and durables without waiting for its sources (see `bootstrap_site`)."""
+    tuning = tuning or Tuning()
+    js = client.jetstream()
+    for spec in site_streams(site, all_sites):
+        await ensure_stream(js, spec, federated=federated)
+    for consumer in tuned_consumers(site, tuning):
+        await ensure_consumer(js, consumer)  # create or update: max_deliver and ack_wait may be edited in place
+
+
 async def bootstrap_site(
     client: Client, site: str, all_sites: list[str], *, federated: bool = True, tuning: Tuning | None = None
 ) -> None:
@@ -160,10 +172,6 @@ async def bootstrap_site(
     `federated=False` puts all sites on one server and sources them without the external API (tests).
     """
     tuning = tuning or Tuning()
-    js = client.jetstream()
-    for spec in site_streams(site, all_sites):
-        await ensure_stream(js, spec, federated=federated)
-    for consumer in tuned_consumers(site, tuning):
-        await ensure_consumer(js, consumer)  # create or update: max_deliver and ack_wait may be edited in place
-    await verify_site(js, site, all_sites, tuning=tuning)
+    await provision_site(client, site, all_sites, federated=federated, tuning=tuning)
+    await verify_site(client.jetstream(), site, all_sites, tuning=tuning)
     log.info("site %s: streams and consumers ready (max_deliver %d, ack_wait %d s)", site, tuning.max_deliver, tuning.ack_wait_s)

@@ -9,7 +9,7 @@ import msgspec
 from nats.aio.client import Client
 from nats.js.errors import NotFoundError
 
-from schemas import carriers, subjects
+from schemas import carriers, names
 
 
 class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
@@ -58,7 +58,7 @@ def _dead_letter(seq: int, headers: dict[str, str], data: bytes) -> DeadLetter:
 async def list_dead_letters(client: Client, site: str, *, limit: int = 1000) -> list[DeadLetter]:
     """The dead letters of `site`, oldest first (at most `limit`)."""
     js = client.jetstream()
-    stream = subjects.dlq_stream(site)
+    stream = names.dlq_stream(site)
     info = await js.stream_info(stream)
     found: list[DeadLetter] = []
     if not info.state.messages:
@@ -94,6 +94,6 @@ async def replay(client: Client, site: str, letters: Iterable[DeadLetter], *, ke
             raise ValueError(f"dead letter {letter.seq} has no {carriers.DLQ_SUBJECT} header; cannot replay it")
         await js.publish(letter.subject, letter.data, headers=replay_headers(letter))
         if not keep:
-            await js.delete_msg(subjects.dlq_stream(site), letter.seq)
+            await js.delete_msg(names.dlq_stream(site), letter.seq)
         replayed += 1
     return replayed

@@ -1,9 +1,5 @@
-"""The few exception classes connectors raise."""
+"""The exception class connectors share: configuration faults (each store module classifies its own transient errors)."""
 
 
 class ConfigError(ValueError):
     """Bad or missing configuration; names the environment variable at fault."""
-
-
-class StoreUnavailable(RuntimeError):
-    """A store could not be reached or answered with a transient error."""

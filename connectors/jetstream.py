@@ -32,15 +32,12 @@ _PENDING_MSGS: Final = "Nats-Pending-Messages"
 _IDLE_POLL: Final = timedelta(milliseconds=5)
 
 
-class NotJetStreamReply(ValueError):
-    """A reply subject that is not a JetStream ack subject."""
-
-
 def parse_ack_reply(reply: str) -> tuple[str, int, int]:
-    """(stream, stream sequence, delivery count) from a `$JS.ACK...` reply subject (v1 or v2 form)."""
+    """(stream, stream sequence, delivery count) from a `$JS.ACK...` reply subject (v1 or v2 form); ValueError otherwise."""
     tokens = reply.split(".")
     if len(tokens) < 9 or tokens[0] != "$JS" or tokens[1] != "ACK":
-        raise NotJetStreamReply(reply)
+        msg = f"not a JetStream ack subject: {reply!r}"
+        raise ValueError(msg)
     if len(tokens) == 9:  # $JS.ACK.stream.consumer.delivered.sseq.cseq.ts.pending
         return tokens[2], int(tokens[5]), int(tokens[4])
     # $JS.ACK.domain.acchash.stream.consumer.delivered.sseq.cseq.ts.pending[.token]
@@ -94,7 +91,7 @@ class _JetStreamPartition(StatelessSourcePartition[Delivery]):
         state.credit = max(state.credit - 1, 0)
         try:
             stream, seq, delivered = parse_ack_reply(msg.reply)
-        except (NotJetStreamReply, ValueError):
+        except ValueError:
             log.error("dropping non-JetStream message on pull inbox: subject=%s", msg.subject)
             return
         delivery = Delivery(
@@ -261,6 +258,7 @@ class _SettlePartition(StatelessSinkPartition[Settle]):
         outcomes = natsio.run(self._settle(items), timeout=60)
         natsio.check_permissions(self._nats)  # a refused ack or dead letter would loop forever otherwise
         metrics.record_settled(self._flow, outcomes, (item.event_ms for item in items if item.verdict is Verdict.ACK))
+        metrics.count_ignored(self._flow, sum(item.ignored for item in items))
 
 
 class SettleSink(DynamicSink[Settle]):

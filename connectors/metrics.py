@@ -26,7 +26,7 @@ WRITE_SIZE = Histogram(
     ["flow", "store"],
     buckets=(1, 2, 5, 10, 50, 100, 500, 1000, 5000, 20000),
 )
-IGNORED_EVENTS = Counter("chatfed_ignored_events_total", "Messages acked without a write (unknown type)", ["flow"])
+IGNORED_EVENTS = Counter("chatfed_ignored_events_total", "Messages acked without a write (unknown type or subject)", ["flow"])
 EVENT_AGE_SECONDS = Histogram(
     "chatfed_event_to_ack_seconds",
     "Time from the envelope timestamp to the acknowledged write",
@@ -48,9 +48,10 @@ def record_settled(flow: str, outcomes: dict[str, int], event_ms: Iterable[int])
             EVENT_AGE_SECONDS.labels(flow).observe(max(now_ms - ms, 0) / 1000)
 
 
-def count_ignored(flow: str) -> None:
-    """One message acknowledged without any write because its `type` is unknown (SYSTEM.md §4)."""
-    IGNORED_EVENTS.labels(flow).inc()
+def count_ignored(flow: str, count: int) -> None:
+    """Messages acknowledged without any write because the flow has no use for them (SYSTEM.md §4: unknown types)."""
+    if count:
+        IGNORED_EVENTS.labels(flow).inc(count)
 
 
 def observe_write(flow: str, store: str, size: int, seconds: float) -> None:

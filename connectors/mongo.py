@@ -9,20 +9,21 @@ from typing import Any
 from pymongo import ASCENDING, MongoClient
 from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import AutoReconnect, BulkWriteError, ConnectionFailure, NetworkTimeout, ServerSelectionTimeoutError
+from pymongo.errors import BulkWriteError, ConnectionFailure
 
 from connectors.settings import MongoSettings
 
-# The store is down or failing over: retry with backoff, never dead-letter at once.
-TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
-    AutoReconnect,
-    ConnectionFailure,
-    NetworkTimeout,
-    ServerSelectionTimeoutError,
-)
+# The store is down or failing over: retry with backoff, never dead-letter at once. ConnectionFailure covers
+# AutoReconnect, NetworkTimeout, NotPrimaryError, ServerSelectionTimeoutError and WaitQueueTimeoutError.
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (ConnectionFailure,)
 
 Document = dict[str, Any]
 DUPLICATE_KEY = 11000
+
+
+def is_transient(exc: BaseException) -> bool:
+    """MongoDB away or failing over: worth retrying (`except TRANSIENT_ERRORS` says the same in a handler)."""
+    return isinstance(exc, TRANSIENT_ERRORS)
 
 
 def insert_missing(collection: Collection[Document], docs: Sequence[Document]) -> set[str]:

@@ -8,10 +8,12 @@ import logging
 import threading
 import time
 from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import nats
+import nats.errors
 from nats.aio.client import Client
+from nats.js.errors import ServiceUnavailableError
 
 from connectors.settings import NatsSettings, redact_url
 
@@ -28,6 +30,24 @@ _refusals: dict[NatsSettings, str] = {}  # the server refused our credentials wh
 
 class NotPermitted(PermissionError):
     """The server refused a publish or subscribe of ours: a configuration fault, never retried."""
+
+
+# NATS away, reconnecting or not answering, or JetStream unable to answer now (503). TimeoutError covers nats-py's own
+# timeouts and `connection` giving up on an absent server; ConnectionError a refused or reset socket.
+TRANSIENT_ERRORS: Final[tuple[type[Exception], ...]] = (
+    nats.errors.NoServersError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.StaleConnectionError,
+    nats.errors.NoRespondersError,
+    ServiceUnavailableError,
+    TimeoutError,
+    ConnectionError,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """NATS or JetStream away or overloaded: worth retrying. A refusal (`NotPermitted`) never is."""
+    return isinstance(exc, TRANSIENT_ERRORS) and not isinstance(exc, NotPermitted)
 
 
 def check_permissions(settings: NatsSettings) -> None:

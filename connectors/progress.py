@@ -24,11 +24,11 @@ from nats.aio.msg import Msg
 
 from connectors import metrics, natsio
 from schemas.carriers import Delivery
+from schemas.subjects import RELEASE_PREFIX
 
 log = logging.getLogger(__name__)
 
 HOLD_LIMIT: Final = 5  # ack waits
-RELEASE_PREFIX: Final = "_INBOX.release."  # notices between the processes of one flow (NATS permissions)
 
 
 class InProgress:

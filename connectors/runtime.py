@@ -11,16 +11,14 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Final
 
-import nats.errors
 import tenacity
 from bytewax.dataflow import Dataflow
-from nats.js.errors import ServiceUnavailableError
 
 from connectors import elastic, metrics, mongo, natsio
 from connectors.bootstrap import check_durable
-from connectors.errors import ConfigError, StoreUnavailable
+from connectors.errors import ConfigError
 from connectors.settings import Settings, load_settings
-from schemas import streams
+from schemas import names, streams
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +31,7 @@ _OUTAGE_QUIET_S: Final = 600.0  # a retry failure after this long without one st
 _SUMMARY_CHARS: Final = 300
 _CHECK_TIMEOUT_S: Final = 10
 # the only flow a rebuild points at another durable (CHATFED_DURABLE); the others ignore the setting
-_REPOINTABLE: Final = frozenset({"search_sync"})
-
-_TRANSIENT_NATS: Final = (
-    nats.errors.NoServersError,
-    nats.errors.ConnectionClosedError,
-    nats.errors.TimeoutError,
-    nats.errors.NoRespondersError,
-    ServiceUnavailableError,
-)
+_REPOINTABLE: Final = frozenset({names.SEARCH_SYNC_FLOW})
 
 
 def summary(exc: BaseException) -> str:
@@ -82,15 +72,16 @@ def quiet_library_retries() -> None:
 
 
 def is_transient(exc: BaseException) -> bool:
-    """A store or NATS that is away or overloaded: worth waiting for. Bad configuration and refusals are not."""
+    """A store or NATS that is away or overloaded: worth waiting for. Bad configuration and refusals are not.
+
+    Each store module classifies its own errors; an error raised `from` a transient one (a store's own
+    "unavailable" class) is transient too.
+    """
     if isinstance(exc, (ConfigError, natsio.NotPermitted)):
         return False
-    if isinstance(exc, (StoreUnavailable, *mongo.TRANSIENT_ERRORS, *_TRANSIENT_NATS)):
+    if mongo.is_transient(exc) or elastic.is_transient(exc) or natsio.is_transient(exc):
         return True
-    if elastic.is_transient(exc):
-        return True
-    # connection refused / reset, and natsio.connection giving up on an absent server
-    return isinstance(exc, (ConnectionError, TimeoutError))
+    return exc.__cause__ is not None and is_transient(exc.__cause__)
 
 
 def stop_cleanly(flow: str) -> None:

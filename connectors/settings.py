@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from typing import Annotated, Final
 from urllib.parse import urlsplit, urlunsplit
@@ -12,9 +11,7 @@ import msgspec
 from msgspec import Meta
 
 from connectors.errors import ConfigError
-from schemas import streams
-
-SITE_ID_RE: Final = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+from schemas import names, streams
 
 PositiveInt = Annotated[int, Meta(gt=0)]
 
@@ -151,8 +148,8 @@ def tuning_variable(field: str) -> str:
 def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
     """Read the settings; raise ConfigError naming the variable at fault."""
     site = _required(env, "CHATFED_SITE_ID")
-    if not SITE_ID_RE.match(site):
-        raise ConfigError(f"CHATFED_SITE_ID={site!r}: use lowercase letters, digits and '-'")
+    if not names.is_valid_site_id(site):
+        raise ConfigError(f"CHATFED_SITE_ID={site!r}: use lowercase letters, digits and '-' (not first)")
     tuned = load_tuning(env)
     return Settings(
         site=site,
@@ -165,7 +162,7 @@ def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
         ),
         mongo=MongoSettings(
             uri=env.get("CHATFED_MONGO_URI", ""),
-            database=env.get("CHATFED_MONGO_DB", "") or f"chat_{site}",
+            database=env.get("CHATFED_MONGO_DB", "") or names.mongo_database(site),
             username=env.get("CHATFED_MONGO_USER", ""),
             password=env.get("CHATFED_MONGO_PASSWORD", ""),
             tls_ca_file=env.get("CHATFED_MONGO_TLS_CA_FILE", ""),
@@ -177,9 +174,9 @@ def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
             api_key=env.get("CHATFED_ES_API_KEY", ""),
             ca_certs=env.get("CHATFED_ES_CA_CERTS", ""),
             verify_certs=env.get("CHATFED_ES_VERIFY_CERTS", "true").lower() not in {"0", "false", "no"},
-            user_room_index=env.get("CHATFED_USER_ROOM_INDEX", "") or f"user-room-{site}",
-            spotlight_index=env.get("CHATFED_SPOTLIGHT_INDEX", "") or f"spotlight-{site}",
-            room_names_index=env.get("CHATFED_ROOM_NAMES_INDEX", "") or f"room-names-{site}",
+            user_room_index=env.get("CHATFED_USER_ROOM_INDEX", "") or names.user_room_alias(site),
+            spotlight_index=env.get("CHATFED_SPOTLIGHT_INDEX", "") or names.spotlight_alias(site),
+            room_names_index=env.get("CHATFED_ROOM_NAMES_INDEX", "") or names.room_names_alias(site),
         ),
         tuning=tuned,
     )

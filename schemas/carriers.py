@@ -1,4 +1,4 @@
-"""Plain-data items that travel through the dataflows: a delivered message and what became of it."""
+"""Plain-data items that travel through the dataflows: a delivered message, the ack handle of its parts, and what became of it."""
 
 from __future__ import annotations
 
@@ -22,6 +22,16 @@ class Delivery(msgspec.Struct, frozen=True, kw_only=True):
     holder: str = ""  # where to send the notice that it was settled (connectors/progress.py)
 
 
+class AckHandle(msgspec.Struct, frozen=True, kw_only=True):
+    """What each part of a message carries instead of the message: whose part it is, for the join of their outcomes.
+
+    A message with N parts is carried to its settle step once (connectors/operators.py), not once per part.
+    """
+
+    reply: str  # the message's reply subject: the join's key
+    event_ms: int = 0  # envelope timestamp, for the event-to-ack latency metric; 0 when unknown
+
+
 class Verdict(StrEnum):
     """What the settle sink does with a message."""
 
@@ -37,6 +47,7 @@ class Settle(msgspec.Struct, frozen=True, kw_only=True):
     verdict: Verdict
     reason: str = ""
     event_ms: int = 0  # envelope timestamp, for the event-to-ack latency metric; 0 when unknown
+    ignored: bool = False  # an ACK with nothing written because the flow has no use for it (unknown type): counted
 
 
 def poison(delivery: Delivery, reason: str) -> Settle:
@@ -47,6 +58,11 @@ def poison(delivery: Delivery, reason: str) -> Settle:
 def done(delivery: Delivery, event_ms: int = 0) -> Settle:
     """A message whose writes are all durable."""
     return Settle(delivery=delivery, verdict=Verdict.ACK, event_ms=event_ms)
+
+
+def ignored(delivery: Delivery, reason: str, event_ms: int = 0) -> Settle:
+    """A message acknowledged without a write because the flow has no use for it (SYSTEM.md §4: unknown types)."""
+    return Settle(delivery=delivery, verdict=Verdict.ACK, reason=reason, event_ms=event_ms, ignored=True)
 
 
 def retry(delivery: Delivery, reason: str) -> Settle:

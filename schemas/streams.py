@@ -7,7 +7,7 @@ from typing import Final
 
 import msgspec
 
-from schemas import subjects
+from schemas import names, subjects
 from schemas.envelope import EventType
 
 MINUTE_S: Final = 60
@@ -46,7 +46,7 @@ class SourceSpec(msgspec.Struct, frozen=True, kw_only=True):
     transform_src: str
     transform_dest: str
     # where the origin delivers: `fed.deliver.{origin}.to.{dest}`, so that the leafnode permissions
-    # (scripts/services.py) let only the origin publish deliveries a destination accepts as sourced
+    # (scripts/localservers/permissions.py) let only the origin publish deliveries a destination accepts as sourced
     external_deliver_prefix: str = ""
 
 
@@ -82,11 +82,11 @@ def inbox_sources(site: str, all_sites: Iterable[str]) -> list[SourceSpec]:
         seen.add(origin)
         sources.append(
             SourceSpec(
-                name=subjects.outbox_stream(origin),
-                external_api_prefix=f"$JS.{origin}.API",
+                name=names.outbox_stream(origin),
+                external_api_prefix=subjects.jetstream_api_prefix(origin),
                 transform_src=subjects.outbox_to_filter(origin=origin, dest=site),
                 transform_dest=subjects.inbox_aggregate_filter(site),
-                external_deliver_prefix=f"fed.deliver.{origin}.to.{site}",
+                external_deliver_prefix=subjects.source_deliver_prefix(origin=origin, dest=site),
             )
         )
     return sources
@@ -96,26 +96,26 @@ def site_streams(site: str, all_sites: Iterable[str]) -> list[StreamSpec]:
     """ROOMS, OUTBOX, INBOX (sourcing every other site's OUTBOX) and DLQ of `site`."""
     return [
         StreamSpec(
-            name=subjects.rooms_stream(site),
+            name=names.rooms_stream(site),
             subjects=[subjects.rooms_filter(site)],
             duplicate_window_s=DUPLICATE_WINDOW_S,
             max_age_s=ROOMS_MAX_AGE_S,
         ),
         StreamSpec(
-            name=subjects.outbox_stream(site),
+            name=names.outbox_stream(site),
             subjects=[subjects.outbox_filter(site)],
             duplicate_window_s=DUPLICATE_WINDOW_S,
             max_age_s=OUTBOX_MAX_AGE_S,
         ),
         StreamSpec(
-            name=subjects.inbox_stream(site),
+            name=names.inbox_stream(site),
             subjects=[subjects.inbox_local_filter(site), subjects.inbox_aggregate_filter(site)],
             duplicate_window_s=DUPLICATE_WINDOW_S,
             max_age_s=INBOX_MAX_AGE_S,
             sources=inbox_sources(site, all_sites),
         ),
         StreamSpec(
-            name=subjects.dlq_stream(site),
+            name=names.dlq_stream(site),
             subjects=[subjects.dlq_filter(site)],
             duplicate_window_s=DLQ_DUPLICATE_WINDOW_S,
             max_age_s=DLQ_MAX_AGE_S,
@@ -134,24 +134,24 @@ def site_consumers(site: str, *, ack_wait_s: int = ACK_WAIT_S, max_deliver: int 
     """Return the durables `room-worker`, `inbox-worker` and `search-sync` of `site`."""
     return [
         ConsumerSpec(
-            stream=subjects.rooms_stream(site),
-            durable=subjects.ROOM_WORKER,
+            stream=names.flow_stream(site, names.ROOM_WORKER_FLOW),
+            durable=names.ROOM_WORKER_DURABLE,
             filter_subjects=[],
             ack_wait_s=ack_wait_s,
             max_deliver=max_deliver,
             max_ack_pending=ROOM_WORKER_MAX_ACK_PENDING,
         ),
         ConsumerSpec(
-            stream=subjects.inbox_stream(site),
-            durable=subjects.INBOX_WORKER,
+            stream=names.flow_stream(site, names.INBOX_MIRROR_FLOW),
+            durable=names.INBOX_WORKER_DURABLE,
             filter_subjects=[subjects.inbox_aggregate_filter(site)],
             ack_wait_s=ack_wait_s,
             max_deliver=max_deliver,
             max_ack_pending=INBOX_MAX_ACK_PENDING,
         ),
         ConsumerSpec(
-            stream=subjects.inbox_stream(site),
-            durable=subjects.SEARCH_SYNC,
+            stream=names.flow_stream(site, names.SEARCH_SYNC_FLOW),
+            durable=names.SEARCH_SYNC_DURABLE,
             filter_subjects=search_sync_filters(site),
             ack_wait_s=ack_wait_s,
             max_deliver=max_deliver,
@@ -160,15 +160,7 @@ def site_consumers(site: str, *, ack_wait_s: int = ACK_WAIT_S, max_deliver: int 
     ]
 
 
-# the durable each flow reads by default (a search index rebuild points search_sync at a temporary one)
-FLOW_DURABLES: Final = {
-    "room_worker": subjects.ROOM_WORKER,
-    "inbox_mirror": subjects.INBOX_WORKER,
-    "search_sync": subjects.SEARCH_SYNC,
-}
-
-
 def flow_consumer(site: str, flow: str) -> ConsumerSpec:
     """The durable `flow` reads on `site`, with the default settings."""
-    durable = FLOW_DURABLES[flow]
+    durable = names.FLOW_DURABLES[flow]
     return next(spec for spec in site_consumers(site) if spec.durable == durable)

@@ -1,21 +1,23 @@
-"""Subject, stream and durable names (SYSTEM.md §1); builders reject invalid tokens."""
+"""The subject layout of SYSTEM.md §1: builders (which reject invalid tokens), filters and parsers.
+
+Standard library only: scripts/ builds the NATS permissions from these filters. Names (streams, durables,
+the site-id and token rules) live in schemas/names.py.
+"""
 
 from __future__ import annotations
 
-import re
 from enum import StrEnum
 from typing import Final, Literal, NamedTuple, TypeAlias
 
-ROOM_WORKER: Final = "room-worker"
-INBOX_WORKER: Final = "inbox-worker"
-SEARCH_SYNC: Final = "search-sync"
+from schemas.names import is_valid_site_id, is_valid_token, site_id
 
 AGGREGATE: Final = "aggregate"
+# where the origin's JetStream delivers what a destination's INBOX sources from its OUTBOX
+SOURCE_DELIVER_ROOT: Final = "fed.deliver"
+# notices between the processes of one flow: a reply-inbox subject, which the service user may publish
+RELEASE_PREFIX: Final = "_INBOX.release."
 
 Lane: TypeAlias = Literal["local", "aggregate"]
-
-_SITE_ID: Final = re.compile(r"[a-z0-9-]+")
-_BAD_TOKEN: Final = re.compile(r"[.*>\s]")
 
 
 class RoomOp(StrEnum):
@@ -35,23 +37,6 @@ class InboxSubject(NamedTuple):
     site: str
     lane: Lane
     event_type: str
-
-
-def is_valid_token(value: str) -> bool:
-    """Whether `value` can be one subject token: non-empty, no `.`, `*`, `>` or whitespace."""
-    return bool(value) and _BAD_TOKEN.search(value) is None
-
-
-def is_valid_site_id(value: str) -> bool:
-    """Whether `value` is a site id: lowercase letters, digits and `-`."""
-    return _SITE_ID.fullmatch(value) is not None
-
-
-def _site(value: str) -> str:
-    if not is_valid_site_id(value):
-        msg = f"invalid site id {value!r}: lowercase letters, digits and '-' only"
-        raise ValueError(msg)
-    return value
 
 
 def _token(value: str, what: str) -> str:
@@ -75,12 +60,12 @@ def rooms_command(site: str, op: str) -> str:
     if op not in _ROOM_OPS:
         msg = f"invalid room op {op!r}: expected one of {sorted(_ROOM_OPS)}"
         raise ValueError(msg)
-    return f"chat.room.canonical.{_site(site)}.{op}"
+    return f"chat.room.canonical.{site_id(site)}.{op}"
 
 
 def rooms_filter(site: str) -> str:
     """`chat.room.canonical.{site}.>`: every room command of a site."""
-    return f"chat.room.canonical.{_site(site)}.>"
+    return f"chat.room.canonical.{site_id(site)}.>"
 
 
 def parse_rooms_command(subject: str) -> tuple[str, RoomOp] | None:
@@ -96,37 +81,37 @@ def parse_rooms_command(subject: str) -> tuple[str, RoomOp] | None:
 
 def outbox(*, origin: str, dest: str, event_type: str) -> str:
     """`outbox.{origin}.to.{dest}.{type}`: a cross-site publish."""
-    return f"outbox.{_site(origin)}.to.{_site(dest)}.{_event_type(event_type)}"
+    return f"outbox.{site_id(origin)}.to.{site_id(dest)}.{_event_type(event_type)}"
 
 
 def outbox_filter(origin: str) -> str:
     """`outbox.{origin}.>`: everything in `OUTBOX_{origin}`."""
-    return f"outbox.{_site(origin)}.>"
+    return f"outbox.{site_id(origin)}.>"
 
 
 def outbox_to_filter(*, origin: str, dest: str) -> str:
     """`outbox.{origin}.to.{dest}.>`: what `INBOX_{dest}` sources from `OUTBOX_{origin}`."""
-    return f"outbox.{_site(origin)}.to.{_site(dest)}.>"
+    return f"outbox.{site_id(origin)}.to.{site_id(dest)}.>"
 
 
 def inbox_local(site: str, event_type: str) -> str:
     """`chat.inbox.{site}.{type}`: the local lane."""
-    return f"chat.inbox.{_site(site)}.{_event_type(event_type)}"
+    return f"chat.inbox.{site_id(site)}.{_event_type(event_type)}"
 
 
 def inbox_local_filter(site: str) -> str:
     """`chat.inbox.{site}.*`: the whole local lane."""
-    return f"chat.inbox.{_site(site)}.*"
+    return f"chat.inbox.{site_id(site)}.*"
 
 
 def inbox_aggregate(site: str, event_type: str) -> str:
     """`chat.inbox.{site}.aggregate.{type}`: the federated lane."""
-    return f"chat.inbox.{_site(site)}.{AGGREGATE}.{_event_type(event_type)}"
+    return f"chat.inbox.{site_id(site)}.{AGGREGATE}.{_event_type(event_type)}"
 
 
 def inbox_aggregate_filter(site: str) -> str:
     """`chat.inbox.{site}.aggregate.>`: the whole federated lane."""
-    return f"chat.inbox.{_site(site)}.{AGGREGATE}.>"
+    return f"chat.inbox.{site_id(site)}.{AGGREGATE}.>"
 
 
 def parse_inbox(subject: str) -> InboxSubject | None:
@@ -146,12 +131,12 @@ def parse_inbox(subject: str) -> InboxSubject | None:
 
 def dlq(site: str, flow: str) -> str:
     """`chat.dlq.{site}.{flow}`: dead letters of one dataflow."""
-    return f"chat.dlq.{_site(site)}.{_token(flow, 'flow')}"
+    return f"chat.dlq.{site_id(site)}.{_token(flow, 'flow')}"
 
 
 def dlq_filter(site: str) -> str:
     """`chat.dlq.{site}.>`: every dead letter of a site."""
-    return f"chat.dlq.{_site(site)}.>"
+    return f"chat.dlq.{site_id(site)}.>"
 
 
 def command_result(*, account: str, request_id: str) -> str:
@@ -159,21 +144,26 @@ def command_result(*, account: str, request_id: str) -> str:
     return f"chat.user.{_token(account, 'account')}.response.{_token(request_id, 'request id')}"
 
 
-def rooms_stream(site: str) -> str:
-    """`ROOMS_{site}`."""
-    return f"ROOMS_{_site(site)}"
+def command_result_filter() -> str:
+    """`chat.user.*.response.*`: every command result, of any account and request."""
+    return "chat.user.*.response.*"
 
 
-def outbox_stream(site: str) -> str:
-    """`OUTBOX_{site}`."""
-    return f"OUTBOX_{_site(site)}"
+def release_filter() -> str:
+    """`_INBOX.release.>`: every settle notice between a flow's processes (subjects under `RELEASE_PREFIX`)."""
+    return f"{RELEASE_PREFIX}>"
 
 
-def inbox_stream(site: str) -> str:
-    """`INBOX_{site}`."""
-    return f"INBOX_{_site(site)}"
+def jetstream_api_prefix(domain: str) -> str:
+    """`$JS.{domain}.API`: a site's JetStream API as other sites reach it (domain = site id)."""
+    return f"$JS.{site_id(domain)}.API"
 
 
-def dlq_stream(site: str) -> str:
-    """`DLQ_{site}`."""
-    return f"DLQ_{_site(site)}"
+def source_deliver_prefix(*, origin: str, dest: str) -> str:
+    """`fed.deliver.{origin}.to.{dest}`: where `origin` delivers what `INBOX_{dest}` sources from `OUTBOX_{origin}`."""
+    return f"{SOURCE_DELIVER_ROOT}.{site_id(origin)}.to.{site_id(dest)}"
+
+
+def source_deliver_filter(*, origin: str, dest: str) -> str:
+    """`fed.deliver.{origin}.to.{dest}.>`: every delivery of that source."""
+    return f"{source_deliver_prefix(origin=origin, dest=dest)}.>"

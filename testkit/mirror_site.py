@@ -19,7 +19,7 @@ from pymongo import MongoClient
 
 from connectors.mongo import Document, ensure_indexes
 from connectors.settings import load_tuning
-from schemas import subjects
+from schemas import names, subjects
 from schemas.events import (
     InnerEvent,
     MemberAddEvent,
@@ -42,7 +42,7 @@ from testkit.support import (
 )
 
 T = TypeVar("T")
-MODULE = "dataflows.inbox_mirror"
+MODULE = names.flow_module(names.INBOX_MIRROR_FLOW)
 
 
 def add(
@@ -121,7 +121,7 @@ class MirrorSite:
         self.peers = [p for p in (self.other, self.third) if p]
         self.url = servers["sites"]["s1"]["nats_url"]
         self.mongo: MongoClient[Document] = MongoClient(servers["mongo_uri"], serverSelectionTimeoutMS=10_000)
-        self.db = self.mongo[f"chat_{self.site}"]
+        self.db = self.mongo[names.mongo_database(self.site)]
         self.loop = asyncio.new_event_loop()
         self.nc: Client = self.run(connect_site(servers, "s1"))
         self.js = self.nc.jetstream()
@@ -164,8 +164,8 @@ class MirrorSite:
         """Until every message of the peers' OUTBOXes reached this site's INBOX (sourcing is asynchronous)."""
 
         async def caught_up() -> bool:
-            sent = sum([(await self.js.stream_info(subjects.outbox_stream(peer))).state.messages for peer in self.peers])
-            inbox = await self.js.stream_info(subjects.inbox_stream(self.site), subjects_filter=subjects.inbox_aggregate_filter(self.site))
+            sent = sum([(await self.js.stream_info(names.outbox_stream(peer))).state.messages for peer in self.peers])
+            inbox = await self.js.stream_info(names.inbox_stream(self.site), subjects_filter=subjects.inbox_aggregate_filter(self.site))
             return inbox.state.messages >= sent
 
         await wait_for(caught_up, timeout=timeout, interval=0.05, what="OUTBOX sourced into INBOX")
@@ -181,7 +181,7 @@ class MirrorSite:
 
     async def fetch_dead_letters(self) -> list[DeadLetter]:
         """What the flow dead-lettered so far (read without acking)."""
-        sub = await self.js.pull_subscribe(subjects.dlq_filter(self.site), stream=subjects.dlq_stream(self.site))
+        sub = await self.js.pull_subscribe(subjects.dlq_filter(self.site), stream=names.dlq_stream(self.site))
         try:
             msgs: list[Msg] = await sub.fetch(100, timeout=1)
         except TimeoutError:
@@ -201,7 +201,7 @@ class MirrorSite:
         return self.run(wait_for(enough, timeout=timeout, what=f"{count} dead letters"))
 
     def drained(self, timeout: float = 60) -> None:
-        self.run(wait_drained(self.js, subjects.inbox_stream(self.site), subjects.INBOX_WORKER, timeout))
+        self.run(wait_drained(self.js, names.inbox_stream(self.site), names.INBOX_WORKER_DURABLE, timeout))
 
     def subs(self, **query: Any) -> list[Document]:
         return list(self.db.subscriptions.find(query))
@@ -212,13 +212,13 @@ class MirrorSite:
     def flow(self, *, processes: int = 1, **env: str) -> FlowProcess:
         """inbox_mirror for this site; its durable takes the delivery contract of `env` first (the flow checks it)."""
         full = flow_env(self.servers, self.site, **env)
-        self.run(retune(self.js, subjects.inbox_stream(self.site), subjects.INBOX_WORKER, load_tuning(full)))
+        self.run(retune(self.js, names.inbox_stream(self.site), names.INBOX_WORKER_DURABLE, load_tuning(full)))
         return FlowProcess(MODULE, full, processes=processes)
 
     def close(self) -> None:
         async def drop() -> None:
             for site in (self.site, *self.peers):
-                for stream in (subjects.rooms_stream(site), subjects.outbox_stream(site), subjects.inbox_stream(site), subjects.dlq_stream(site)):
+                for stream in (names.rooms_stream(site), names.outbox_stream(site), names.inbox_stream(site), names.dlq_stream(site)):
                     await self.js.delete_stream(stream)
             await self.nc.close()
 

@@ -16,7 +16,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from pymongo import MongoClient
 
 from connectors.mongo import Document, ensure_indexes
-from schemas import subjects
+from schemas import names, subjects
 from testkit.support import (
     FlowProcess,
     bootstrap_local_sites,
@@ -54,7 +54,7 @@ class RoomHarness:
 
     def __post_init__(self) -> None:
         self.mongo: MongoClient[Document] = MongoClient(self.servers["mongo_uri"], retryWrites=False)
-        self.db = self.mongo[f"chat_{self.site}"]
+        self.db = self.mongo[names.mongo_database(self.site)]
 
     @property
     def client(self) -> Client:
@@ -72,8 +72,9 @@ class RoomHarness:
             self.start_flow(**env)
         return self
 
-    def start_flow(self, **env: str) -> None:
-        self.flow = FlowProcess("dataflows.room_worker", flow_env(self.servers, self.site, **env)).start()
+    def start_flow(self, module: str = names.flow_module(names.ROOM_WORKER_FLOW), **env: str) -> None:
+        """Run `module`'s flow for this site (`testkit.crashing_room_worker` for a worker that dies mid-command)."""
+        self.flow = FlowProcess(module, flow_env(self.servers, self.site, **env)).start()
 
     async def close(self) -> None:
         if self.flow is not None:
@@ -83,7 +84,7 @@ class RoomHarness:
         if self.nc is not None:
             js = self.nc.jetstream()
             for site in (self.site, self.other):
-                for stream in (subjects.rooms_stream, subjects.outbox_stream, subjects.inbox_stream, subjects.dlq_stream):
+                for stream in (names.rooms_stream, names.outbox_stream, names.inbox_stream, names.dlq_stream):
                     await js.delete_stream(stream(site))
             await self.nc.close()
 
@@ -108,7 +109,7 @@ class RoomHarness:
         return result
 
     async def drained(self) -> None:
-        await wait_drained(self.client.jetstream(), subjects.rooms_stream(self.site), subjects.ROOM_WORKER, timeout=60)
+        await wait_drained(self.client.jetstream(), names.rooms_stream(self.site), names.ROOM_WORKER_DURABLE, timeout=60)
 
     async def read(self, stream: str, filter_subject: str = "") -> list[Msg]:
         """Every message of `stream` (optionally filtered), read with an ephemeral ordered consumer."""
@@ -131,14 +132,14 @@ class RoomHarness:
         return [decode(msg) for msg in await self.read(stream, filter_subject)]
 
     async def local_events(self) -> list[Event]:
-        return await self.events(subjects.inbox_stream(self.site), f"chat.inbox.{self.site}.*")
+        return await self.events(names.inbox_stream(self.site), subjects.inbox_local_filter(self.site))
 
     async def outbox_events(self) -> list[Event]:
-        return await self.events(subjects.outbox_stream(self.site))
+        return await self.events(names.outbox_stream(self.site))
 
     async def aggregate_events(self, count: int) -> list[Event]:
         """The peer's aggregate lane (sourced from our OUTBOX), once `count` events arrived."""
-        stream = subjects.inbox_stream(self.other)
+        stream = names.inbox_stream(self.other)
         filt = subjects.inbox_aggregate_filter(self.other)
 
         async def enough() -> list[Event] | None:
@@ -149,7 +150,7 @@ class RoomHarness:
         return found
 
     async def dead_letters(self) -> list[Msg]:
-        return await self.read(subjects.dlq_stream(self.site))
+        return await self.read(names.dlq_stream(self.site))
 
     def subs(self, room_id: str) -> dict[str, dict[str, Any]]:
         return {d["u"]["account"]: d for d in self.db.subscriptions.find({"roomId": room_id})}

@@ -8,7 +8,8 @@ import msgspec
 
 from connectors.operators import PartOutcome
 from dataflows.search_sync import views as views
-from dataflows.search_sync.views import MemberChange, RoomName, RoomRename, SpotlightBody
+from dataflows.search_sync.parts import MemberChange, RoomRename
+from dataflows.search_sync.views import RoomName, SpotlightBody
 from schemas.carriers import Delivery
 from schemas.documents import UserRoomDoc, spotlight_doc_id
 from schemas.envelope import OutboxEvent, encode_envelope
@@ -85,7 +86,7 @@ class MemoryViews:
                 if isinstance(item, RoomRename) and ok:
                     self.rename(item)
                 assert isinstance(item, (MemberChange, RoomRename))
-                outcomes.append(PartOutcome(delivery=item.delivery, parts=item.parts, ok=ok, reason="" if ok else "down", event_ms=item.ts))
+                outcomes.append(PartOutcome(ack=item.ack, ok=ok, reason="" if ok else "down"))
         return outcomes
 
     def apply(self, account: str, changes: Sequence[MemberChange]) -> None:

@@ -14,7 +14,7 @@ from nats.aio.client import Client
 
 from connectors.bootstrap import bootstrap_site, ensure_stream
 from dataflows.search_sync.indexes import SearchIndexes
-from schemas import subjects
+from schemas import names, subjects
 from schemas.streams import site_streams
 from testkit.search_oracle import Event, event_bytes
 from testkit.support import (
@@ -27,7 +27,7 @@ from testkit.support import (
     wait_for,
 )
 
-FLOW_MODULE = "dataflows.search_sync"
+FLOW_MODULE = names.flow_module(names.SEARCH_SYNC_FLOW)
 # The test events claim to come from site s1 (testkit.search_oracle), so a test site sources the real
 # OUTBOX_s1 of the s1 server for its aggregate lane: the origin check then sees a genuine s1 source.
 HOME = "s1"
@@ -46,7 +46,7 @@ class SearchSite:
 
     @property
     def indexes(self) -> SearchIndexes:
-        return SearchIndexes(user_room=f"user-room-{self.site}", spotlight=f"spotlight-{self.site}", room_names=f"room-names-{self.site}")
+        return SearchIndexes(user_room=names.user_room_alias(self.site), spotlight=names.spotlight_alias(self.site), room_names=names.room_names_alias(self.site))
 
     def start_flow(self, *, processes: int = 1, **env: str) -> FlowProcess:
         flow = FlowProcess(FLOW_MODULE, flow_env(self.servers, self.site, **env), processes=processes).start()
@@ -59,7 +59,7 @@ class SearchSite:
         Items sent to `OUTBOX_s1` reach the INBOX by sourcing, a moment later: a drain must not start before.
         """
         js = self.nc.jetstream()
-        inbox = subjects.inbox_stream(self.site)
+        inbox = names.inbox_stream(self.site)
         before = (await js.stream_info(inbox)).state.last_seq
         for start in range(0, len(items), chunk):
             await asyncio.gather(*(js.publish(subject, data) for subject, data in items[start : start + chunk]))
@@ -70,28 +70,36 @@ class SearchSite:
         await wait_for(arrived, timeout=120, what=f"{len(items)} messages in {inbox}")
 
     async def drain(self, timeout: float = 120) -> None:
-        await wait_drained(self.nc.jetstream(), subjects.inbox_stream(self.site), subjects.SEARCH_SYNC, timeout=timeout)
+        await wait_drained(self.nc.jetstream(), names.inbox_stream(self.site), names.SEARCH_SYNC_DURABLE, timeout=timeout)
 
     def documents(self, index: str) -> dict[str, dict[str, Any]]:
-        """Every document of `index` by id (refreshed first)."""
-        self.es.indices.refresh(index=index)
-        docs: dict[str, dict[str, Any]] = {}
-        after: list[Any] | None = None
-        while True:
-            page = self.es.search(index=index, size=5000, sort=[{"_doc": "asc"}], search_after=after, query={"match_all": {}})["hits"]["hits"]
-            if not page:
-                return docs
-            docs.update({hit["_id"]: hit["_source"] for hit in page})
-            after = page[-1]["sort"]
+        return documents(self.es, index)
 
     def views(self) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
-        """user-room docs reduced to the oracle's fields, and spotlight ids -> {roomName, joinedAt}."""
-        user_rooms = {
-            account: {"rooms": doc["rooms"], "restrictedRooms": doc["restrictedRooms"], "roomTimestamps": doc["roomTimestamps"]}
-            for account, doc in self.documents(self.indexes.user_room).items()
-        }
-        spotlight = {doc_id: {"roomName": doc["roomName"], "joinedAt": doc["joinedAt"]} for doc_id, doc in self.documents(self.indexes.spotlight).items()}
-        return user_rooms, spotlight
+        return read_views(self.es, self.indexes)
+
+
+def documents(es: Elasticsearch, index: str) -> dict[str, dict[str, Any]]:
+    """Every document of `index` by id (refreshed first)."""
+    es.indices.refresh(index=index)
+    docs: dict[str, dict[str, Any]] = {}
+    after: list[Any] | None = None
+    while True:
+        page = es.search(index=index, size=5000, sort=[{"_doc": "asc"}], search_after=after, query={"match_all": {}})["hits"]["hits"]
+        if not page:
+            return docs
+        docs.update({hit["_id"]: hit["_source"] for hit in page})
+        after = page[-1]["sort"]
+
+
+def read_views(es: Elasticsearch, indexes: SearchIndexes) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """user-room docs reduced to the oracle's fields, and spotlight ids -> {roomName, joinedAt}."""
+    user_rooms = {
+        account: {"rooms": doc["rooms"], "restrictedRooms": doc["restrictedRooms"], "roomTimestamps": doc["roomTimestamps"]}
+        for account, doc in documents(es, indexes.user_room).items()
+    }
+    spotlight = {doc_id: {"roomName": doc["roomName"], "joinedAt": doc["joinedAt"]} for doc_id, doc in documents(es, indexes.spotlight).items()}
+    return user_rooms, spotlight
 
 
 def member_subject(site: str, event: Event, lane: int) -> str:
@@ -137,7 +145,7 @@ async def open_site(servers: Mapping[str, Any], es: Elasticsearch) -> SearchSite
     site, other = unique_site(), unique_site()
     nc = await connect_site(servers, "s1")
     # the real OUTBOX_s1, as s1's bootstrap makes it (idempotent): a fresh server may not have it yet
-    await ensure_stream(nc.jetstream(), next(spec for spec in site_streams(HOME, [HOME]) if spec.name == subjects.outbox_stream(HOME)))
+    await ensure_stream(nc.jetstream(), next(spec for spec in site_streams(HOME, [HOME]) if spec.name == names.outbox_stream(HOME)))
     await bootstrap_local_sites(nc, [other])
     await bootstrap_site(nc, site, [site, other, HOME], federated=False)
     test_site = SearchSite(servers=servers, site=site, nc=nc, es=es)

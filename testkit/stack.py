@@ -20,16 +20,16 @@ from nats.js.api import StreamConfig
 from pymongo import MongoClient
 
 from connectors.mongo import Document, ensure_indexes
-from schemas import subjects
+from schemas import names, subjects
+from schemas.names import FLOWS
 from schemas.streams import site_streams
 from testkit.search_site import cleanup_indexes
 from testkit.support import FlowProcess, bootstrap_local_sites, connect_site, flow_env, unique_site, wait_drained
 
-FLOWS = ("room_worker", "inbox_mirror", "search_sync")
 CONSUMERS = (
-    (subjects.rooms_stream, subjects.ROOM_WORKER),
-    (subjects.inbox_stream, subjects.INBOX_WORKER),
-    (subjects.inbox_stream, subjects.SEARCH_SYNC),
+    (names.rooms_stream, names.ROOM_WORKER_DURABLE),
+    (names.inbox_stream, names.INBOX_WORKER_DURABLE),
+    (names.inbox_stream, names.SEARCH_SYNC_DURABLE),
 )
 
 Membership = tuple[str, str]  # (room id, account)
@@ -62,7 +62,7 @@ class Stack:
         return self.nc
 
     def db(self, site: str) -> Any:
-        return self.mongo[f"chat_{site}"]
+        return self.mongo[names.mongo_database(site)]
 
     async def open(self, users: Iterable[tuple[str, str]], *, duplicate_window_s: float = 0) -> Stack:
         """Streams of both sites, `users` (account, site) known on both sites, and every flow started."""
@@ -84,13 +84,13 @@ class Stack:
         """Shorten OUTBOX and INBOX dedup windows, so a test can step outside them."""
         js = self.client.jetstream()
         for site in self.sites:
-            for stream in (subjects.outbox_stream(site), subjects.inbox_stream(site)):
+            for stream in (names.outbox_stream(site), names.inbox_stream(site)):
                 config: StreamConfig = (await js.stream_info(stream)).config
                 config.duplicate_window = seconds
                 await js.update_stream(config)
 
     def start_flow(self, site: str, flow: str, **env: str) -> FlowProcess:
-        process = FlowProcess(f"dataflows.{flow}", flow_env(self.servers, site, **env), name=f"{flow}-{site}").start()
+        process = FlowProcess(names.flow_module(flow), flow_env(self.servers, site, **env), name=f"{flow}-{site}").start()
         self.flows[(site, flow)] = process
         return process
 
@@ -124,12 +124,12 @@ class Stack:
     async def _sourced(self, js: Any, site: str, origin: str, timeout: float) -> None:
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
-            info = await js.stream_info(subjects.inbox_stream(site))
-            lag = next((s.lag for s in info.sources or [] if s.name == subjects.outbox_stream(origin)), 0)
+            info = await js.stream_info(names.inbox_stream(site))
+            lag = next((s.lag for s in info.sources or [] if s.name == names.outbox_stream(origin)), 0)
             if not lag:
                 return
             if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError(f"INBOX_{site} still lags OUTBOX_{origin} by {lag}")
+                raise AssertionError(f"{names.inbox_stream(site)} still lags {names.outbox_stream(origin)} by {lag}")
             await asyncio.sleep(0.1)
 
     def views(self, site: str) -> Views:
@@ -139,9 +139,9 @@ class Stack:
         for sub in db.subscriptions.find({}, {"roomId": 1, "u": 1, "siteId": 1}):
             (home if sub["siteId"] == site else mirror).add((sub["roomId"], sub["u"]["account"]))
         user_room: set[Membership] = set()
-        for account, doc in self._documents(f"user-room-{site}").items():
+        for account, doc in self._documents(names.user_room_alias(site)).items():
             user_room |= {(room, account) for room in [*doc.get("rooms", []), *(doc.get("restrictedRooms") or {})]}
-        spotlight = {(doc["roomId"], doc["userAccount"]) for doc in self._documents(f"spotlight-{site}").values()}
+        spotlight = {(doc["roomId"], doc["userAccount"]) for doc in self._documents(names.spotlight_alias(site)).values()}
         return Views(home_mongo=home, mirror_mongo=mirror, user_room=user_room, spotlight=spotlight)
 
     def _documents(self, index: str) -> dict[str, dict[str, Any]]:
@@ -162,7 +162,7 @@ class Stack:
         for process in self.flows.values():
             process.stop()
         for site in self.sites:
-            self.mongo.drop_database(f"chat_{site}")
+            self.mongo.drop_database(names.mongo_database(site))
             cleanup_indexes(self.es, site)
         if self.nc is not None:
             js = self.nc.jetstream()

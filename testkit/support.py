@@ -17,8 +17,9 @@ import nats
 from nats.aio.client import Client
 from nats.js.client import JetStreamContext
 
-from connectors.bootstrap import bootstrap_site
+from connectors.bootstrap import provision_site, verify_site
 from connectors.settings import Tuning
+from schemas import names
 from schemas.envelope import OutboxEvent, encode_envelope
 from schemas.events import InnerEvent, encode_event
 
@@ -48,8 +49,26 @@ async def bootstrap_local_sites(client: Client, sites: list[str], *, tuning: Tun
 
     `tuning`: the flows' settings the durables must match (`max_deliver`, `ack_wait`); the defaults without it.
     """
+    # every stream first: a source naming a stream that does not exist yet stays in error until the server's
+    # next retry, which a loaded machine may not reach within the verification's wait
     for site in sites:
-        await bootstrap_site(client, site, sites, federated=False, tuning=tuning)
+        await provision_site(client, site, sites, federated=False, tuning=tuning)
+    for site in sites:
+        await verify_site(client.jetstream(), site, sites, tuning=tuning)
+
+
+async def bootstrap_federated(servers: Mapping[str, Any]) -> None:
+    """Every site of `servers` on its own server, bootstrapped federated (its own domain, sourcing over leafnodes)."""
+    sites = list(servers["sites"])
+    clients = {site: await connect_site(servers, site) for site in sites}
+    try:
+        for site, client in clients.items():
+            await provision_site(client, site, sites)
+        for site, client in clients.items():
+            await verify_site(client.jetstream(), site, sites)
+    finally:
+        for client in clients.values():
+            await client.close()
 
 
 async def retune(js: JetStreamContext, stream: str, durable: str, tuning: Tuning) -> None:
@@ -108,7 +127,7 @@ def flow_env(servers: Mapping[str, Any], site: str, *, nats_site: str = "s1", **
         CHATFED_SITE_ID=site,
         CHATFED_NATS_URL=servers["sites"][nats_site]["nats_url"],
         CHATFED_MONGO_URI=servers["mongo_uri"],
-        CHATFED_MONGO_DB=f"chat_{site}",
+        CHATFED_MONGO_DB=names.mongo_database(site),
         CHATFED_ES_URL=servers["es_url"],
         PYTHONPATH=str(REPO),
         PYTHONUNBUFFERED="1",
@@ -189,29 +208,3 @@ def _free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
-
-# `services.py up` starts every stopped server (an ES someone else stopped on purpose too): bring back only ours,
-# under the same lock as `up`/`down`.
-_START_ONE = """
-import fcntl, os, sys
-sys.path.insert(0, "scripts")
-import services as s
-layout = s.load_layout(dict(os.environ))
-server = next(x for x in s.all_servers(layout) if x.name == sys.argv[1])
-with (s.RUN / "services.lock").open("w") as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    if server.pid() is None:
-        s.start(server)
-    if server.name.startswith("nats-") and layout.local_sites:
-        s.wait_for_leafnodes(layout)
-"""
-
-
-def services(*args: str) -> None:
-    """`scripts/services.py` of this checkout (e.g. `services("down", "es")` for an outage)."""
-    subprocess.run([sys.executable, str(REPO / "scripts" / "services.py"), *args], cwd=REPO, check=True, capture_output=True, timeout=240)
-
-
-def start_again(server: str) -> None:
-    """What `services.py up` does for `server` alone."""
-    subprocess.run([sys.executable, "-c", _START_ONE, server], cwd=REPO, check=True, capture_output=True, timeout=240)

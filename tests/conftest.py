@@ -1,4 +1,5 @@
-"""Session fixtures describing the servers that ./run.sh started (scripts/services.py info)."""
+"""Session fixtures describing the servers that ./run.sh started (scripts/services.py info), and a module's own
+servers for the tests that stop and start them (own_servers)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import socket
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -87,17 +89,19 @@ def site_urls(servers: dict[str, Any]) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def federated_sites(servers: dict[str, Any]) -> dict[str, Any]:
     """The real sites of `servers`, bootstrapped federated (each its own domain, sourcing over leafnodes)."""
-    from connectors.bootstrap import bootstrap_site
-    from testkit.support import connect_site
+    from testkit.support import bootstrap_federated
 
-    async def bootstrap_all() -> None:
-        all_sites = list(servers["sites"])
-        for site in servers["sites"]:
-            client = await connect_site(servers, site)
-            try:
-                await bootstrap_site(client, site, all_sites)
-            finally:
-                await client.close()
-
-    asyncio.run(bootstrap_all())
+    asyncio.run(bootstrap_federated(servers))
     return servers
+
+
+@pytest.fixture(scope="module")
+def own_servers(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A private set of servers for one test module (testkit/private_servers.py): outage tests stop these, never the
+    shared ones. The module's OWN_SERVERS names the kinds it needs of its own (default all); the rest are shared."""
+    from testkit.private_servers import KINDS, private_servers
+
+    own = getattr(request.module, "OWN_SERVERS", KINDS)
+    shared = request.getfixturevalue("servers") if set(own) != set(KINDS) else None
+    with private_servers(request.module.__name__.rsplit(".", 1)[-1], own, shared) as servers:
+        yield servers

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from enum import StrEnum
-from typing import Final, TypeAlias, TypeGuard
+from typing import TypeAlias, TypeGuard
 
 import msgspec
 
-from schemas.carriers import Delivery, Settle, Verdict, done, poison
+from schemas.carriers import AckHandle, Delivery, Settle, done, ignored, poison
 from schemas.documents import Subscription
 from schemas.envelope import decode_envelope
 from schemas.errors import DecodeError
@@ -24,13 +24,10 @@ from schemas.events import (
     RoleUpdatedEvent,
     RoomRenamedEvent,
     decode_payload,
-    effective_room_type,
 )
-from schemas.identifiers import identifier_problem
 from schemas.membership import subscription_from_event
+from schemas.names import identifier_problem
 from schemas.origin import origin_problem
-
-IGNORED_PREFIX: Final = "ignored: "
 
 
 class Kind(StrEnum):
@@ -50,15 +47,14 @@ class GuardState(StrEnum):
 
 
 class Change(msgspec.Struct, frozen=True, kw_only=True):
-    """One of `parts` pieces of work derived from `delivery`; `account` is "" for a rename."""
+    """One piece of work derived from a message (whose `ack` it carries); `account` is "" for a rename."""
 
-    delivery: Delivery
-    parts: int
+    ack: AckHandle
     kind: Kind
     room_id: str
     account: str = ""
     ts: int  # envelope timestamp
-    added: MemberAddEvent | None = None  # ADD: the event the subscription is shaped from
+    added: MemberAddEvent | None = None  # ADD: the event the subscription is shaped from, cut to this account (`_cut`)
     roles: list[str] | None = None  # ROLES
     name: str = ""  # RENAME
 
@@ -71,7 +67,7 @@ class Guard(msgspec.Struct, frozen=True, kw_only=True):
     ts: int
 
 
-Decoded: TypeAlias = Change | Settle
+Decoded: TypeAlias = list[Change] | Settle
 MemberKey: TypeAlias = tuple[str, str]  # (room id, account)
 
 
@@ -85,7 +81,7 @@ def guard_id(room_id: str, account: str) -> str:
     return f"{room_id}\x00{account}"
 
 
-def is_change(item: Decoded) -> TypeGuard[Change]:
+def is_change(item: Change | Settle) -> TypeGuard[Change]:
     """Whether a decoded item is work for the writer (otherwise it is already settled)."""
     return isinstance(item, Change)
 
@@ -95,18 +91,13 @@ def room_key(change: Change) -> str:
     return change.room_id
 
 
-def is_ignored(settle: Settle) -> bool:
-    """An ack for a message with an unknown `type` (counted, nothing written)."""
-    return settle.verdict is Verdict.ACK and settle.reason.startswith(IGNORED_PREFIX)
-
-
-def decode(delivery: Delivery) -> list[Decoded]:
-    """The changes of one message, or a single `Settle` (poison, unknown type, nothing to do)."""
+def decode(delivery: Delivery) -> Decoded:
+    """The changes of one message, or its `Settle` (poison, unknown type, nothing to do)."""
     try:
         envelope = decode_envelope(delivery.data)
         event = decode_payload(envelope)
     except DecodeError as exc:
-        return [poison(delivery, str(exc))]
+        return poison(delivery, str(exc))
     ts = envelope.timestamp
     room_site = event.site_id if isinstance(event, (MemberAddEvent, MemberRemoveEvent)) else None
     # a site only announces its own rooms, proven by the OUTBOX the server sourced it from (issue 7)
@@ -114,15 +105,15 @@ def decode(delivery: Delivery) -> list[Decoded]:
     if problem is None and event is not None:
         problem = _identifier_problem(event)
     if problem is not None:
-        return [poison(delivery, problem)]
+        return poison(delivery, problem)
     if event is None:
-        return [msgspec.structs.replace(done(delivery, ts), reason=f"{IGNORED_PREFIX}unknown type {envelope.type!r}")]
-    changes = _changes(delivery, event, ts)
-    if isinstance(changes, Settle):
-        return [changes]
+        return ignored(delivery, f"unknown type {envelope.type!r}", ts)
+    changes = _changes(AckHandle(reply=delivery.reply, event_ms=ts), event, ts)
+    if isinstance(changes, str):
+        return poison(delivery, changes)
     if not changes:  # an event listing no account: nothing to write, still acknowledged
-        return [done(delivery, ts)]
-    return list(changes)
+        return done(delivery, ts)
+    return changes
 
 
 def _identifier_problem(event: InnerEvent) -> str | None:
@@ -134,23 +125,29 @@ def _identifier_problem(event: InnerEvent) -> str | None:
     return identifier_problem(room_ids=[event.room_id])
 
 
-def _changes(delivery: Delivery, event: object, ts: int) -> list[Change] | Settle:
+def _changes(ack: AckHandle, event: object, ts: int) -> list[Change] | str:
+    """The changes of `event`, or why it is poison."""
     if isinstance(event, MemberAddEvent):
-        n = len(event.accounts)
-        return [Change(delivery=delivery, parts=n, kind=Kind.ADD, room_id=event.room_id, account=a, ts=ts, added=event) for a in event.accounts]
+        return [Change(ack=ack, kind=Kind.ADD, room_id=event.room_id, account=a, ts=ts, added=_cut(event, a)) for a in event.accounts]
     if isinstance(event, MemberRemoveEvent):
-        n = len(event.accounts)
-        return [Change(delivery=delivery, parts=n, kind=Kind.REMOVE, room_id=event.room_id, account=a, ts=ts) for a in event.accounts]
+        return [Change(ack=ack, kind=Kind.REMOVE, room_id=event.room_id, account=a, ts=ts) for a in event.accounts]
     if isinstance(event, RoleUpdatedEvent):
         sub = event.subscription
         if not sub.roles:
-            return poison(delivery, "role_updated: empty roles")
-        return [Change(delivery=delivery, parts=1, kind=Kind.ROLES, room_id=sub.room_id, account=sub.u.account, ts=ts, roles=list(sub.roles))]
+            return "role_updated: empty roles"
+        return [Change(ack=ack, kind=Kind.ROLES, room_id=sub.room_id, account=sub.u.account, ts=ts, roles=list(sub.roles))]
     if isinstance(event, RoomRenamedEvent):
         if not event.new_name:
-            return poison(delivery, "room_renamed: empty newName")
-        return [Change(delivery=delivery, parts=1, kind=Kind.RENAME, room_id=event.room_id, ts=ts, name=event.new_name)]
+            return "room_renamed: empty newName"
+        return [Change(ack=ack, kind=Kind.RENAME, room_id=event.room_id, ts=ts, name=event.new_name)]
     raise TypeError(type(event).__name__)  # decode_payload returned a type this module does not know
+
+
+def _cut(event: MemberAddEvent, account: str) -> MemberAddEvent:
+    """`event` listing only `account` and its first other account (what `counterpart_of` reads): an add for N
+    accounts would otherwise travel N times with all N accounts."""
+    other = next((a for a in event.accounts if a != account), None)
+    return msgspec.structs.replace(event, accounts=[account] if other is None else [account, other])
 
 
 class BatchPlan(msgspec.Struct, kw_only=True):
@@ -250,11 +247,6 @@ def needs_reshape(shaped_by: int | None, final: Membership) -> bool:
 def is_stale_roles(change: Change, guard: Guard | None) -> bool:
     """A role change no newer than the start of its member's membership (or its last remove) belongs to an earlier one."""
     return guard is not None and change.ts <= guard.ts
-
-
-def effective_type(change: Change) -> str:
-    """The room type an add's subscription gets (empty means channel)."""
-    return effective_room_type(change.added) if change.added is not None else ""
 
 
 def subscription_of(change: Change, *, user_id: str, sub_id: str) -> Subscription:

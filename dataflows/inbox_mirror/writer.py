@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final, TypeAlias
 
 import msgspec
@@ -17,14 +17,14 @@ from connectors.mongo import TRANSIENT_ERRORS, Document, ensure_indexes, insert_
 from connectors.operators import PartOutcome
 from dataflows.inbox_mirror import rules as mirror
 from dataflows.inbox_mirror.rules import Change, Guard, MemberKey
-from schemas.carriers import Settle
+from schemas import names
 from schemas.documents import to_mongo
 from schemas.events import RoomType
 from schemas.streams import DLQ_MAX_AGE_S, INBOX_MAX_AGE_S, OUTBOX_MAX_AGE_S
 
 log = logging.getLogger(__name__)
 
-FLOW: Final = "inbox_mirror"
+FLOW: Final = names.INBOX_MIRROR_FLOW
 GUARDS: Final = "membership_guards"
 ROOM_NAMES: Final = "room_names"
 CHUNK: Final = 1_000
@@ -39,7 +39,11 @@ Folded: TypeAlias = tuple[mirror.Membership, Document | None]
 
 
 class WriteRejected(RuntimeError):
-    """The server refused a write for a reason that is not transient: our bug, so the flow stops."""
+    """The server refused an update statement (a `writeErrors` entry in an `ok: 1` reply): our bug, so the flow stops.
+
+    No well-formed batch leads here (every `$set` is a top-level field, none touches a unique key); without the check
+    a refused statement would pass silently and its message would be acked.
+    """
 
 
 def new_id() -> str:
@@ -61,9 +65,8 @@ def _chunks(items: Sequence[Any]) -> Iterable[Sequence[Any]]:
 class SubscriptionWriter:
     """Applies coalesced batches of `Change`s; every step is idempotent, so a replay after a crash is harmless."""
 
-    def __init__(self, db: Database[Document], *, make_id: Callable[[], str] = new_id) -> None:
+    def __init__(self, db: Database[Document]) -> None:
         self._db = db
-        self._make_id = make_id
 
     @classmethod
     def start(cls, db: Database[Document]) -> SubscriptionWriter:
@@ -74,17 +77,20 @@ class SubscriptionWriter:
         return cls(db)
 
     def write(self, batch: list[tuple[str, list[object]]]) -> list[PartOutcome]:
-        """One outcome per part of `batch` (coalesced lists keyed by room); transient failures are outcomes."""
+        """One outcome per part of `batch` (coalesced lists keyed by room); transient failures are outcomes.
+
+        Raises `WriteRejected` (and any other non-transient error): retrying cannot help, the flow stops.
+        """
         changes = [item for _, items in batch for item in items if isinstance(item, Change)]
         started = time.perf_counter()
         try:
             failures = self._apply(changes)
         except TRANSIENT_ERRORS as exc:
             log.warning("inbox_mirror: MongoDB unavailable for %d changes: %s", len(changes), exc)
-            return [PartOutcome(delivery=c.delivery, parts=c.parts, ok=False, reason=f"mongo: {exc}") for c in changes]
+            return [PartOutcome(ack=c.ack, ok=False, reason=f"mongo: {exc}") for c in changes]
         metrics.observe_write(FLOW, "mongo", len(changes), time.perf_counter() - started)
         return [
-            PartOutcome(delivery=c.delivery, parts=c.parts, ok=_failure(c, failures) is None, reason=_failure(c, failures) or "", event_ms=c.ts)
+            PartOutcome(ack=c.ack, ok=_failure(c, failures) is None, reason=_failure(c, failures) or "")
             for c in changes
         ]
 
@@ -101,7 +107,7 @@ class SubscriptionWriter:
         for key, batch in plan.membership.items():
             fresh, _ = mirror.needed(batch.values(), [_guard(d) for d in docs.get(key, {}).values()])
             for c in fresh:
-                sub = to_mongo(mirror.subscription_of(c, user_id=users[c.account], sub_id=self._make_id())) if c.kind is mirror.Kind.ADD else None
+                sub = to_mongo(mirror.subscription_of(c, user_id=users[c.account], sub_id=new_id())) if c.kind is mirror.Kind.ADD else None
                 versions.append(_guard_doc(key, mirror.guard_for(c), sub))
         _insert_only(self._db[GUARDS], versions)  # a duplicate is the same version, written by an earlier delivery
         stored = {key: dict(by_version) for key, by_version in docs.items()}
@@ -160,7 +166,7 @@ class SubscriptionWriter:
             applied.append(wanted[key])
         statements = [{"q": {"_id": {"$in": ids}, SHAPED_BY: change["shapedBy"]}, "u": change["u"], "multi": True} for change, ids in groups.values()]
         for start in range(0, len(statements), RESHAPE_CHUNK):  # a command per few statements: each stays well under the socket timeout
-            self._update(self._db.subscriptions, statements[start : start + RESHAPE_CHUNK])
+            run_updates(self._db.subscriptions, statements[start : start + RESHAPE_CHUNK])
         return applied
 
     def _find_subs(self, keys: Sequence[MemberKey], projection: Document) -> list[Document]:
@@ -182,7 +188,7 @@ class SubscriptionWriter:
                 continue
             newer = {"$or": [{"rolesUpdatedAt": {"$exists": False}}, {"rolesUpdatedAt": {"$lt": c.ts}}]}
             updates.append({"q": {"_id": ids[(room, account)], **newer}, "u": {"$set": {"roles": c.roles, "rolesUpdatedAt": c.ts}}})
-        self._update(self._db.subscriptions, updates)
+        run_updates(self._db.subscriptions, updates)
 
     def _apply_names(self, registers: Mapping[str, Document]) -> None:
         # joinedAt < ts: a member who joined after the rename got the new name from its own event
@@ -199,7 +205,7 @@ class SubscriptionWriter:
             }
             for room, reg in registers.items()
         ]
-        self._update(self._db.subscriptions, updates)
+        run_updates(self._db.subscriptions, updates)
 
     def _advance(self, coll: Collection[Document], wanted: Mapping[str, Document], also_read: Iterable[str]) -> dict[str, Document]:
         """Raise each register to `wanted[id]` where that has a higher `version`; return the final registers."""
@@ -211,7 +217,7 @@ class SubscriptionWriter:
         collided = _insert_only(coll, fresh)  # inserted meanwhile by a racing worker: compare-and-set below
         raise_ids = [i for i, doc in wanted.items() if (i in existing and existing[i] < doc["version"]) or i in collided]
         # conditional, never an upsert: FerretDB stops an unordered update batch at its first duplicate key
-        self._update(coll, [{"q": {"_id": i, "version": {"$lt": wanted[i]["version"]}}, "u": {"$set": wanted[i]}} for i in raise_ids])
+        run_updates(coll, [{"q": {"_id": i, "version": {"$lt": wanted[i]["version"]}}, "u": {"$set": wanted[i]}} for i in raise_ids])
         return {d["_id"]: d for d in coll.find({"_id": {"$in": ids}})}
 
     def _user_ids(self, accounts: set[str]) -> dict[str, str]:
@@ -223,11 +229,6 @@ class SubscriptionWriter:
         # one statement per chunk: FerretDB pays a full scan per filtered statement
         for chunk in _chunks(ids):
             coll.delete_many({"_id": {"$in": list(chunk)}})
-
-    def _update(self, coll: Collection[Document], updates: Sequence[Document]) -> None:
-        # raw command: pymongo's bulk_write cannot parse FerretDB's reply when a statement fails
-        for chunk in _chunks(updates):
-            _check(self._db.command("update", coll.name, updates=list(chunk), ordered=False), "update")
 
 
 def _guard_doc(key: MemberKey, guard: Guard, sub: Document | None) -> Document:
@@ -267,10 +268,13 @@ def _reshape_change(existing: Document, want: Document, since_ts: int) -> Docume
     return {"shapedBy": existing[SHAPED_BY], "u": {"$set": fields, "$unset": unset}}
 
 
-def _check(reply: Mapping[str, Any], what: str) -> None:
-    errors = reply.get("writeErrors") or []
-    if errors:
-        raise WriteRejected(f"{what}: {errors[:3]}")
+def run_updates(coll: Collection[Document], updates: Sequence[Document]) -> None:
+    """Send raw `update` statements (unordered, a command per chunk); raises `WriteRejected` on any refused one."""
+    for chunk in _chunks(updates):
+        # raw command: pymongo's bulk_write cannot parse FerretDB's reply when a statement fails
+        reply = coll.database.command("update", coll.name, updates=list(chunk), ordered=False)
+        if errors := reply.get("writeErrors"):
+            raise WriteRejected(f"update {coll.name}: {errors[:3]}")
 
 
 def _insert_only(coll: Collection[Document], docs: Sequence[Document]) -> set[str]:
@@ -283,9 +287,3 @@ def _insert_only(coll: Collection[Document], docs: Sequence[Document]) -> set[st
 
 def _failure(change: Change, failures: Mapping[tuple[mirror.Kind, MemberKey], str]) -> str | None:
     return failures.get((change.kind, (change.room_id, change.account)))
-
-
-def count_if_ignored(_step_id: str, settle: Settle) -> None:
-    """`op.inspect` hook: count a message acked only because its `type` is unknown."""
-    if mirror.is_ignored(settle):
-        metrics.count_ignored(FLOW)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import time
+from collections.abc import Callable
 from datetime import timedelta
 
 import bytewax.operators as op
@@ -13,19 +13,26 @@ from bytewax.outputs import Sink
 
 from connectors import mongo, natsio, runtime
 from connectors.jetstream import JetStreamSource, SettleSink
-from connectors.operators import collect_for
+from connectors.operators import collect_for, decode_or_dead_letter
 from connectors.settings import Settings
 from dataflows.room_worker import commands as room_commands
 from dataflows.room_worker.runner import RoomCommandRunner, mint_request_id
+from dataflows.room_worker.store import Store
 from dataflows.room_worker.store_mongo import RoomStore
-from schemas import streams, subjects
+from schemas import names, streams, subjects
 from schemas.carriers import Delivery, Settle
 
-FLOW = "room_worker"
+FLOW = names.ROOM_WORKER_FLOW
 
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _decode(delivery: Delivery, site: str) -> list[room_commands.Command] | room_commands.Rejected:
+    """A command is the message's one part; a rejected one is settled apart (it may owe its requester a result)."""
+    parsed = room_commands.parse_command(delivery, site=site, mint_id=mint_request_id, now_ms=_now_ms())
+    return [parsed] if room_commands.is_command(parsed) else parsed
 
 
 def build_flow(
@@ -40,10 +47,9 @@ def build_flow(
     """The graph; `runner` does the I/O of each command (runner.py)."""
     flow = Dataflow(FLOW)
     msgs = op.input("pull", flow, source)
-    parsed = op.map("decode", msgs, lambda d: room_commands.parse_command(d, site=site, mint_id=mint_request_id, now_ms=_now_ms()))
-    split = op.branch("split_rejected", parsed, room_commands.is_command)
-    rejected = op.map("reject", split.falses, runner.reject)  # error result to the requester, then dead-letter
-    keyed = op.key_on("key_by_room", split.trues, room_commands.room_key)
+    decoded = decode_or_dead_letter("decode", msgs, lambda delivery: _decode(delivery, site))
+    rejected = op.map("reject", decoded.settled, runner.reject)  # error result to the requester, then dead-letter
+    keyed = op.key_on("key_by_room", decoded.parts, room_commands.room_key)
     # a room's commands meet on one worker and are sorted by stream sequence within the window
     in_order = op.key_rm("unkey", collect_for("order_by_room", keyed, order_window, order_max))
     applied = op.flat_map_batch("apply", in_order, runner.apply)  # writes, publishes, result
@@ -51,24 +57,21 @@ def build_flow(
     return flow
 
 
-def from_settings(settings: Settings) -> Dataflow:
-    """The flow wired to the servers the `CHATFED_*` settings name; creates the collections' indexes first."""
+def from_settings(settings: Settings, wrap_store: Callable[[RoomStore], Store] | None = None) -> Dataflow:
+    """The flow wired to the servers the `CHATFED_*` settings name; creates the collections' indexes first.
+
+    `wrap_store`: what the runner uses instead of the MongoDB store, given it (tests inject faults this way).
+    """
     db = mongo.database(settings.require_mongo())
     mongo.ensure_indexes(db)
-    store = RoomStore(db)
+    mongo_store = RoomStore(db)
     # a request is answered from its record for as long as ROOMS can redeliver it, and a day more for client retries
-    store.purge_records(_now_ms() - (streams.ROOMS_MAX_AGE_S + streams.DAY_S) * 1000)
+    mongo_store.purge_records(_now_ms() - (streams.ROOMS_MAX_AGE_S + streams.DAY_S) * 1000)
+    store = mongo_store if wrap_store is None else wrap_store(mongo_store)
     client = natsio.connection(settings.nats)
-    runner = RoomCommandRunner(
-        store,
-        client,
-        site=settings.site,
-        max_deliver=settings.tuning.max_deliver,
-        # test hook (issue 5): die after the writes, before the publishes
-        crash_after_write=os.environ.get("CHATFED_TEST_CRASH_AFTER_WRITE", "") == "1",
-    )
+    runner = RoomCommandRunner(store, client, site=settings.site, max_deliver=settings.tuning.max_deliver)
     return build_flow(
-        JetStreamSource(settings.nats, settings.tuning, stream=subjects.rooms_stream(settings.site), durable=subjects.ROOM_WORKER),
+        JetStreamSource(settings.nats, settings.tuning, stream=names.rooms_stream(settings.site), durable=names.ROOM_WORKER_DURABLE),
         runner,
         SettleSink(settings.nats, settings.tuning, flow=FLOW, dlq_subject=subjects.dlq(settings.site, FLOW)),
         site=settings.site,

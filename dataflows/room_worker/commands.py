@@ -25,7 +25,7 @@ from schemas.commands import (
     decode_remove_member,
 )
 from schemas.errors import DecodeError
-from schemas.identifiers import identifier_problem
+from schemas.names import identifier_problem, is_valid_token
 from schemas.subjects import RoomOp
 
 REQUEST_ID_HEADER: Final = "X-Request-ID"
@@ -141,7 +141,7 @@ def _loose_requester(data: bytes) -> str:
     if not isinstance(raw, dict):
         return ""
     value = raw.get("requesterAccount") or raw.get("requester")
-    return value if isinstance(value, str) and subjects.is_valid_token(value) else ""
+    return value if isinstance(value, str) and is_valid_token(value) else ""
 
 
 def parse_command(delivery: Delivery, *, site: str, mint_id: NewId, now_ms: int) -> Parsed:
@@ -164,7 +164,7 @@ def parse_command(delivery: Delivery, *, site: str, mint_id: NewId, now_ms: int)
     problem = command_identifier_problem(body)
     if problem is not None:
         requester = requester_of(body)
-        if not subjects.is_valid_token(requester):  # no subject to answer on: the dead letter is all there is
+        if not is_valid_token(requester):  # no subject to answer on: the dead letter is all there is
             return Rejected(delivery=delivery, reason=f"bad_request: {problem}")
         result = error_result(request_id, operation_of(body), "", Failure(code=ErrorCode.BAD_REQUEST, error=problem), now_ms)
         return Rejected(delivery=delivery, reason=f"bad_request: {problem}", result=result, requester=requester)
@@ -178,7 +178,7 @@ def command_identifier_problem(body: RoomCommand) -> str | None:
     one plain token (no `.bot` exception); org ids are plain tokens too.
     """
     requester = requester_of(body)
-    if not subjects.is_valid_token(requester):
+    if not is_valid_token(requester):
         return f"invalid requester account {requester!r}: needs a non-empty name without '.', '*', '>' or whitespace"
     if isinstance(body, RemoveMember):
         rooms, accounts, orgs = [body.room_id], [body.account] if body.account else [], [body.org_id] if body.org_id else []
@@ -188,7 +188,7 @@ def command_identifier_problem(body: RoomCommand) -> str | None:
     if problem is not None:
         return problem
     for org in orgs:
-        if not subjects.is_valid_token(org):
+        if not is_valid_token(org):
             return f"invalid org id {org!r}: needs a non-empty id without '.', '*', '>' or whitespace"
     return None
 

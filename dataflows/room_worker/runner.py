@@ -1,47 +1,43 @@
-"""Carries out room commands: MongoDB writes, deduplicated event publishes, the requester's result, then a verdict."""
+"""Carries out room commands: store writes, deduplicated event publishes, the requester's result, then a verdict.
+
+The decisions are handler.py's; this module runs them in batches (rooms in parallel rounds, each room's commands
+in stream order), records and carries out their outcomes, retries in place, and stops at an outage.
+A little over 300 lines: the bulk round and the one-at-a-time path are two halves of one protocol, read together.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Final, TypeAlias, TypeVar
+from typing import Final, TypeVar
 
-import msgspec
 import nats.errors
 import uuid_utils
 from nats.aio.client import Client
 
 from connectors import natsio
 from connectors.jetstream import PublishRejected, publish_all
-from connectors.mongo import TRANSIENT_ERRORS
 from dataflows.room_worker import commands as rc
-from dataflows.room_worker import events as room_events
-from dataflows.room_worker import plans as plans
+from dataflows.room_worker import store as room_store
 from dataflows.room_worker.commands import Command, Parsed, Publish, Rejected
-from dataflows.room_worker.outcomes import Outcome, RoomMemberKey, RoomWrites
+from dataflows.room_worker.handler import BatchReads, RoomHandler, looked_up
+from dataflows.room_worker.outcomes import Outcome, RoomWrites
 from dataflows.room_worker.plans import Failure
-from dataflows.room_worker.store_mongo import Claim, IntentPending, Member, RoomStore
+from dataflows.room_worker.store import Claim, Store
 from schemas import subjects
-from schemas.carriers import Settle, done, poison, retry
-from schemas.commands import (
-    AddMembers,
-    CommandResult,
-    CreateRoom,
-    ErrorCode,
-    RemoveMember,
-    encode_command,
-)
-from schemas.documents import MemberType, Room, User
+from schemas.carriers import Settle, done, ignored, poison, retry
+from schemas.commands import CommandResult, CreateRoom, ErrorCode, encode_command
+from schemas.names import is_valid_token
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-TRANSIENT: Final[tuple[type[Exception], ...]] = (*TRANSIENT_ERRORS, nats.errors.Error, TimeoutError, PublishRejected, IntentPending)
+# The store's transient errors (store.TRANSIENT), and NATS away or not storing a publish or result.
+TRANSIENT: Final[tuple[type[Exception], ...]] = (*room_store.TRANSIENT, nats.errors.Error, TimeoutError, PublishRejected)
 # Retried here, in place, before giving up with a delayed nak: a nak'd command is redelivered after
 # later commands of the same room have run, so in-place retries keep stream order through short blips
 # and the nak only covers real outages (where order across the outage is lost: documented trade-off).
@@ -63,34 +59,8 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-# what deciding a command gives: its writes and events, or why it cannot be carried out
-Decided: TypeAlias = tuple[RoomWrites, list[Publish]] | Failure
-
-
-class BatchReads(msgspec.Struct, frozen=True, kw_only=True):
-    """Reads shared by the commands of one batch; `None`: not read, each command reads its own."""
-
-    users: dict[str, User] | None = None  # by account
-    org_users: list[User] | None = None  # users of any of `orgs`
-    orgs: frozenset[str] = frozenset()
-    # each room's state before the batch, by room id; taken (popped) by the room's first command
-    rooms: dict[str, Room | None] | None = None
-    members: dict[str, dict[str, Member]] | None = None
-    room_orgs: dict[str, set[str]] | None = None
-
-
-def _bots(members: Mapping[str, Member]) -> dict[str, bool]:
-    return {account: m.is_bot for account, m in members.items()}
-
-
 def _has_effects(outcome: Outcome) -> bool:
     return bool(outcome.publishes) or outcome.writes != RoomWrites()
-
-
-def _roles(members: Mapping[str, Member], account: str) -> list[str] | None:
-    """`roles` of `account`'s subscription; `None` if not a member."""
-    member = members.get(account)
-    return None if member is None else member.roles
 
 
 class RoomCommandRunner:
@@ -98,20 +68,18 @@ class RoomCommandRunner:
 
     def __init__(
         self,
-        store: RoomStore,
+        store: Store,
         client: Client,
         *,
         site: str,
         max_deliver: int,
-        crash_after_write: bool = False,
         pauses: Sequence[float] = RETRY_PAUSES_S,
         clock: Callable[[], int] = now_ms,
     ) -> None:
         self._store = store
+        self._handler = RoomHandler(store, site=site, clock=clock, new_id=new_id)
         self._client = client
-        self._site = site
         self._max_deliver = max_deliver
-        self._crash_after_write = crash_after_write
         self._pauses = tuple(pauses)
         self._clock = clock
         self._pool = ThreadPoolExecutor(ROOM_THREADS, thread_name_prefix="room")
@@ -123,7 +91,7 @@ class RoomCommandRunner:
             raise TypeError(msg)
         if item.ignored:
             log.info("acking %s seq %s: %s", item.delivery.stream, item.delivery.stream_seq, item.reason)
-            return done(item.delivery)
+            return ignored(item.delivery, item.reason)
         if item.result is not None:
             try:
                 self._send_result(item.requester, item.result)
@@ -177,7 +145,7 @@ class RoomCommandRunner:
         the whole round instead of one per command. Whatever fails here falls back to `_execute`, which finds
         the intents and records this left and finishes exactly what was decided.
         """
-        decided = list(self._pool.map(lambda c: self._try(lambda: self._decide(c, reads)), commands))
+        decided = list(self._pool.map(lambda c: self._try(lambda: self._handler.decide(c, reads)), commands))
         fallback = [c for c, d in zip(commands, decided, strict=True) if isinstance(d, BaseException)]
         claims = {id(c): Claim(outcome=d, nonce=new_id()) for c, d in zip(commands, decided, strict=True) if isinstance(d, Outcome)}
         live = [c for c in commands if id(c) in claims]
@@ -193,9 +161,6 @@ class RoomCommandRunner:
         try:
             outcomes = [claims[id(c)].outcome for c in fresh]
             self._store.apply_many(outcomes, self._clock())
-            if self._crash_after_write and any(o.publishes for o in outcomes):
-                log.error("test hook: dying between the writes and the publishes of a round")
-                os._exit(137)
             self._publish([p for o in outcomes for p in o.publishes])
             self._store.clear_intents(c.room_id for c in live if _has_effects(claims[id(c)].outcome))
         except TRANSIENT as exc:
@@ -230,16 +195,7 @@ class RoomCommandRunner:
         sees what a read per command would. A failed read leaves each command to read on its own (and
         retry in place).
         """
-        accounts: set[str] = set()
-        orgs: set[str] = set()
-        for command in commands:
-            body = command.body
-            if isinstance(body, RemoveMember):
-                accounts.update([body.account] if body.account else [])
-                orgs.update([body.org_id] if body.org_id else [])
-            else:
-                accounts.update([body.requester_account, *body.users])
-                orgs.update(body.orgs)
+        accounts, orgs = looked_up(commands)
         room_ids = {command.room_id for command in commands}
         changed = {command.room_id for command in commands if not isinstance(command.body, CreateRoom)}  # creates read no members
         try:
@@ -274,35 +230,6 @@ class RoomCommandRunner:
         outage.set()
         return self._give_up(command, repr(last))
 
-    # A room's state as the batch found it serves only its first command: later ones must see what it wrote.
-    def _room(self, reads: BatchReads, room_id: str) -> Room | None:
-        if reads.rooms is not None and room_id in reads.rooms:
-            return reads.rooms.pop(room_id)
-        return self._store.room(room_id)
-
-    def _members(self, reads: BatchReads, room_id: str) -> dict[str, Member]:
-        if reads.members is not None and room_id in reads.members:
-            return reads.members.pop(room_id)
-        return self._store.members(room_id)
-
-    def _room_orgs(self, reads: BatchReads, room_id: str) -> set[str]:
-        if reads.room_orgs is not None and room_id in reads.room_orgs:
-            return reads.room_orgs.pop(room_id)
-        return self._store.room_orgs(room_id)
-
-    def _users(self, reads: BatchReads, accounts: Sequence[str]) -> dict[str, User]:
-        if reads.users is None:
-            return self._store.users_by_accounts(accounts)
-        return {a: reads.users[a] for a in accounts if a in reads.users}
-
-    def _org_members(self, reads: BatchReads, orgs: Sequence[str]) -> list[User]:
-        if not orgs:
-            return []
-        if reads.org_users is None or not reads.orgs.issuperset(orgs):
-            return self._store.org_members(orgs)
-        wanted = set(orgs)
-        return [u for u in reads.org_users if u.sect_id in wanted or u.dept_id in wanted]
-
     def _give_up(self, command: Command, why: str) -> Settle:
         """A delayed nak; the settle sink dead-letters it on the last delivery.
 
@@ -325,7 +252,7 @@ class RoomCommandRunner:
             answer, carried_out = self._finish_pending(pending)
             if pending.outcome.request_key == command.dedup_base:
                 return self._settle(command, answer) if carried_out else done(command.delivery, command.body.timestamp)
-        claim = Claim(outcome=self._decide(command, reads), nonce=new_id())
+        claim = Claim(outcome=self._handler.decide(command, reads), nonce=new_id())
         effects = _has_effects(claim.outcome)
         if effects:
             self._store.save_intent(claim, self._clock())
@@ -356,166 +283,13 @@ class RoomCommandRunner:
 
     def _carry_out(self, outcome: Outcome) -> None:
         """The writes, then the events; both idempotent, so a rerun is harmless."""
-        self._store.apply(outcome.room_id, outcome.writes, self._clock())
-        if self._crash_after_write and outcome.publishes:
-            log.error("test hook: dying between the writes and the publishes of %s", outcome.request_key)
-            os._exit(137)
+        self._store.apply(outcome, self._clock())
         self._publish(outcome.publishes)
 
     def _settle(self, command: Command, outcome: Outcome) -> Settle:
         if outcome.ok:
             return done(command.delivery, command.body.timestamp)
         return poison(command.delivery, outcome.reason)
-
-    def _decide(self, command: Command, reads: BatchReads) -> Outcome:
-        body = command.body
-        if isinstance(body, CreateRoom):
-            decided = self._create(command, body, reads)
-        elif isinstance(body, AddMembers):
-            decided = self._add(command, body, reads)
-        elif body.org_id:
-            decided = self._remove_org(command, body, reads)
-        else:
-            decided = self._remove_one(command, body, reads)
-        requester = rc.requester_of(body)
-        if isinstance(decided, Failure):
-            result = rc.error_result(command.request_id, rc.operation_of(body), command.room_id, decided, self._clock())
-            reason = f"{decided.code.value}: {decided.error}"
-            return Outcome(request_key=command.dedup_base, room_id=command.room_id, requester=requester, result=result, ok=False, reason=reason)
-        writes, publishes = decided
-        return Outcome(
-            request_key=command.dedup_base,
-            room_id=command.room_id,
-            requester=requester,
-            writes=writes,
-            publishes=publishes,
-            result=rc.ok_result(command, command.room_id, self._clock()),
-        )
-
-    def _create(self, command: Command, body: CreateRoom, reads: BatchReads) -> Decided:
-        found = self._users(reads, [body.requester_account, *body.users])
-        requester = found.get(body.requester_account)
-        if requester is None:
-            return Failure(code=ErrorCode.NOT_FOUND, error=f"requester {body.requester_account} not found")
-        org_members = self._org_members(reads, body.orgs)
-        plan = plans.plan_create(body, home=self._site, requester=requester, found=found, org_members=org_members, new_id=new_id)
-        if isinstance(plan, Failure):
-            return plan
-        existing = self._room(reads, body.room_id)
-        if existing is not None:
-            if (existing.type, existing.site_id) != (plan.room.type, plan.room.site_id):
-                return Failure(code=ErrorCode.CONFLICT, error=f"room {existing.id} exists as a {existing.type} of site {existing.site_id}")
-            if existing.type == plans.CHANNEL:  # another request's channel: never merge two member sets
-                return Failure(code=ErrorCode.CONFLICT, error=f"room {existing.id} exists already")
-            return RoomWrites(), []  # the dm exists (the counterpart opened it): nothing to do
-        # a new room carries the counts of its plan (`updatedAt`: when it was counted)
-        counts = plans.counts_after({}, plan.subscriptions)
-        room = msgspec.structs.replace(plan.room, user_count=counts[0], app_count=counts[1], updated_at=self._clock())
-        writes = RoomWrites(room=room, subscriptions=plan.subscriptions, room_members=plan.room_members)
-        return writes, room_events.member_added_publishes(
-            room=room,
-            members=plan.members,
-            requester_account=requester.account,
-            joined_at=body.timestamp,
-            history_shared_since=0,
-            now_ms=self._clock(),
-            dedup_base=command.dedup_base,
-        )
-
-    def _add(self, command: Command, body: AddMembers, reads: BatchReads) -> Decided:
-        room = self._room(reads, body.room_id)
-        found = self._users(reads, [body.requester_account, *body.users])
-        before = self._members(reads, body.room_id) if room is not None else {}
-        plan = plans.plan_add(
-            body,
-            home=self._site,
-            room=room,
-            requester=found.get(body.requester_account),
-            found=found,
-            org_members=self._org_members(reads, body.orgs),
-            subscribers={account: m.user_id for account, m in before.items()},
-            room_orgs=self._room_orgs(reads, body.room_id),
-            new_id=new_id,
-        )
-        if isinstance(plan, Failure) or room is None:
-            return plan if isinstance(plan, Failure) else Failure(code=ErrorCode.NOT_FOUND, error="room not found")
-        new = set(plan.new_accounts)
-        members = [u for u in plan.candidates if u.account in new]
-        hss = plans.history_shared_since(body)
-        subs = plans.subscriptions_for(room, members, owner="", joined_at=body.timestamp, history_shared_since=hss, new_id=new_id)
-        counts = plans.counts_after(_bots(before), added=subs) if subs else None
-        writes = RoomWrites(subscriptions=subs, room_members=plan.room_members, counts=counts)
-        return writes, room_events.member_added_publishes(
-            room=room,
-            members=members,
-            requester_account=body.requester_account,
-            joined_at=body.timestamp,
-            history_shared_since=hss,
-            now_ms=self._clock(),
-            dedup_base=command.dedup_base,
-        )
-
-    def _remove_one(self, command: Command, body: RemoveMember, reads: BatchReads) -> Decided:
-        user = self._users(reads, [body.account]).get(body.account)
-        room = self._room(reads, body.room_id)
-        before = self._members(reads, body.room_id) if room is not None else {}
-        own_roles = _roles(before, body.account)
-        plan = plans.plan_remove_one(
-            body,
-            home=self._site,
-            room=room,
-            user=user,
-            is_member=own_roles is not None,
-            requester_roles=own_roles if body.requester == body.account else _roles(before, body.requester),
-            room_orgs=self._room_orgs(reads, body.room_id),
-        )
-        if isinstance(plan, Failure) or user is None:
-            return plan if isinstance(plan, Failure) else Failure(code=ErrorCode.NOT_FOUND, error="user not found")
-        row = RoomMemberKey(type=MemberType.INDIVIDUAL.value, id=user.id)
-        if plan.demote is not None:  # still in through an org: only the individual standing goes
-            return RoomWrites(drop_rows=[row], drop_owner=[user.account]), []
-        gone = [u.account for u in plan.remove]
-        counts = plans.counts_after(_bots(before), removed=gone) if gone else None
-        writes = RoomWrites(unsubscribe=gone, drop_rows=[row], counts=counts)
-        return writes, room_events.member_removed_publishes(
-            home=self._site,
-            room_id=body.room_id,
-            members=plan.remove,
-            inner_type=plan.inner_type,
-            org_id="",
-            now_ms=self._clock(),
-            dedup_base=command.dedup_base,
-        )
-
-    def _remove_org(self, command: Command, body: RemoveMember, reads: BatchReads) -> Decided:
-        store = self._store
-        org_members = self._org_members(reads, [body.org_id])
-        room = self._room(reads, body.room_id)
-        before = self._members(reads, body.room_id) if room is not None else {}
-        plan = plans.plan_remove_org(
-            body,
-            home=self._site,
-            room=room,
-            org_members=org_members,
-            subscribers={account: m.user_id for account, m in before.items()},
-            individual_ids=store.individual_ids(body.room_id),
-            requester_roles=_roles(before, body.requester),
-            room_orgs=self._room_orgs(reads, body.room_id),
-        )
-        if isinstance(plan, Failure):
-            return plan
-        gone = [u.account for u in plan.remove]
-        counts = plans.counts_after(_bots(before), removed=gone) if gone else None
-        writes = RoomWrites(unsubscribe=gone, drop_rows=[RoomMemberKey(type=MemberType.ORG.value, id=body.org_id)], counts=counts)
-        return writes, room_events.member_removed_publishes(
-            home=self._site,
-            room_id=body.room_id,
-            members=plan.remove,
-            inner_type=plan.inner_type,
-            org_id=body.org_id,
-            now_ms=self._clock(),
-            dedup_base=command.dedup_base,
-        )
 
     def _publish(self, publishes: list[Publish]) -> None:
         if publishes:
@@ -527,7 +301,7 @@ class RoomCommandRunner:
 
     def _send_result(self, account: str, result: CommandResult) -> None:
         """Core-NATS publish of the result; no requester to tell is logged, not an error."""
-        if not subjects.is_valid_token(account) or not subjects.is_valid_token(result.request_id):
+        if not is_valid_token(account) or not is_valid_token(result.request_id):
             log.warning("no result sent for request %s: requester %r is not a subject token", result.request_id, account)
             return
         subject = subjects.command_result(account=account, request_id=result.request_id)

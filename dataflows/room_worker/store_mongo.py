@@ -1,10 +1,14 @@
-"""Every MongoDB read and write of room_worker: users, rooms, subscriptions, room_members, intents and request records."""
+"""Every MongoDB read and write of room_worker: users, rooms, subscriptions, room_members, intents and request records.
+
+`RoomStore` implements store.Store; a MongoDB that is away surfaces as store.StoreUnavailable from the Store methods.
+"""
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Iterable, Sequence
-from typing import Final
+from collections.abc import Callable, Iterable, Sequence
+from typing import Final, ParamSpec, TypeVar
 
 import msgspec
 from bson import Binary
@@ -12,9 +16,11 @@ from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
 from connectors import metrics
-from connectors.mongo import Document, insert_missing
+from connectors.mongo import TRANSIENT_ERRORS, Document, insert_missing
 from dataflows.room_worker.outcomes import Outcome, RoomWrites, decode_outcome, encode_outcome
 from dataflows.room_worker.plans import room_counts
+from dataflows.room_worker.store import Claim, IntentPending, Member, StoreUnavailable
+from schemas import names
 from schemas.documents import (
     MemberType,
     Room,
@@ -25,20 +31,26 @@ from schemas.documents import (
     to_mongo,
 )
 
-FLOW: Final = "room_worker"
+FLOW: Final = names.ROOM_WORKER_FLOW
 INTENTS: Final = "room_intents"  # _id = room id: the room's decided, unfinished command
 RECORDS: Final = "room_requests"  # _id = request key: the answer of a finished command
 
-
-class Claim(msgspec.Struct, frozen=True, kw_only=True):
-    """An outcome and the run that decided it: a record with another run's nonce means another run answered."""
-
-    outcome: Outcome
-    nonce: str
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
-class IntentPending(RuntimeError):
-    """Another command's intent holds the room (a concurrent run): retried, it is finished first."""
+def _unavailable(method: Callable[P, R]) -> Callable[P, R]:
+    """A Store method whose MongoDB outage raises `StoreUnavailable` (the one transient class the runner knows)."""
+
+    @functools.wraps(method)
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except TRANSIENT_ERRORS as exc:
+            msg = f"{type(exc).__name__}: {exc}"
+            raise StoreUnavailable(msg) from exc
+
+    return call
 
 
 def _member(doc: Document) -> Member:
@@ -60,20 +72,13 @@ def _record_doc(claim: Claim, now_ms: int) -> dict[str, object]:
     return {"_id": outcome.request_key, "rid": outcome.room_id, "nonce": claim.nonce, "outcome": Binary(encode_outcome(_answer(outcome))), "ts": now_ms}
 
 
-class Member(msgspec.Struct, frozen=True, kw_only=True):
-    """One subscription of a room, as `RoomStore.members` reads it."""
-
-    user_id: str
-    is_bot: bool
-    roles: list[str]
-
-
 class RoomStore:
     """MongoDB I/O of one site's room_worker; every write is idempotent (SYSTEM.md §3)."""
 
     def __init__(self, db: Database[Document]) -> None:
         self._db = db
 
+    @_unavailable
     def users_by_accounts(self, accounts: Iterable[str]) -> dict[str, User]:
         """Users found for `accounts`, by account."""
         wanted = sorted(set(accounts))
@@ -81,6 +86,7 @@ class RoomStore:
             return {}
         return {u.account: u for u in (from_mongo(User, d) for d in self._db.users.find({"account": {"$in": wanted}}))}
 
+    @_unavailable
     def org_members(self, orgs: Iterable[str]) -> list[User]:
         """Users whose `sectId` or `deptId` is one of `orgs`."""
         wanted = sorted(set(orgs))
@@ -89,11 +95,13 @@ class RoomStore:
         found = self._db.users.find({"$or": [{"sectId": {"$in": wanted}}, {"deptId": {"$in": wanted}}]})
         return [from_mongo(User, d) for d in found]
 
+    @_unavailable
     def room(self, room_id: str) -> Room | None:
         """The room document, or `None`."""
         doc = self._db.rooms.find_one({"_id": room_id})
         return None if doc is None else from_mongo(Room, doc)
 
+    @_unavailable
     def rooms(self, room_ids: Iterable[str]) -> dict[str, Room | None]:
         """Each room by id (`None`: no such room), in one query."""
         wanted = sorted(set(room_ids))
@@ -102,6 +110,7 @@ class RoomStore:
             found |= {d["_id"]: from_mongo(Room, d) for d in self._db.rooms.find({"_id": {"$in": wanted}})}
         return found
 
+    @_unavailable
     def members_of(self, room_ids: Iterable[str]) -> dict[str, dict[str, Member]]:
         """`members` of each room, in one query."""
         wanted = sorted(set(room_ids))
@@ -111,6 +120,7 @@ class RoomStore:
                 found[d["roomId"]][d["u"]["account"]] = _member(d)
         return found
 
+    @_unavailable
     def orgs_of(self, room_ids: Iterable[str]) -> dict[str, set[str]]:
         """`room_orgs` of each room, in one query."""
         wanted = sorted(set(room_ids))
@@ -131,6 +141,7 @@ class RoomStore:
             return stored, False
         return room, True
 
+    @_unavailable
     def members(self, room_id: str) -> dict[str, Member]:
         """The room's subscriptions by account: members' user ids, bot flags and roles, in one query.
 
@@ -167,11 +178,13 @@ class RoomStore:
         changed = {"_id": room_id, "$or": [{"userCount": {"$ne": users}}, {"appCount": {"$ne": apps}}]}
         self._db.rooms.update_one(changed, {"$set": {"userCount": users, "appCount": apps, "updatedAt": now_ms}})
 
+    @_unavailable
     def room_orgs(self, room_id: str) -> set[str]:
         """Ids of the orgs that are members of the room."""
         rows = self._db.room_members.find({"rid": room_id, "member.type": MemberType.ORG.value}, {"member": 1})
         return {r["member"]["id"] for r in rows}
 
+    @_unavailable
     def individual_ids(self, room_id: str) -> set[str]:
         """User ids of the room's individual members (`room_members` rows)."""
         rows = self._db.room_members.find({"rid": room_id, "member.type": MemberType.INDIVIDUAL.value}, {"member": 1})
@@ -185,8 +198,12 @@ class RoomStore:
         """Delete one `room_members` row."""
         self._db.room_members.delete_one({"rid": room_id, "member.type": member_type.value, "member.id": member_id})
 
-    def apply(self, room_id: str, writes: RoomWrites, now_ms: int) -> None:
+    @_unavailable
+    def apply(self, outcome: Outcome, now_ms: int) -> None:
         """Carry out one command's writes; each is idempotent, so a second run changes nothing."""
+        self._apply_writes(outcome.room_id, outcome.writes, now_ms)
+
+    def _apply_writes(self, room_id: str, writes: RoomWrites, now_ms: int) -> None:
         if writes.room is not None:
             self.insert_room(writes.room)
         self.insert_subscriptions(writes.subscriptions)
@@ -199,6 +216,7 @@ class RoomStore:
         if writes.counts is not None:
             self.set_counts(room_id, writes.counts, now_ms)
 
+    @_unavailable
     def apply_many(self, outcomes: Sequence[Outcome], now_ms: int) -> None:
         """`apply` for commands of different rooms: their inserts in one request per collection."""
         rooms = [to_mongo(o.writes.room) for o in outcomes if o.writes.room is not None]
@@ -208,8 +226,9 @@ class RoomStore:
         for outcome in outcomes:
             rest = msgspec.structs.replace(outcome.writes, room=None, subscriptions=[], room_members=[])
             if rest != RoomWrites():
-                self.apply(outcome.room_id, rest, now_ms)
+                self._apply_writes(outcome.room_id, rest, now_ms)
 
+    @_unavailable
     def rooms_with_intents(self, room_ids: Iterable[str]) -> set[str]:
         """Which of these rooms have an unfinished command (one small query: only unfinished ones are kept)."""
         wanted = sorted(set(room_ids))
@@ -217,15 +236,18 @@ class RoomStore:
             return set()
         return {d["_id"] for d in self._db[INTENTS].find({"_id": {"$in": wanted}}, {"_id": 1})}
 
+    @_unavailable
     def save_intents(self, claims: Sequence[Claim], now_ms: int) -> set[str]:
         """`save_intent` for commands of different rooms in one request; returns the rooms that had one already."""
         return insert_missing(self._db[INTENTS], [_intent_doc(c, now_ms) for c in claims])
 
+    @_unavailable
     def record_many(self, claims: Sequence[Claim], now_ms: int) -> dict[str, Claim]:
         """`record` for many requests in one request; returns the answers recorded before, by request key."""
         taken = insert_missing(self._db[RECORDS], [_record_doc(c, now_ms) for c in claims])
         return {key: self._recorded(key) for key in sorted(taken)}
 
+    @_unavailable
     def clear_intents(self, room_ids: Iterable[str]) -> None:
         wanted = sorted(set(room_ids))
         if wanted:
@@ -238,11 +260,13 @@ class RoomStore:
             raise LookupError(msg)
         return Claim(outcome=decode_outcome(bytes(stored["outcome"])), nonce=stored["nonce"])
 
+    @_unavailable
     def intent(self, room_id: str) -> Claim | None:
         """The room's decided but unfinished command, if any (the collection holds only unfinished ones: small)."""
         doc = self._db[INTENTS].find_one({"_id": room_id})
         return None if doc is None else Claim(outcome=decode_outcome(bytes(doc["outcome"])), nonce=doc["nonce"])
 
+    @_unavailable
     def save_intent(self, claim: Claim, now_ms: int) -> None:
         """Make `claim` the room's pending command, before its record and any of its writes."""
         try:
@@ -250,9 +274,11 @@ class RoomStore:
         except DuplicateKeyError as exc:
             raise IntentPending(claim.outcome.room_id) from exc
 
+    @_unavailable
     def clear_intent(self, room_id: str) -> None:
         self._db[INTENTS].delete_one({"_id": room_id})
 
+    @_unavailable
     def record(self, claim: Claim, now_ms: int) -> Claim:
         """Record `claim` as its request's one answer, unless one is recorded already: return the recorded one.
 

@@ -4,41 +4,37 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import timedelta
-from typing import cast
 
 import bytewax.operators as op
-from bytewax.dataflow import Dataflow, Stream
+from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.outputs import Sink
 
 from connectors import runtime
 from connectors.jetstream import JetStreamSource, SettleSink
-from connectors.operators import PartOutcome, collect_for, settle_parts
+from connectors.operators import PartOutcome, collect_for, decode_or_dead_letter, settle_parts
 from connectors.settings import Settings
 from dataflows.search_sync import indexes, writer
-from dataflows.search_sync import views as search_views
-from schemas import subjects
+from dataflows.search_sync import parts as search_parts
+from schemas import names, subjects
 from schemas.carriers import Delivery, Settle
 
-FLOW = "search_sync"
+FLOW = names.SEARCH_SYNC_FLOW
 
 Writer = Callable[[list[tuple[str, list[object]]]], list[PartOutcome]]
 
 
 def build_flow(source: Source[Delivery], write: Writer, sink: Sink[Settle], *, flush: timedelta, flush_max: int) -> Dataflow:
-    """The graph; `write` performs one guarded bulk per batch of coalesced parts (connectors/elastic.py)."""
+    """The graph; `write` performs one guarded bulk per batch of coalesced parts (writer.py)."""
     flow = Dataflow(FLOW)
     msgs = op.input("pull", flow, source)
-    parsed = op.map("decode", msgs, search_views.parse)
-    split = op.branch("split_poison", parsed, search_views.is_parts)
-    parts = op.flat_map("fan_out", split.trues, lambda found: found)
-    keyed = op.key_on("key_by_doc", parts, search_views.part_key)
+    decoded = decode_or_dead_letter("decode", msgs, search_parts.parse)  # one part per account (a rename: one), or poison
+    keyed = op.key_on("key_by_doc", decoded.parts, search_parts.part_key)
     # a document's changes meet on one worker and are written once per flush (FINDINGS: same-doc bulk updates are slow)
     batches = collect_for("coalesce", keyed, flush, flush_max)
     outcomes = op.flat_map_batch("write_es", batches, write)
-    settled = settle_parts("join_parts", outcomes)  # ack only when every part's write is durable: SYSTEM.md §5
-    poisoned = cast("Stream[Settle]", split.falses)  # branch narrows only the true side
-    op.output("settle", op.merge("all_settled", settled, poisoned), sink)  # poison: dead-letter, then ack
+    settled = settle_parts("join_parts", decoded.awaiting, outcomes)  # ack only when every part's write is durable: SYSTEM.md §5
+    op.output("settle", op.merge("all_settled", settled, decoded.settled), sink)  # poison: dead-letter, then ack
     return flow
 
 
@@ -51,8 +47,8 @@ def from_settings(settings: Settings) -> Dataflow:
         JetStreamSource(
             settings.nats,
             settings.tuning,
-            stream=subjects.inbox_stream(settings.site),
-            durable=settings.durable or subjects.SEARCH_SYNC,
+            stream=names.inbox_stream(settings.site),
+            durable=settings.durable or names.SEARCH_SYNC_DURABLE,
             # all that piled up during a write enters at once, so a backlog is written in big coalesced batches
             max_batch=settings.tuning.max_buffered,
         ),

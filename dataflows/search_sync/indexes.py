@@ -1,13 +1,19 @@
-"""The search views' indexes: templates, and the aliases the flow and `chatfed rebuild` write through."""
+"""The search views' indexes: templates, and the aliases the flow and `chatfed rebuild` write through.
+
+Each alias points at one concrete index `{alias}-v{version}` (`v1` from `install`, a timestamp from a
+rebuild), created from the template `chatfed-{alias}` that matches `{alias}-v*`.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 import msgspec
 from elasticsearch import BadRequestError, Elasticsearch
 
 from connectors.settings import ElasticSettings
+from schemas import names
 
 
 class SearchIndexes(msgspec.Struct, frozen=True, kw_only=True):
@@ -19,11 +25,16 @@ class SearchIndexes(msgspec.Struct, frozen=True, kw_only=True):
 
     @classmethod
     def for_site(cls, settings: ElasticSettings, site: str) -> SearchIndexes:
+        """The aliases `settings` name, each defaulting to the site's (schemas/names.py)."""
         return cls(
-            user_room=settings.user_room_index,
-            spotlight=settings.spotlight_index,
-            room_names=settings.room_names_index or f"room-names-{site}",
+            user_room=settings.user_room_index or names.user_room_alias(site),
+            spotlight=settings.spotlight_index or names.spotlight_alias(site),
+            room_names=settings.room_names_index or names.room_names_alias(site),
         )
+
+    @property
+    def aliases(self) -> tuple[str, str, str]:
+        return self.user_room, self.spotlight, self.room_names
 
 
 _KEYWORD: Final = {"type": "keyword"}
@@ -78,7 +89,7 @@ def install(es: Elasticsearch, indexes: SearchIndexes) -> None:
     for alias, mappings in templates(indexes).items():
         settings = _SETTINGS | _SPOTLIGHT_SETTINGS if alias == indexes.spotlight else _SETTINGS
         es.indices.put_index_template(
-            name=f"chatfed-{alias}",
+            name=template_name(alias),
             index_patterns=[f"{alias}-v*"],
             priority=200,
             template={"settings": settings, "mappings": mappings},
@@ -86,7 +97,45 @@ def install(es: Elasticsearch, indexes: SearchIndexes) -> None:
         if es.indices.exists_alias(name=alias):
             continue
         try:
-            es.indices.create(index=f"{alias}-v1", aliases={alias: {"is_write_index": True}})
+            create_version(es, alias, "1", write_alias=alias)
         except BadRequestError as exc:
             if exc.error != "resource_already_exists_exception":  # another process won the race
                 raise
+
+
+def template_name(alias: str) -> str:
+    return f"chatfed-{alias}"
+
+
+def create_version(es: Elasticsearch, alias: str, version: str, *, write_alias: str) -> str:
+    """Create `{alias}-v{version}` (shaped by the alias's template), reached for writes through `write_alias`."""
+    index = f"{alias}-v{version}"
+    es.indices.create(index=index, aliases={write_alias: {"is_write_index": True}})
+    return index
+
+
+def swap_aliases(es: Elasticsearch, targets: Mapping[str, str]) -> list[str]:
+    """Point every alias of `targets` (alias -> index) at its index in one atomic request; the indexes it left."""
+    old: list[str] = []
+    actions: list[dict[str, Any]] = []
+    for alias, new_index in targets.items():
+        for index in es.indices.get_alias(name=alias):
+            old.append(index)
+            actions.append({"remove": {"index": index, "alias": alias}})
+        actions.append({"add": {"index": new_index, "alias": alias, "is_write_index": True}})
+    es.indices.update_aliases(actions=actions)
+    return old
+
+
+def drop_aliases(es: Elasticsearch, aliases: Mapping[str, str]) -> None:
+    """Remove each alias (alias -> its index) and the template a flow writing through it installed; absent ones are fine."""
+    quiet = es.options(ignore_status=404)
+    for alias, index in aliases.items():
+        quiet.indices.delete_alias(index=index, name=alias)
+        quiet.indices.delete_index_template(name=template_name(alias))
+
+
+def delete_indexes(es: Elasticsearch, concrete: Iterable[str]) -> None:
+    """Delete concrete indexes (old versions, or a half-filled rebuild); missing ones are fine."""
+    if wanted := ",".join(concrete):
+        es.indices.delete(index=wanted, ignore_unavailable=True)

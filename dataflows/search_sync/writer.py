@@ -1,4 +1,11 @@
-"""search_sync's writer: the coalescing, guarded bulk writes of the user-room and spotlight views."""
+"""search_sync's writer: the guarded bulk writes of the user-room and spotlight views (renames: renames.py).
+
+Every write is guarded (`create`, or `index` with the seq_no read), so a concurrent writer makes it
+conflict and the account is re-read and re-planned, at most `MAX_ROUNDS` times. Elasticsearch being
+unreachable or overloaded (`Transient`) fails every part of the batch; a part that kept conflicting or
+got a 429/5xx item fails alone. Either way JetStream redelivers it later. A little over 300 lines: the
+member path (read with hints, plan, guarded bulk, re-read) is one protocol over one cache; renames live apart.
+"""
 
 from __future__ import annotations
 
@@ -14,34 +21,28 @@ from connectors import metrics
 from connectors.elastic import ENCODER, elastic_client, is_transient
 from connectors.operators import PartOutcome
 from connectors.settings import ElasticSettings
+from dataflows.search_sync import parts as search_parts
 from dataflows.search_sync import views
 from dataflows.search_sync.indexes import SearchIndexes
-from dataflows.search_sync.views import (
-    ItemOutcome,
-    MemberChange,
-    RoomName,
-    RoomRename,
-    SpotlightBody,
-    UserRoomBody,
-)
+from dataflows.search_sync.parts import MemberChange, RoomRename
+from dataflows.search_sync.renames import MAX_ROUNDS, OVERLOADED, Meta, rename_room
+from dataflows.search_sync.views import ItemOutcome, RoomName, SpotlightBody, UserRoomBody
 from schemas.documents import from_mongo, spotlight_doc_id
 from schemas.membership import DIRECT_TYPES
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T", bound=msgspec.Struct)
-Meta = tuple[int, int]  # (_seq_no, _primary_term) for optimistic concurrency
 Action = tuple[dict[str, Any], msgspec.Struct | None]
 
 STORE: Final = "elasticsearch"
-MAX_ROUNDS: Final = 5  # conflicts are rare: one worker owns an account
 CACHED_ACCOUNTS: Final = 20_000  # user-room documents remembered with the seq_no of our own last write
 CACHED_NAMES: Final = 100_000  # room names last seen
 RENAME_PAGE: Final = 500
 
 
 class Transient(Exception):
-    """Elasticsearch is unreachable or overloaded, or kept conflicting: retry the messages later."""
+    """Elasticsearch is unreachable or overloaded (`is_transient`, or an mget item error): retry the whole batch later."""
 
 
 def _decode(doc_type: type[T], source: Mapping[str, Any]) -> T:
@@ -82,7 +83,7 @@ class SearchViewsWriter:
         """Apply every part of `batch` (key, parts) and report each part's outcome."""
         members: dict[str, list[MemberChange]] = {}
         renames: dict[str, list[RoomRename]] = {}
-        parts: list[views.Part] = []
+        parts: list[search_parts.Part] = []
         for key, items in batch:
             for item in items:
                 if isinstance(item, MemberChange):
@@ -97,13 +98,14 @@ class SearchViewsWriter:
             if members:
                 self._write_members(members, failed)
             for key, room_renames in renames.items():
-                self._rename(key, room_renames, failed)
+                if reason := rename_room(self, room_renames):
+                    failed[key] = reason
         except Transient as exc:
             self._user_rooms.clear()  # writes may or may not have landed: forget our copies (they would only conflict)
             log.warning("elasticsearch write of %d parts failed, will retry: %s", len(parts), exc)
-            failed = {views.part_key(part): str(exc) for part in parts}
+            failed = {search_parts.part_key(part): str(exc) for part in parts}
         return [
-            PartOutcome(delivery=p.delivery, parts=p.parts, ok=views.part_key(p) not in failed, reason=failed.get(views.part_key(p), ""), event_ms=p.ts)
+            PartOutcome(ack=p.ack, ok=search_parts.part_key(p) not in failed, reason=failed.get(search_parts.part_key(p), ""))
             for p in parts
         ]
 
@@ -161,7 +163,7 @@ class SearchViewsWriter:
         for doc, want in zip(self._mget(wanted), wanted):
             if not doc.get("found"):
                 continue
-            meta = (int(doc["_seq_no"]), int(doc["_primary_term"]))
+            meta = _meta(doc)
             if want["_index"] == idx.user_room:
                 fetched.user_rooms[want["_id"]] = (_decode(UserRoomBody, doc["_source"]), meta)
             elif want["_index"] == idx.spotlight:
@@ -205,7 +207,7 @@ class SearchViewsWriter:
             if outcome is ItemOutcome.FATAL:
                 raise RuntimeError(f"elasticsearch rejected {action} {result.get('_index')}/{result.get('_id')}: {error}")
             written = "_seq_no" in result and "_primary_term" in result and outcome is ItemOutcome.DONE
-            outcomes.append((outcome, (int(result["_seq_no"]), int(result["_primary_term"])) if written else None))
+            outcomes.append((outcome, _meta(result) if written else None))
         return outcomes
 
     def _write_members(self, members: dict[str, list[MemberChange]], failed: dict[str, str]) -> None:
@@ -255,7 +257,7 @@ class SearchViewsWriter:
                 if outcome is ItemOutcome.CONFLICT:
                     retry.add(owner)
                 elif outcome is ItemOutcome.RETRY:
-                    failed[owner] = "elasticsearch overloaded or unavailable (429/5xx)"
+                    failed[owner] = OVERLOADED
             retry |= self._renamed_meanwhile(named, names)
             todo = sorted(retry - failed.keys())
         for account in todo:
@@ -280,57 +282,36 @@ class SearchViewsWriter:
                     stale |= named[room_id]
         return stale
 
-    def _rename(self, key: str, renames: list[RoomRename], failed: dict[str, str]) -> None:
-        """Record the room's newest name (last write wins), then bring its spotlight documents up to it."""
-        idx = self._indexes
-        room_id = renames[0].room_id
-        name: RoomName | None = None
-        for _ in range(MAX_ROUNDS):
-            found = self._mget([{"_index": idx.room_names, "_id": room_id}])[0]
-            stored = _decode(RoomName, found["_source"]) if found.get("found") else None
-            name = views.newest_name(stored, renames)
-            if name is None or name == stored:
-                break
-            meta = (int(found["_seq_no"]), int(found["_primary_term"])) if stored else None
-            ((outcome, _),) = self._bulk([_put(idx.room_names, room_id, name, meta)])
-            if outcome is ItemOutcome.DONE:
-                self._remember_name(name)
-                break
-            if outcome is ItemOutcome.RETRY:
-                failed[key] = "elasticsearch overloaded or unavailable (429/5xx)"
-                return
-        else:
-            failed[key] = f"version conflicts on room name {room_id}"
-            return
-        if name is None:
-            return
-        for _ in range(MAX_ROUNDS * 4):
-            self._call("refresh", self.es.indices.refresh, index=idx.spotlight)
-            hits = self._call(
-                "search",
-                self.es.search,
-                index=idx.spotlight,
-                size=RENAME_PAGE,
-                seq_no_primary_term=True,
-                query={
-                    "bool": {
-                        "filter": [{"term": {"roomId": room_id}}, {"range": {"nameTs": {"lt": name.name_ts}}}],
-                        "must_not": [{"terms": {"roomType": sorted(DIRECT_TYPES)}}],
-                    }
-                },
-            )["hits"]["hits"]
-            actions = []
-            for hit in hits:
-                updated = views.renamed(_decode(SpotlightBody, hit["_source"]), name)
-                if updated is not None:
-                    actions.append(_put(idx.spotlight, hit["_id"], updated, (int(hit["_seq_no"]), int(hit["_primary_term"]))))
-            if not actions:
-                return
-            if any(outcome is ItemOutcome.RETRY for outcome, _ in self._bulk(actions)):
-                failed[key] = "elasticsearch overloaded or unavailable (429/5xx)"
-                return
-            # conflicts (a concurrent add or remove) are re-searched in the next round
-        failed[key] = f"room {room_id}: spotlight documents still carry an older name"
+    # the rename protocol's store (renames.RenameStore)
+
+    def read_name(self, room_id: str) -> tuple[RoomName, Meta] | None:
+        found = self._mget([{"_index": self._indexes.room_names, "_id": room_id}])[0]
+        return (_decode(RoomName, found["_source"]), _meta(found)) if found.get("found") else None
+
+    def write_name(self, name: RoomName, meta: Meta | None) -> ItemOutcome:
+        ((outcome, _),) = self._bulk([_put(self._indexes.room_names, name.room_id, name, meta)])
+        if outcome is ItemOutcome.DONE:
+            self._remember_name(name)
+        return outcome
+
+    def older_spotlight(self, room_id: str, name_ts: int) -> list[tuple[str, SpotlightBody, Meta]]:
+        index = self._indexes.spotlight
+        self._call("refresh", self.es.indices.refresh, index=index)  # a search sees only refreshed documents
+        query = {
+            "bool": {
+                "filter": [{"term": {"roomId": room_id}}, {"range": {"nameTs": {"lt": name_ts}}}],
+                "must_not": [{"terms": {"roomType": sorted(DIRECT_TYPES)}}],
+            }
+        }
+        found = self._call("search", self.es.search, index=index, size=RENAME_PAGE, seq_no_primary_term=True, query=query)
+        return [(hit["_id"], _decode(SpotlightBody, hit["_source"]), _meta(hit)) for hit in found["hits"]["hits"]]
+
+    def write_spotlight(self, docs: list[tuple[str, SpotlightBody, Meta]]) -> list[ItemOutcome]:
+        return [outcome for outcome, _ in self._bulk([_put(self._indexes.spotlight, doc_id, doc, meta) for doc_id, doc, meta in docs])]
+
+
+def _meta(doc: Mapping[str, Any]) -> Meta:
+    return int(doc["_seq_no"]), int(doc["_primary_term"])
 
 
 def _put(index: str, doc_id: str, doc: msgspec.Struct, meta: Meta | None) -> Action:

@@ -33,7 +33,7 @@ class SlowProxy:
             try:
                 while chunk := await reader.read(65536):
                     if delay:
-                        await asyncio.sleep(delay)
+                        await asyncio.sleep(delay)  # the slowness is the point: a slow store
                     writer.write(chunk)
                     await writer.drain()
             except ConnectionError:

@@ -5,7 +5,8 @@ with an oracle of the accepted commands (issue 10).
 Each room has one client that waits for a command's answer before sending the room's next one, resending the same
 request (same id, same body) until it is answered, as a real client does; so the oracle knows the order in which
 the room's commands took effect. Now and then a client also resends a command that was answered long ago, or sends
-one twice at once: the answer must be the recorded one, and no store may change.
+one twice at once: the answer must be the recorded one, and no store may change. The servers it stops are this
+module's own (own_servers), never the shared ones.
 
 Short run (part of the suite): `CHATFED_CHAOS_SECONDS` (default 90). Long run, documented in the README:
 `CHATFED_CHAOS_SECONDS=1800 .venv/bin/python -m pytest -s tests/integration/test_chaos.py`.
@@ -26,9 +27,9 @@ from typing import Any
 import nats.errors
 import pytest
 
-from schemas import subjects
+from schemas import names, subjects
+from testkit.private_servers import PrivateServers
 from testkit.stack import FLOWS, Stack
-from testkit.support import services, start_again
 
 pytestmark = pytest.mark.slow
 
@@ -65,8 +66,9 @@ class Tally:
 
 
 class Chaos:
-    def __init__(self, stack: Stack, rnd: random.Random, tag: str) -> None:
+    def __init__(self, stack: Stack, own: PrivateServers, rnd: random.Random, tag: str) -> None:
         self.stack = stack
+        self.own = own
         self.rnd = rnd
         self.tally = Tally()
         self.users = {f"{site[-4:]}u{i}{tag}": site for site in stack.sites for i in range(USERS_PER_SITE)}
@@ -88,7 +90,7 @@ class Chaos:
                 if time.monotonic() - started > GIVE_UP_S:
                     raise AssertionError(f"{op} {rid} on {room.id} unanswered for {GIVE_UP_S} s") from exc
                 self.tally.commands["client resends"] += 1
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(0.5)  # a client's pause before it resends
 
     async def drive(self, room: Room, deadline: float) -> None:
         rnd = self.rnd
@@ -143,20 +145,20 @@ class Chaos:
     async def faults(self, deadline: float) -> None:
         rnd = self.rnd
         while time.monotonic() < deadline:
-            await asyncio.sleep(rnd.uniform(3, 8))
+            await asyncio.sleep(rnd.uniform(3, 8))  # chaos pacing: the time between faults
             if rnd.random() < 0.6 or not SERVERS:
                 site, flow = rnd.choice(self.stack.sites), rnd.choice(FLOWS)
                 self.stack.flows[(site, flow)].kill()
-                await asyncio.sleep(rnd.uniform(0.2, 2))
+                await asyncio.sleep(rnd.uniform(0.2, 2))  # the flow stays dead a while
                 self.stack.start_flow(site, flow)
                 self.tally.faults[f"kill -9 {flow}"] += 1
             else:
                 server = rnd.choice(SERVERS)
-                await asyncio.to_thread(services, "down", server)
+                await asyncio.to_thread(self.own.stop, server)
                 try:
-                    await asyncio.sleep(rnd.uniform(2, 6))
+                    await asyncio.sleep(rnd.uniform(2, 6))  # the outage's length
                 finally:
-                    await asyncio.to_thread(start_again, server)
+                    await asyncio.to_thread(self.own.start_again, server)
                 self.tally.faults[f"stop {server}"] += 1
 
     async def run(self) -> None:
@@ -183,13 +185,13 @@ def _now() -> int:
 
 
 @pytest.mark.timeout(CHAOS_S + GIVE_UP_S + 600)  # the run, a last command's retries, the final drain
-def test_chaos_every_store_matches_the_accepted_commands(servers: dict[str, Any]) -> None:
+def test_chaos_every_store_matches_the_accepted_commands(own_servers: PrivateServers) -> None:
     seed = int(os.environ.get("CHATFED_CHAOS_SEED", str(random.randrange(1 << 30))))
     tag = uuid.uuid4().hex[:4]
-    stack = Stack(servers)
+    stack = Stack(own_servers.info)
 
     async def go() -> None:
-        chaos = Chaos(stack, random.Random(seed), tag)
+        chaos = Chaos(stack, own_servers, random.Random(seed), tag)
         try:
             await stack.open(chaos.users.items())
             await chaos.run()
@@ -197,13 +199,13 @@ def test_chaos_every_store_matches_the_accepted_commands(servers: dict[str, Any]
             await stack.drained(timeout=300)
             stack.assert_alive()
             compared, wrong = chaos.compare()
-            dead = [(await stack.client.jetstream().stream_info(subjects.dlq_stream(site))).state.messages for site in stack.sites]
+            dead = [(await stack.client.jetstream().stream_info(names.dlq_stream(site))).state.messages for site in stack.sites]
             print(f"\nchaos seed {seed}, {CHAOS_S:.0f} s: commands {dict(chaos.tally.commands)}; faults {dict(chaos.tally.faults)}; "
                   f"memberships compared {compared}, mismatches {len(wrong)}, dead letters {sum(dead)}")
             assert not wrong, "\n".join(wrong[:50])
         finally:
             for server in SERVERS:
-                await asyncio.to_thread(start_again, server)
+                await asyncio.to_thread(own_servers.start_again, server)
             await stack.close()
 
     asyncio.run(go())

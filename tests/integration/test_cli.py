@@ -15,7 +15,7 @@ from pymongo import MongoClient
 from typer.testing import CliRunner
 
 from chatfed_cli.main import app
-from schemas import subjects
+from schemas import names, subjects
 from schemas.commands import CreateRoom, encode_command
 from schemas.events import MemberAddEvent
 from schemas.streams import ACK_WAIT_S, MAX_DELIVER
@@ -120,13 +120,13 @@ def test_status_shows_the_backlog_of_a_stopped_flow_then_zero_after_catch_up(cli
 
     stopped = cli_site.cli("status", "--json")
     assert stopped.exit_code == 0, stopped.output
-    idle = _durable(json.loads(stopped.output), subjects.ROOM_WORKER)
+    idle = _durable(json.loads(stopped.output), names.ROOM_WORKER_DURABLE)
     assert (idle["pending"], idle["last_delivered_s"]) == (5, None)
 
     cli_site.flow("dataflows.room_worker")
-    cli_site.run(cli_site.drained(subjects.rooms_stream(site), subjects.ROOM_WORKER))
+    cli_site.run(cli_site.drained(names.rooms_stream(site), names.ROOM_WORKER_DURABLE))
     caught_up = json.loads(cli_site.cli("status", "--json").output)
-    room_worker = _durable(caught_up, subjects.ROOM_WORKER)
+    room_worker = _durable(caught_up, names.ROOM_WORKER_DURABLE)
     assert (room_worker["pending"], room_worker["ack_pending"], room_worker["redelivered"]) == (0, 0, 0)
     assert room_worker["last_delivered_s"] is not None and room_worker["last_acked_s"] is not None
     assert cli_site.db.rooms.count_documents({}) == 5
@@ -142,10 +142,14 @@ def test_search_and_user_rooms_answer_from_the_views(cli_site: CliSite) -> None:
     data = envelope_bytes(event, event_type="member_added", site=site, dest=site, timestamp=now)
     cli_site.flow("dataflows.search_sync")
     cli_site.run(cli_site.publish([(subjects.inbox_local(site, "member_added"), data, {"Nats-Msg-Id": "e1"})]))
-    cli_site.run(cli_site.drained(subjects.inbox_stream(site), subjects.SEARCH_SYNC))
-    time.sleep(1.2)  # searches are near-real-time (refresh interval); the user-room get is not
+    cli_site.run(cli_site.drained(names.inbox_stream(site), names.SEARCH_SYNC_DURABLE))
 
-    found = cli_site.cli("search", "rooms", "eng pl", "--site", site, "--user", "alice")
+    def search() -> Any:
+        return cli_site.cli("search", "rooms", "eng pl", "--site", site, "--user", "alice")
+
+    # searches are near-real-time (refresh interval); the user-room get is not
+    cli_site.run(wait_for(lambda: "r-eng" in search().output, timeout=30, interval=0.2, what="the search to see the room"))
+    found = search()
     assert found.exit_code == 0, found.output
     assert "r-eng\tchannel\teng-platform" in found.output
     assert "no match" in cli_site.cli("search", "rooms", "design", "--site", site, "--user", "alice").output
@@ -220,9 +224,9 @@ def test_bootstrap_takes_max_deliver_and_ack_wait_from_the_flows_settings_updati
             js = client.jetstream()
             found = {}
             for stream, durable in (
-                (subjects.rooms_stream(cli_site.site), subjects.ROOM_WORKER),
-                (subjects.inbox_stream(cli_site.site), subjects.INBOX_WORKER),
-                (subjects.inbox_stream(cli_site.site), subjects.SEARCH_SYNC),
+                (names.rooms_stream(cli_site.site), names.ROOM_WORKER_DURABLE),
+                (names.inbox_stream(cli_site.site), names.INBOX_WORKER_DURABLE),
+                (names.inbox_stream(cli_site.site), names.SEARCH_SYNC_DURABLE),
             ):
                 config = (await js.consumer_info(stream, durable)).config
                 found[durable] = (config.max_deliver, config.ack_wait)

@@ -26,7 +26,7 @@ from chatfed_cli import flows as flow_procs
 from chatfed_cli.topology import Topology
 from connectors.mongo import ensure_indexes
 from dataflows.room_worker.plans import direct_room_id
-from schemas import subjects
+from schemas import names
 from testkit.search_site import cleanup_indexes
 from testkit.support import REPO, bootstrap_local_sites, connect_site, unique_site
 
@@ -71,7 +71,7 @@ class DemoSites:
                 return
             js = client.jetstream()
             for site in (self.home, self.remote):
-                for stream in (subjects.rooms_stream(site), subjects.outbox_stream(site), subjects.inbox_stream(site), subjects.dlq_stream(site)):
+                for stream in (names.rooms_stream(site), names.outbox_stream(site), names.inbox_stream(site), names.dlq_stream(site)):
                     try:
                         await js.delete_stream(stream)
                     except Exception:  # noqa: BLE001, S110 - cleanup of what may not exist
@@ -93,7 +93,7 @@ class DemoSites:
             if not idle:
                 return
             assert time.monotonic() < deadline, f"not consuming after {timeout}s: {idle}"
-            time.sleep(0.5)
+            time.sleep(0.5)  # poll interval: until every durable has a pull waiting
 
     def close(self) -> None:
         flow_procs.terminate(self.started)  # only the flows this test started

@@ -1,10 +1,11 @@
-"""Store-and-forward between the real s1 and s2 servers: two JetStream domains joined over leafnodes."""
+"""Store-and-forward between the real s1 and s2 servers: two JetStream domains joined over leafnodes.
+
+The test that stops s2 does it on NATS servers of this module's own (own_servers), never the shared ones.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import uuid
 from typing import Any
 
@@ -12,8 +13,11 @@ import pytest
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
-from schemas import subjects
-from testkit.support import REPO, connect_site, wait_for
+from schemas import names, subjects
+from testkit.private_servers import PrivateServers
+from testkit.support import bootstrap_federated, connect_site, wait_for
+
+OWN_SERVERS = ("nats",)  # the outage stops nats-s2; the stores are not used
 
 
 async def _aggregate_messages(js: JetStreamContext, dest: str, marker: str, expect: int, timeout: float = 30) -> list[Any]:
@@ -24,7 +28,7 @@ async def _aggregate_messages(js: JetStreamContext, dest: str, marker: str, expe
         found.clear()
         sub = await js.subscribe(
             subjects.inbox_aggregate_filter(dest),
-            stream=subjects.inbox_stream(dest),
+            stream=names.inbox_stream(dest),
             ordered_consumer=True,
             config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
         )
@@ -58,10 +62,12 @@ async def test_outbox_event_arrives_once_on_the_destination_aggregate_lane(feder
         await js1.publish(subjects.outbox(origin="s1", dest="s3", event_type="member_added"), elsewhere, headers={"Nats-Msg-Id": f"{marker}:s3"})
         assert not first.duplicate
         assert again.duplicate
+        # the barrier: sourcing keeps OUTBOX_s1's order, so a duplicate or s3 copy wrongly forwarded arrives before it
+        barrier = f'{{"marker":"{marker}","barrier":true}}'.encode()
+        await js1.publish(subjects.outbox(origin="s1", dest="s2", event_type="member_added"), barrier, headers={"Nats-Msg-Id": f"{marker}-b:s2"})
 
-        arrived = await _aggregate_messages(js2, "s2", marker, expect=1)
-        await asyncio.sleep(1)  # give a wrongly-forwarded duplicate or s3 copy the time to show up
-        arrived = await _aggregate_messages(js2, "s2", marker, expect=1)
+        *arrived, last = await _aggregate_messages(js2, "s2", marker, expect=2)
+        assert last.data == barrier
         assert len(arrived) == 1
         assert arrived[0].subject == "chat.inbox.s2.aggregate.member_added"
         assert arrived[0].headers["Nats-Msg-Id"] == msg_id
@@ -72,15 +78,13 @@ async def test_outbox_event_arrives_once_on_the_destination_aggregate_lane(feder
         await s2.close()
 
 
-def _services(*args: str) -> None:
-    subprocess.run([sys.executable, str(REPO / "scripts" / "services.py"), *args], check=True, capture_output=True)
-
-
 @pytest.mark.slow
-async def test_events_published_while_destination_is_down_all_arrive(federated_sites: dict[str, Any]) -> None:
+async def test_events_published_while_destination_is_down_all_arrive(own_servers: PrivateServers) -> None:
+    federated_sites = own_servers.info
+    await bootstrap_federated(federated_sites)
     count = 1_000
     marker = uuid.uuid4().hex
-    _services("down", "nats-s2")
+    await asyncio.to_thread(own_servers.stop, "nats-s2")
     try:
         s1 = await connect_site(federated_sites, "s1")
         try:
@@ -91,7 +95,7 @@ async def test_events_published_while_destination_is_down_all_arrive(federated_s
         finally:
             await s1.close()
     finally:
-        _services("up")
+        await asyncio.to_thread(own_servers.start_again, "nats-s2")
     s2 = await connect_site(federated_sites, "s2")
     try:
         arrived = await _aggregate_messages(s2.jetstream(), "s2", marker, expect=count, timeout=90)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,7 @@ from pymongo import MongoClient
 
 from connectors.bootstrap import bootstrap_site
 from connectors.settings import Tuning
-from schemas import subjects
+from schemas import names
 from schemas.streams import ACK_WAIT_S, MAX_DELIVER
 from testkit.support import LOGS, FlowProcess, bootstrap_local_sites, connect_site, flow_env, unique_site, wait_for
 
@@ -37,12 +37,12 @@ class Site:
         self.flows.append(flow)
         return flow.start()
 
-    async def pulling(self, durable: str = subjects.INBOX_WORKER, stream: str = "") -> None:
+    async def pulling(self, durable: str = names.INBOX_WORKER_DURABLE, stream: str = "") -> None:
         """Until a flow has a pull request waiting on `durable`: it started and consumes."""
         js = self.nc.jetstream()
 
         async def waiting() -> bool:
-            info = await js.consumer_info(stream or subjects.inbox_stream(self.site), durable)
+            info = await js.consumer_info(stream or names.inbox_stream(self.site), durable)
             return (info.num_waiting or 0) > 0
 
         await wait_for(waiting, timeout=60, interval=0.2, what=f"a pull on {durable}")
@@ -54,13 +54,10 @@ def log_path(flow: FlowProcess, index: int = 0) -> Path:
 
 def exit_code(flow: FlowProcess, index: int = 0, timeout: float = 60) -> int | None:
     """The process's exit status once it exited by itself within `timeout`, else None (it is still running)."""
-    deadline = time.monotonic() + timeout
-    proc = flow.procs[index]
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return proc.returncode
-        time.sleep(0.1)
-    return None
+    try:
+        return flow.procs[index].wait(timeout)
+    except subprocess.TimeoutExpired:
+        return None
 
 
 @pytest.fixture
@@ -74,7 +71,7 @@ async def site(servers: dict[str, Any]) -> AsyncIterator[Site]:
         for flow in test_site.flows:
             flow.stop()
         js = nc.jetstream()
-        for stream in (subjects.rooms_stream, subjects.outbox_stream, subjects.inbox_stream, subjects.dlq_stream):
+        for stream in (names.rooms_stream, names.outbox_stream, names.inbox_stream, names.dlq_stream):
             await js.delete_stream(stream(test_site.site))
         await nc.close()
         with MongoClient(servers["mongo_uri"]) as mongo:
@@ -91,7 +88,7 @@ async def test_a_flow_refuses_a_durable_with_another_delivery_contract(site: Sit
     code = await asyncio.to_thread(exit_code, flow, 0, 60)
     log = log_path(flow).read_text()
     assert code == 2, f"the flow did not refuse the durable (exit {code}):\n{log}"
-    durable = f"{subjects.inbox_stream(site.site)}/{subjects.INBOX_WORKER}"
+    durable = f"{names.inbox_stream(site.site)}/{names.INBOX_WORKER_DURABLE}"
     assert f"durable {durable} has {field}={actual} but {variable}={value}" in log
     assert "Traceback" not in log
 
@@ -105,7 +102,12 @@ async def test_a_flow_refuses_a_durable_with_another_delivery_contract(site: Sit
 async def test_sigterm_stops_a_flow_with_one_line_and_status_zero(site: Site) -> None:
     flow = site.flow(processes=2)
     await site.pulling()
-    await asyncio.sleep(1)  # both processes past their start-up
+
+    def started(index: int) -> bool:  # its last start-up line: the SIGTERM handler is in place, the store ready
+        path = log_path(flow, index)
+        return path.exists() and "indexes ready" in path.read_text()
+
+    await wait_for(lambda: started(0) and started(1), timeout=60, what="both processes past their start-up")
     for proc in flow.procs:
         proc.send_signal(signal.SIGTERM)
     for index in range(2):

@@ -13,7 +13,7 @@ from dataflows.inbox_mirror.writer import (
     ROOM_NAMES,
     purge_registers,
 )
-from schemas import carriers, subjects
+from schemas import carriers, names, subjects
 from testkit.mirror_site import add, mirror_site, remove, rename, roles
 from testkit.support import wait_for
 
@@ -32,15 +32,15 @@ def test_local_lane_is_never_delivered_to_inbox_worker(servers: dict[str, Any]) 
         s.run(publish())
 
         async def both_stored() -> bool:
-            return (await s.js.stream_info(subjects.inbox_stream(s.site))).state.messages == 2
+            return (await s.js.stream_info(names.inbox_stream(s.site))).state.messages == 2
 
         s.run(wait_for(both_stored, what="both events in INBOX"))
-        assert s.run(s.js.consumer_info(subjects.inbox_stream(s.site), subjects.INBOX_WORKER)).num_pending == 1
+        assert s.run(s.js.consumer_info(names.inbox_stream(s.site), names.INBOX_WORKER_DURABLE)).num_pending == 1
         with s.flow() as flow:
             s.run(wait_for(lambda: s.present() == {("r1", "bob")}, what="bob's mirrored subscription"))
             s.drained()
             flow.assert_alive()
-        info = s.run(s.js.consumer_info(subjects.inbox_stream(s.site), subjects.INBOX_WORKER))
+        info = s.run(s.js.consumer_info(names.inbox_stream(s.site), names.INBOX_WORKER_DURABLE))
         assert info.delivered.stream_seq == 2 and info.num_redelivered == 0
         assert s.present() == {("r1", "bob")}
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schemas import subjects
+from schemas import names
 from testkit.mirror_site import (
     ACCOUNTS,
     Item,
@@ -73,13 +73,13 @@ def test_kill_9_mid_stream_then_restart_equals_the_oracle(servers: dict[str, Any
         try:
 
             async def some_acked() -> bool:
-                info = await s.js.consumer_info(subjects.inbox_stream(s.site), subjects.INBOX_WORKER)
+                info = await s.js.consumer_info(names.inbox_stream(s.site), names.INBOX_WORKER_DURABLE)
                 return info.ack_floor.stream_seq > 300
 
             s.run(wait_for(some_acked, timeout=60, interval=0.02, what="some progress"))
         finally:
             flow.kill()
-        info = s.run(s.js.consumer_info(subjects.inbox_stream(s.site), subjects.INBOX_WORKER))
+        info = s.run(s.js.consumer_info(names.inbox_stream(s.site), names.INBOX_WORKER_DURABLE))
         assert info.num_pending + info.num_ack_pending > 0, "killed too late: nothing was left in flight"
         with s.flow(CHATFED_ACK_WAIT_S="3") as again:
             s.drained(timeout=120)

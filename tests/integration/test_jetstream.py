@@ -8,7 +8,7 @@ from typing import Any
 from connectors import dlq
 from connectors.jetstream import JetStreamSource, SettleSink
 from connectors.settings import NatsSettings, Tuning
-from schemas import carriers, subjects
+from schemas import carriers, names, subjects
 from schemas.carriers import Delivery, done, poison, retry
 from schemas.origin import sourced_from
 from testkit.support import bootstrap_local_sites, connect_site, unique_site, wait_drained, wait_for
@@ -26,7 +26,7 @@ def _poll(partition: Any, count: int, timeout: float = 20) -> list[Delivery]:
         batch = partition.next_batch()
         got.extend(batch)
         if not batch:
-            time.sleep(0.005)
+            time.sleep(0.005)  # poll interval: waits for `count` deliveries or the deadline
     return got
 
 
@@ -42,12 +42,12 @@ async def test_pull_ack_retry_and_dead_letter(servers: dict[str, Any]) -> None:
 
         nats_settings = _operator(servers)
         tuning = Tuning(pull_batch=100, max_deliver=3, backoff_base_ms=200, backoff_max_ms=200)
-        partition = JetStreamSource(nats_settings, tuning, stream=subjects.inbox_stream(site), durable=subjects.SEARCH_SYNC).build("pull", 0, 1)
+        partition = JetStreamSource(nats_settings, tuning, stream=names.inbox_stream(site), durable=names.SEARCH_SYNC_DURABLE).build("pull", 0, 1)
         sink = SettleSink(nats_settings, tuning, flow="test", dlq_subject=subjects.dlq(site, "test")).build("settle", 0, 1)
 
         first = _poll(partition, count)
         assert sorted(d.stream_seq for d in first) == list(range(1, count + 1))
-        assert all(d.num_delivered == 1 and d.stream == subjects.inbox_stream(site) for d in first)
+        assert all(d.num_delivered == 1 and d.stream == names.inbox_stream(site) for d in first)
         assert first[0].headers is not None and first[0].headers["Nats-Msg-Id"].startswith("id-")
         verdicts = [poison(d, "bad\nbytes") if d.stream_seq == 1 else retry(d, "store down") if d.stream_seq == 2 else done(d) for d in first]
         sink.write_batch(verdicts)
@@ -59,8 +59,8 @@ async def test_pull_ack_retry_and_dead_letter(servers: dict[str, Any]) -> None:
             sink.write_batch([retry(again[0], "store down")])
         partition.close()
 
-        await wait_drained(js, subjects.inbox_stream(site), subjects.SEARCH_SYNC, timeout=10)
-        dlq = subjects.dlq_stream(site)
+        await wait_drained(js, names.inbox_stream(site), names.SEARCH_SYNC_DURABLE, timeout=10)
+        dlq = names.dlq_stream(site)
         assert (await js.stream_info(dlq)).state.messages == 2
         reasons = {}
         for seq in (1, 2):
@@ -71,7 +71,7 @@ async def test_pull_ack_retry_and_dead_letter(servers: dict[str, Any]) -> None:
         assert reasons[2][carriers.DLQ_REASON] == "store down"
         assert reasons[2][carriers.DLQ_DELIVERIES] == "3"
         assert reasons[1][carriers.DLQ_SUBJECT] == subjects.inbox_local(site, "member_added")
-        assert reasons[1][carriers.DLQ_STREAM] == subjects.inbox_stream(site)
+        assert reasons[1][carriers.DLQ_STREAM] == names.inbox_stream(site)
         assert reasons[1][carriers.DLQ_ORIGINAL_MSG_ID] == "id-0"
     finally:
         await client.close()
@@ -86,12 +86,12 @@ async def test_aggregate_lane_dead_letter_keeps_its_origin_and_replays(servers: 
         await js.publish(subjects.outbox(origin=origin, dest=site, event_type="member_added"), b"not json", headers={"Nats-Msg-Id": "x:1"})
         nats_settings = _operator(servers)
         tuning = Tuning(pull_batch=10)
-        partition = JetStreamSource(nats_settings, tuning, stream=subjects.inbox_stream(site), durable=subjects.INBOX_WORKER).build("pull", 0, 1)
+        partition = JetStreamSource(nats_settings, tuning, stream=names.inbox_stream(site), durable=names.INBOX_WORKER_DURABLE).build("pull", 0, 1)
         sink = SettleSink(nats_settings, tuning, flow="test", dlq_subject=subjects.dlq(site, "test")).build("settle", 0, 1)
         [sourced] = _poll(partition, 1)
         assert sourced_from(sourced.headers) == origin
         sink.write_batch([poison(sourced, "undecodable")])  # the server refuses a copied Nats-Stream-Source header
-        await wait_drained(js, subjects.inbox_stream(site), subjects.INBOX_WORKER, timeout=10)
+        await wait_drained(js, names.inbox_stream(site), names.INBOX_WORKER_DURABLE, timeout=10)
 
         [letter] = await dlq.list_dead_letters(client, site)
         assert letter.reason == "undecodable"
@@ -108,7 +108,7 @@ async def test_aggregate_lane_dead_letter_keeps_its_origin_and_replays(servers: 
 
 
 async def _dlq_empty(client: Any, site: str) -> bool:
-    return (await client.jetstream().stream_info(subjects.dlq_stream(site))).state.messages == 0
+    return (await client.jetstream().stream_info(names.dlq_stream(site))).state.messages == 0
 
 
 def test_a_refused_pull_stops_the_flow_loudly(servers: dict[str, Any]) -> None:
@@ -119,12 +119,12 @@ def test_a_refused_pull_stops_the_flow_loudly(servers: dict[str, Any]) -> None:
 
     desc = servers["sites"]["s1"]
     service = NatsSettings(url=desc["nats_url"], user=desc["service_user"], password=desc["service_password"])
-    partition = JetStreamSource(service, Tuning(), stream="INBOX_elsewhere", durable=subjects.SEARCH_SYNC).build("pull", 0, 1)
+    partition = JetStreamSource(service, Tuning(), stream="INBOX_elsewhere", durable=names.SEARCH_SYNC_DURABLE).build("pull", 0, 1)
     try:
         deadline = time.monotonic() + 10
         with pytest.raises(NotPermitted, match="permissions violation"):
             while time.monotonic() < deadline:
                 partition.next_batch()
-                time.sleep(0.05)
+                time.sleep(0.05)  # poll interval: until the refusal surfaces or the deadline
     finally:
         partition.close()

@@ -1,13 +1,12 @@
 """Store and NATS outages under running flows (issue 7): nothing lost, nothing dead-lettered, both flows catch up.
 Flows started while their store is down (issue 10) wait for it, one log line per attempt, and catch up.
 
-These stop shared servers (FerretDB for 30 s, Elasticsearch for ~25 s, the s1 nats-server for a few seconds): other tests running at
-the same moment see the outage too, so keep them in this file and run it on its own when possible.
+They stop FerretDB for 30 s, Elasticsearch for ~25 s and the s1 nats-server for a few seconds: servers of this module's own
+(testkit/private_servers.py), so other test runs on the shared servers see none of it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import random
 import re
 import time
@@ -20,7 +19,7 @@ import pytest
 from elasticsearch import Elasticsearch
 
 from connectors.mongo import ensure_indexes
-from schemas import subjects
+from schemas import names, subjects
 from testkit.mirror_site import (
     MirrorSite,
     history,
@@ -28,6 +27,7 @@ from testkit.mirror_site import (
     oracle,
     redelivered,
 )
+from testkit.private_servers import PrivateServers
 from testkit.room_harness import RoomHarness, user
 from testkit.search_oracle import added
 from testkit.search_site import close_site, open_site
@@ -37,8 +37,6 @@ from testkit.support import (
     bootstrap_local_sites,
     connect_site,
     flow_env,
-    services,
-    start_again,
     wait_drained,
     wait_for,
 )
@@ -53,19 +51,6 @@ NATS_OUTAGE_S = 3.0
 CATCH_UP_S = 180.0
 HOME_USERS = ["alice", "bob", "carol", "dave", *(f"u{i}" for i in range(10))]
 MIRROR_ACCOUNTS = [f"m{i}" for i in range(12)]
-
-
-@contextmanager
-def outage(server: str, seconds: float) -> Iterator[None]:
-    """Stop `server`, run the body, keep it down for `seconds` in all, bring it back whatever happens."""
-    services("down", server)
-    down_at = time.monotonic()
-    try:
-        yield
-        time.sleep(max(0.0, seconds - (time.monotonic() - down_at)))
-    finally:
-        start_again(server)
-        print(f"\n{server}: down {time.monotonic() - down_at:.1f} s (including the restart)")
 
 
 class Rooms:
@@ -91,7 +76,7 @@ class Rooms:
             self.expected[room].add(member(i))
 
     async def drained(self, timeout: float = CATCH_UP_S) -> None:
-        await wait_drained(self.h.client.jetstream(), subjects.rooms_stream(self.h.site), subjects.ROOM_WORKER, timeout)
+        await wait_drained(self.h.client.jetstream(), names.rooms_stream(self.h.site), names.ROOM_WORKER_DURABLE, timeout)
 
     async def check(self) -> None:
         db = self.h.db
@@ -122,7 +107,7 @@ class Mirror:
 
     async def drained(self, timeout: float = CATCH_UP_S) -> None:
         await self.m.sourced()
-        await wait_drained(self.m.js, subjects.inbox_stream(self.m.site), subjects.INBOX_WORKER, timeout)
+        await wait_drained(self.m.js, names.inbox_stream(self.m.site), names.INBOX_WORKER_DURABLE, timeout)
 
     async def check(self) -> None:
         assert self.m.present() == oracle(self.items)
@@ -152,8 +137,8 @@ class Both:
 
         async def answers() -> bool:
             try:
-                await self.m.js.stream_info(subjects.rooms_stream(self.h.site))
-                await self.h.client.jetstream().stream_info(subjects.inbox_stream(self.m.site))
+                await self.m.js.stream_info(names.rooms_stream(self.h.site))
+                await self.h.client.jetstream().stream_info(names.inbox_stream(self.m.site))
             except (nats.errors.Error, TimeoutError):
                 return False
             return True
@@ -189,14 +174,14 @@ def both_flows(servers: dict[str, Any]) -> Iterator[Both]:
             m.run(h.close())
 
 
-def test_mongo_down_30s_under_room_worker_and_inbox_mirror(servers: dict[str, Any]) -> None:
-    with both_flows(servers) as b:
+def test_mongo_down_30s_under_room_worker_and_inbox_mirror(own_servers: PrivateServers) -> None:
+    with both_flows(own_servers.info) as b:
         b.settle_before()
         # in flight when the store goes: published just before, not drained
         b.run(b.rooms.create("rb", 100))
         b.run(b.rooms.add("ra", 60, lambda i: f"u{i % 10}"))
         b.mirror.publish(150, "b")
-        with outage("ferretdb", MONGO_OUTAGE_S):
+        with own_servers.outage("ferretdb", MONGO_OUTAGE_S):
             b.run(b.rooms.create("rc", 100))
             b.run(b.rooms.add("ra", 60, lambda i: "dave"))
             b.mirror.publish(150, "c")
@@ -204,13 +189,13 @@ def test_mongo_down_30s_under_room_worker_and_inbox_mirror(servers: dict[str, An
         b.check()
 
 
-def test_nats_restart_under_room_worker_and_inbox_mirror(servers: dict[str, Any]) -> None:
-    with both_flows(servers) as b:
+def test_nats_restart_under_room_worker_and_inbox_mirror(own_servers: PrivateServers) -> None:
+    with both_flows(own_servers.info) as b:
         b.settle_before()
         b.run(b.rooms.create("rb", 150))
         b.run(b.rooms.add("ra", 60, lambda i: f"u{i % 10}"))
         b.mirror.publish(1500, "b")  # enough that the flow is still busy when the server goes
-        with outage("nats-s1", NATS_OUTAGE_S):
+        with own_servers.outage("nats-s1", NATS_OUTAGE_S):
             pass
         b.jetstream_back()
         b.run(b.rooms.create("rc", 60))  # after the restart: the flows still take new work
@@ -240,12 +225,19 @@ def assert_waited_one_line_per_attempt(flow: FlowProcess) -> None:
     assert len(records) <= len(attempts) + 15, "\n".join(records)  # nothing else repeats per attempt
 
 
+async def waiting_for_the_store(flow: FlowProcess) -> None:
+    """Until the flow has logged a failed start-up attempt: it is up and waiting for its store."""
+    log = LOGS / f"{flow.name}-0.log"
+    await wait_for(lambda: log.exists() and ATTEMPT_RE.search(log.read_text()), timeout=60, what=f"{flow.name} to wait for its store")
+
+
 def fresh_log(flow: FlowProcess) -> FlowProcess:
     (LOGS / f"{flow.name}-0.log").unlink(missing_ok=True)
     return flow
 
 
-def test_room_worker_and_inbox_mirror_started_while_mongo_is_down_wait_and_catch_up(servers: dict[str, Any]) -> None:
+def test_room_worker_and_inbox_mirror_started_while_mongo_is_down_wait_and_catch_up(own_servers: PrivateServers) -> None:
+    servers = own_servers.info
     with mirror_site(servers) as m:
         h = RoomHarness(servers)
         try:
@@ -259,10 +251,11 @@ def test_room_worker_and_inbox_mirror_started_while_mongo_is_down_wait_and_catch
             mirror_flow = fresh_log(m.flow(**QUICK_BACKOFF))
             b = Both(m, h, mirror_flow)
             try:
-                with outage("ferretdb", STARTING_OUTAGE_S):
+                with own_servers.outage("ferretdb", STARTING_OUTAGE_S):
                     h.flow.start()
                     mirror_flow.start()
-                    time.sleep(3)
+                    m.run(waiting_for_the_store(h.flow))
+                    m.run(waiting_for_the_store(mirror_flow))
                     b.run(b.rooms.create("rs", 40))  # published while the flows wait for the store
                     b.mirror.publish(150, "s")
                     h.flow.assert_alive()
@@ -277,13 +270,13 @@ def test_room_worker_and_inbox_mirror_started_while_mongo_is_down_wait_and_catch
             m.run(h.close())
 
 
-async def test_search_sync_started_while_elasticsearch_is_down_waits_and_catches_up(servers: dict[str, Any], es_url: str) -> None:
-    site = await open_site(servers, Elasticsearch(es_url))
+async def test_search_sync_started_while_elasticsearch_is_down_waits_and_catches_up(own_servers: PrivateServers) -> None:
+    site = await open_site(own_servers.info, Elasticsearch(own_servers.info["es_url"]))
     try:
         accounts = [f"a{i}" for i in range(20)]
-        with outage("es", STARTING_OUTAGE_S):
+        with own_servers.outage("es", STARTING_OUTAGE_S):
             flow = site.start_flow(**QUICK_BACKOFF)  # a fresh site: a fresh log
-            await asyncio.sleep(3)
+            await waiting_for_the_store(flow)
             events = [(subjects.inbox_local(site.site, "member_added"), added(f"r{i % 5}", [account], TS + i)) for i, account in enumerate(accounts)]
             await site.publish(events)
             flow.assert_alive()

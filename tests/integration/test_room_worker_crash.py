@@ -8,16 +8,24 @@ from typing import Any
 
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from schemas import subjects
+from schemas import names
 from schemas.streams import MAX_DELIVER
+from testkit.crashing_room_worker import KILLED
 from testkit.room_harness import RoomHarness, run, user, with_harness
-from testkit.support import wait_for
+from testkit.support import FlowProcess, wait_for
 
 TS = 1767225600000
+CRASHING = "testkit.crashing_room_worker"  # the room_worker flow over a store that exits 137 after writes with events
 
 
 def _people(home: str, remote: str) -> list[dict[str, Any]]:
     return [user("alice", home), user("bob", home), user("carol", remote), user("dave", remote), user("erin", home)]
+
+
+async def _died_at_the_crash_hook(crashed: FlowProcess) -> None:
+    await wait_for(lambda: all(p.poll() is not None for p in crashed.procs), timeout=30, what="the worker to die at the crash hook")
+    assert [p.returncode for p in crashed.procs] == [KILLED], "the worker died of the crash hook, not of something else"
+    crashed.procs.clear()
 
 
 async def _crash_then_recover(h: RoomHarness, op: str, body: dict[str, Any], rid: str, written: list[str]) -> None:
@@ -25,15 +33,10 @@ async def _crash_then_recover(h: RoomHarness, op: str, body: dict[str, Any], rid
     assert h.flow is not None
     h.flow.stop()
     published = len(await h.local_events())
-    h.start_flow(CHATFED_TEST_CRASH_AFTER_WRITE="1", CHATFED_ACK_WAIT_S="2")
+    h.start_flow(CRASHING, CHATFED_ACK_WAIT_S="2")
     await h.send(op, body, request_id=rid)
-    crashed = h.flow
-
-    def died() -> bool:
-        return all(p.poll() is not None for p in crashed.procs)
-
-    await wait_for(died, timeout=30, what="the worker to die at the crash hook")
-    crashed.procs.clear()
+    assert h.flow is not None
+    await _died_at_the_crash_hook(h.flow)
     assert sorted(h.subs(body["roomId"])) == written, "the writes happen before the crash"
     assert len(await h.local_events()) == published, "the crash comes before any publish"
     h.start_flow(CHATFED_ACK_WAIT_S="2")
@@ -45,9 +48,9 @@ def test_crash_between_writes_and_publishes_publishes_once_after_redelivery(serv
         # a short ack_wait so the killed worker's command comes back within the test
         js = h.client.jetstream()
         config = ConsumerConfig(
-            durable_name=subjects.ROOM_WORKER, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL, ack_wait=2, max_deliver=MAX_DELIVER
+            durable_name=names.ROOM_WORKER_DURABLE, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL, ack_wait=2, max_deliver=MAX_DELIVER
         )
-        await js.add_consumer(subjects.rooms_stream(h.site), config)
+        await js.add_consumer(names.rooms_stream(h.site), config)
 
         create = {"name": "eng", "users": ["bob", "carol"], "roomId": "r-crash", "requesterAccount": "alice", "timestamp": TS}
         await _crash_then_recover(h, "create", create, "0195f0a2-0000-7000-8000-00000000c001", ["alice", "bob", "carol"])
@@ -73,14 +76,13 @@ def test_a_later_command_finishes_the_crashed_one_first(servers: dict[str, Any])
         assert (await h.call("create", create, requester="alice"))["status"] == "ok"
         assert h.flow is not None
         h.flow.stop()
-        h.start_flow(CHATFED_TEST_CRASH_AFTER_WRITE="1")  # the durable keeps its 60 s ack wait: no quick redelivery
+        h.start_flow(CRASHING)  # the durable keeps its 60 s ack wait: no quick redelivery
         add = {"roomId": "r-next", "users": ["carol"], "history": {"mode": "all"}, "requesterAccount": "alice", "timestamp": TS + 1}
         add_id = "0195f0a2-0000-7000-8000-00000000d001"
         answer = await h.client.subscribe(f"chat.user.alice.response.{add_id}")
         await h.send("member.add", add, request_id=add_id)
-        crashed = h.flow
-        await wait_for(lambda: all(p.poll() is not None for p in crashed.procs), timeout=30, what="the worker to die at the crash hook")
-        crashed.procs.clear()
+        assert h.flow is not None
+        await _died_at_the_crash_hook(h.flow)
         h.start_flow()
         remove = {"roomId": "r-next", "requester": "alice", "account": "carol", "timestamp": TS + 2}
         assert (await h.call("member.remove", remove, requester="alice"))["status"] == "ok"

@@ -9,10 +9,12 @@ import uuid
 from typing import Any
 
 from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.client import JetStreamContext
+from nats.js.errors import NotFoundError
 from pymongo import MongoClient
 
 from connectors.mongo import ensure_indexes
-from schemas import subjects
+from schemas import names, subjects
 from testkit.support import FlowProcess, connect_site, flow_env, wait_drained, wait_for
 
 
@@ -23,7 +25,7 @@ async def _aggregate_for(servers: dict[str, Any], room_id: str) -> list[dict[str
         js = nc.jetstream()
         sub = await js.subscribe(
             subjects.inbox_aggregate_filter("s2"),
-            stream=subjects.inbox_stream("s2"),
+            stream=names.inbox_stream("s2"),
             ordered_consumer=True,
             config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
         )
@@ -46,6 +48,22 @@ async def _aggregate_for(servers: dict[str, Any], room_id: str) -> list[dict[str
         await nc.close()
 
 
+async def _barrier_through(js1: JetStreamContext, js2: JetStreamContext, tag: str) -> None:
+    """Barrier: a raw marker on OUTBOX_s1 for s2, until INBOX_s2 has it. Sourcing keeps OUTBOX_s1's order, so
+    whatever room_worker published there before (it publishes before it acks, and it has drained) is there too."""
+    event_type = f"barrier-{tag}"
+    await js1.publish(subjects.outbox(origin="s1", dest="s2", event_type=event_type), b"barrier", headers={"Nats-Msg-Id": f"{event_type}:s2"})
+
+    async def arrived() -> bool:
+        try:
+            await js2.get_last_msg(names.inbox_stream("s2"), subjects.inbox_aggregate("s2", event_type))
+        except NotFoundError:
+            return False
+        return True
+
+    await wait_for(arrived, timeout=30, what="the barrier on INBOX_s2")
+
+
 def test_channel_created_on_s1_reaches_inbox_s2_exactly_once(federated_sites: dict[str, Any]) -> None:
     servers = federated_sites
     tag = uuid.uuid4().hex[:8]
@@ -65,7 +83,12 @@ def test_channel_created_on_s1_reaches_inbox_s2_exactly_once(federated_sites: di
             await js.publish(subjects.rooms_command("s1", "create"), json.dumps(body).encode(), headers={"X-Request-ID": rid})
             result = json.loads((await sub.next_msg(timeout=30)).data)
             assert result["status"] == "ok"
-            await wait_drained(js, subjects.rooms_stream("s1"), subjects.ROOM_WORKER)
+            await wait_drained(js, names.rooms_stream("s1"), names.ROOM_WORKER_DURABLE)
+            s2 = await connect_site(servers, "s2")
+            try:
+                await _barrier_through(js, s2.jetstream(), tag)
+            finally:
+                await s2.close()
         finally:
             await nc.close()
         [event] = await wait_for(lambda: _aggregate_for(servers, room_id), timeout=30, what="the aggregate member_added on INBOX_s2")
@@ -73,8 +96,7 @@ def test_channel_created_on_s1_reaches_inbox_s2_exactly_once(federated_sites: di
         assert (event["envelope"]["siteId"], event["envelope"]["destSiteId"]) == ("s1", "s2")
         assert event["inner"]["accounts"] == [carol]
         assert (event["inner"]["roomType"], event["inner"]["requesterAccount"]) == ("channel", alice)
-        await asyncio.sleep(1)  # nothing else trickles in
-        assert len(await _aggregate_for(servers, room_id)) == 1
+        assert len(await _aggregate_for(servers, room_id)) == 1  # nothing else came before the barrier
 
     try:
         with FlowProcess("dataflows.room_worker", flow_env(servers, "s1")):

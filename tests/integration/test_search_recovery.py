@@ -1,19 +1,19 @@
-"""search_sync under crashes, an Elasticsearch outage and a 2-process cluster: the views still equal the oracle."""
+"""search_sync under crashes, an Elasticsearch outage and a 2-process cluster: the views still equal the oracle.
+
+The outages stop servers of this module's own (own_servers), never the shared ones.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from elasticsearch import Elasticsearch
 
-from schemas import subjects
+from schemas import names
+from testkit.private_servers import PrivateServers
 from testkit.search_oracle import oracle
 from testkit.search_site import (
     SearchSite,
@@ -22,14 +22,23 @@ from testkit.search_site import (
     publishable,
     random_history,
 )
-from testkit.support import REPO, wait_for
+from testkit.support import wait_for
 
-ES_PID = REPO / ".local" / "run" / "es.pid"
+NATS_OUTAGE_S = 3.0
+OWN_SERVERS = ("nats", "es")  # the outages stop these; search_sync uses no MongoDB
 
 
 @pytest.fixture
 async def search_site(servers: dict[str, Any], es_url: str) -> AsyncIterator[SearchSite]:
     site = await open_site(servers, Elasticsearch(es_url))
+    yield site
+    await close_site(site)
+
+
+@pytest.fixture
+async def own_search_site(own_servers: PrivateServers) -> AsyncIterator[SearchSite]:
+    """A search site on this module's own servers, for the tests that stop them."""
+    site = await open_site(own_servers.info, Elasticsearch(own_servers.info["es_url"]))
     yield site
     await close_site(site)
 
@@ -42,12 +51,12 @@ async def second_site(servers: dict[str, Any], es_url: str) -> AsyncIterator[Sea
 
 
 async def _acked(site: SearchSite) -> int:
-    info = await site.nc.jetstream().consumer_info(subjects.inbox_stream(site.site), subjects.SEARCH_SYNC)
+    info = await site.nc.jetstream().consumer_info(names.inbox_stream(site.site), names.SEARCH_SYNC_DURABLE)
     return int(info.ack_floor.stream_seq or 0)
 
 
 async def _dead_letters(site: SearchSite) -> int:
-    info = await site.nc.jetstream().stream_info(subjects.dlq_stream(site.site))
+    info = await site.nc.jetstream().stream_info(names.dlq_stream(site.site))
     return int(info.state.messages)
 
 
@@ -85,28 +94,30 @@ async def test_two_processes_give_the_same_indexes_as_one(search_site: SearchSit
     assert search_site.views() == oracle(events)
 
 
-def _es_up() -> None:
-    subprocess.run([sys.executable, str(REPO / "scripts" / "services.py"), "up"], check=True, capture_output=True, timeout=300)
-
-
 @pytest.mark.slow
-async def test_elasticsearch_down_30s_loses_nothing_and_dead_letters_nothing(search_site: SearchSite) -> None:
+async def test_elasticsearch_down_30s_loses_nothing_and_dead_letters_nothing(own_servers: PrivateServers, own_search_site: SearchSite) -> None:
+    search_site = own_search_site
     events, order = random_history(6_000, accounts=60, rooms=40, seed=30)
     search_site.start_flow()
     await search_site.publish(publishable(search_site.site, order[:2_000]))
     await wait_for(lambda: _acked_between(search_site, 1_000), timeout=120, interval=0.05, what="some progress")
     try:
-        os.kill(int(ES_PID.read_text().strip()), signal.SIGTERM)
+        await asyncio.to_thread(own_servers.stop, "es")
         await wait_for(lambda: not _es_answers(search_site.es), timeout=60, what="Elasticsearch to stop")
         await search_site.publish(publishable(search_site.site, order[2_000:]))  # arrives during the outage
-        await asyncio.sleep(30)
+        await asyncio.sleep(30)  # the outage's length is the point: the flow keeps retrying without dead-lettering
     finally:
-        await asyncio.to_thread(_es_up)  # always bring it back, whatever happened above
+        await asyncio.to_thread(own_servers.start_again, "es")  # always bring it back, whatever happened above
     await search_site.drain(timeout=300)
     assert await _dead_letters(search_site) == 0
     assert search_site.views() == oracle(events)
     for flow in search_site.flows:
         flow.assert_alive()
+
+
+def _nats_outage(own_servers: PrivateServers) -> None:
+    with own_servers.outage("nats-s1", NATS_OUTAGE_S):
+        pass
 
 
 def _es_answers(es: Elasticsearch) -> bool:
@@ -118,19 +129,17 @@ def _es_answers(es: Elasticsearch) -> bool:
 
 
 @pytest.mark.slow
-async def test_nats_restart_under_search_sync_loses_nothing(search_site: SearchSite) -> None:
-    from tests.integration.test_outages import NATS_OUTAGE_S, outage
-
+async def test_nats_restart_under_search_sync_loses_nothing(own_servers: PrivateServers, own_search_site: SearchSite) -> None:
+    search_site = own_search_site
     events, order = random_history(6_000, accounts=60, rooms=40, seed=31)
     flow = search_site.start_flow()
     await search_site.publish(publishable(search_site.site, order[:3_000]))
     await wait_for(lambda: _acked_between(search_site, 500), timeout=120, interval=0.05, what="some progress")
-    with outage("nats-s1", NATS_OUTAGE_S):
-        pass  # the flow's connection drops with the server and must come back on its own
+    await asyncio.to_thread(_nats_outage, own_servers)  # the flow's connection drops with the server and must come back on its own
 
     async def jetstream_answers() -> bool:
         try:
-            await search_site.nc.jetstream().stream_info(subjects.inbox_stream(search_site.site))
+            await search_site.nc.jetstream().stream_info(names.inbox_stream(search_site.site))
         except Exception:  # noqa: BLE001 - any failure means "not back yet", which is what we wait for
             return False
         return True

@@ -10,7 +10,7 @@ import pytest
 from elasticsearch import Elasticsearch
 
 from dataflows.search_sync.queries import rooms_for, typeahead
-from schemas import carriers, subjects
+from schemas import carriers, names, subjects
 from testkit.search_oracle import added, removed, renamed
 from testkit.search_site import HOME, SearchSite, close_site, open_site
 from testkit.support import wait_for
@@ -66,7 +66,7 @@ async def test_poison_goes_to_the_dlq_with_its_reason_and_the_flow_keeps_going(s
     )
     await search_site.drain()
     js = search_site.nc.jetstream()
-    sub = await js.pull_subscribe(subjects.dlq_filter(site), stream=subjects.dlq_stream(site))
+    sub = await js.pull_subscribe(subjects.dlq_filter(site), stream=names.dlq_stream(site))
     dead = await sub.fetch(2, timeout=10)
     reasons = sorted((msg.headers or {})[carriers.DLQ_REASON] for msg in dead)
     assert reasons[0].startswith("envelope:") and "accounts" in reasons[1], reasons
@@ -140,7 +140,7 @@ async def test_aggregate_events_of_unproven_origin_are_dead_lettered_and_never_a
         ]
     )
     await search_site.drain()
-    sub = await search_site.nc.jetstream().pull_subscribe(subjects.dlq_filter(site), stream=subjects.dlq_stream(site))
+    sub = await search_site.nc.jetstream().pull_subscribe(subjects.dlq_filter(site), stream=names.dlq_stream(site))
     reasons = sorted((msg.headers or {})[carriers.DLQ_REASON] for msg in await sub.fetch(2, timeout=10))
     assert reasons[0].startswith("origin mismatch: envelope claims siteId 's1'") and f"OUTBOX_{impostor}" in reasons[0], reasons
     assert reasons[1].startswith("origin unproven"), reasons

@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from connectors.settings import load_tuning
-from schemas import subjects
+from schemas import names, subjects
 from schemas.events import MemberAddEvent
 from testkit.mirror_site import MirrorSite, add, mirror_site
 from testkit.support import (
@@ -85,7 +85,7 @@ def test_flow_logs_carry_no_password(servers: dict[str, Any]) -> None:
             CHATFED_NATS_PASSWORD="",
         )
         assert mirror_env["CHATFED_NATS_PASSWORD"] in secrets
-        s.run(retune(s.js, subjects.inbox_stream(s.site), subjects.INBOX_WORKER, load_tuning(mirror_env)))
+        s.run(retune(s.js, names.inbox_stream(s.site), names.INBOX_WORKER_DURABLE, load_tuning(mirror_env)))
         mirror = FlowProcess("dataflows.inbox_mirror", mirror_env)
         rooms = FlowProcess("dataflows.room_worker", room_env)
         with mirror, rooms:
@@ -94,7 +94,7 @@ def test_flow_logs_carry_no_password(servers: dict[str, Any]) -> None:
             s.run(s.js.publish(subjects.rooms_command(s.site, "create"), json.dumps(body).encode(), headers={"X-Request-ID": str(uuid.uuid4())}))
             s.run(s.js.publish(subjects.rooms_command(s.site, "create"), b"{not json"))
             s.drained()
-            s.run(wait_drained(s.js, subjects.rooms_stream(s.site), subjects.ROOM_WORKER))
+            s.run(wait_drained(s.js, names.rooms_stream(s.site), names.ROOM_WORKER_DURABLE))
             mirror.assert_alive()
             rooms.assert_alive()
         assert s.db.rooms.count_documents({"_id": "r-new"}) == 1  # the flows really ran with those settings
@@ -117,7 +117,7 @@ def test_search_sync_log_carries_no_password(servers: dict[str, Any]) -> None:
             event = MemberAddEvent(type="member_added", room_id="r1", room_name="n", accounts=["alice"], site_id=s.site, joined_at=ts, timestamp=ts)
             data = envelope_bytes(event, event_type="member_added", site=s.site, dest=s.site, timestamp=ts)
             s.run(s.js.publish(subjects.inbox_local(s.site, "member_added"), data))
-            s.run(wait_drained(s.js, subjects.inbox_stream(s.site), subjects.SEARCH_SYNC))
+            s.run(wait_drained(s.js, names.inbox_stream(s.site), names.SEARCH_SYNC_DURABLE))
             flow.assert_alive()
         text = log_of(flow)
         assert "search_sync starting" in text

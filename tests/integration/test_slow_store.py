@@ -10,7 +10,7 @@ from nats.js.api import ConsumerConfig
 from pymongo import uri_parser
 
 from connectors.settings import Tuning
-from schemas import subjects
+from schemas import names
 from testkit.room_harness import RoomHarness, run, user
 from testkit.search_site import close_site, open_site, publishable, random_history
 from testkit.support import retune
@@ -27,11 +27,11 @@ def test_a_store_slower_than_the_ack_wait_causes_no_redelivery(servers: dict[str
 
     async def scenario(h: RoomHarness, proxy: SlowProxy) -> None:
         js = h.client.jetstream()
-        info = await js.consumer_info(subjects.rooms_stream(h.site), subjects.ROOM_WORKER)
+        info = await js.consumer_info(names.rooms_stream(h.site), names.ROOM_WORKER_DURABLE)
         config: ConsumerConfig = info.config
         config.ack_wait = ACK_WAIT_S
-        await js.add_consumer(subjects.rooms_stream(h.site), config)
-        updated = await js.consumer_info(subjects.rooms_stream(h.site), subjects.ROOM_WORKER)
+        await js.add_consumer(names.rooms_stream(h.site), config)
+        updated = await js.consumer_info(names.rooms_stream(h.site), names.ROOM_WORKER_DURABLE)
         assert updated.config.ack_wait == ACK_WAIT_S
         h.start_flow(
             CHATFED_MONGO_URI=f"mongodb://127.0.0.1:{proxy.port}/",
@@ -43,7 +43,7 @@ def test_a_store_slower_than_the_ack_wait_causes_no_redelivery(servers: dict[str
             body = {"roomId": "r-slow", "users": [account], "history": {"mode": "all"}, "requesterAccount": "alice", "timestamp": TS + 1 + i}
             await h.send("member.add", body)
         await h.drained()
-        info = await js.consumer_info(subjects.rooms_stream(h.site), subjects.ROOM_WORKER)
+        info = await js.consumer_info(names.rooms_stream(h.site), names.ROOM_WORKER_DURABLE)
         # the consumer sequence counts every delivery, redeliveries included
         assert info.delivered.stream_seq == ADDS + 1
         assert info.delivered.consumer_seq == ADDS + 1, f"{info.delivered.consumer_seq - ADDS - 1} redeliveries while in progress"
@@ -70,13 +70,13 @@ def test_an_elasticsearch_slower_than_the_ack_wait_causes_no_redelivery(servers:
         site = await open_site(servers, Elasticsearch(es_url))
         try:
             js = site.nc.jetstream()
-            await retune(js, subjects.inbox_stream(site.site), subjects.SEARCH_SYNC, Tuning(ack_wait_s=ACK_WAIT_S))
+            await retune(js, names.inbox_stream(site.site), names.SEARCH_SYNC_DURABLE, Tuning(ack_wait_s=ACK_WAIT_S))
             _, order = random_history(400, accounts=40, rooms=10, seed=7, prefix="slow")
             await site.publish(publishable(site.site, order))
             with SlowProxy(url.hostname or "127.0.0.1", url.port or 9200, delay_s=0.4) as proxy:
                 site.start_flow(CHATFED_ES_URL=f"http://127.0.0.1:{proxy.port}", CHATFED_ACK_WAIT_S=str(ACK_WAIT_S))
                 await site.drain(timeout=300)
-            info = await js.consumer_info(subjects.inbox_stream(site.site), subjects.SEARCH_SYNC)
+            info = await js.consumer_info(names.inbox_stream(site.site), names.SEARCH_SYNC_DURABLE)
             assert info.delivered.consumer_seq == info.delivered.stream_seq == len(order), (
                 f"{info.delivered.consumer_seq - len(order)} redeliveries while in progress"
             )

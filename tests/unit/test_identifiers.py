@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from schemas.identifiers import identifier_problem, is_valid_account, is_valid_room_id
+from schemas.names import identifier_problem, is_valid_account, is_valid_room_id
 
 
 @pytest.mark.parametrize(

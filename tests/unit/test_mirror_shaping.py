@@ -11,8 +11,9 @@ import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
 
+from connectors.operators import decode_or_dead_letter
 from dataflows.inbox_mirror import rules as mirror
-from schemas import subjects
+from schemas import names, subjects
 from schemas.carriers import Delivery
 from schemas.documents import to_mongo
 from schemas.envelope import OutboxEvent, encode_envelope
@@ -33,8 +34,7 @@ def shaped(deliveries: list[Delivery]) -> list[dict[str, Any]]:
     """decode → changes → the subscription each add would insert (user `_id` = `id-{account}`)."""
     out: list[dict[str, Any]] = []
     flow = Dataflow("shaping")
-    decoded = op.flat_map("decode", op.input("in", flow, TestingSource(deliveries)), mirror.decode)
-    changes = op.branch("adds", decoded, mirror.is_change).trues
+    changes = decode_or_dead_letter("decode", op.input("in", flow, TestingSource(deliveries)), mirror.decode).parts
     subs = op.map("shape", changes, lambda c: to_mongo(mirror.subscription_of(c, user_id=f"id-{c.account}", sub_id=f"sub-{c.account}")))
     op.output("out", subs, TestingSink(out))
     run_main(flow)
@@ -68,7 +68,7 @@ def test_vector_inbox_mirror_expectation(path: Path) -> None:
     vector = json.loads(path.read_text())
     expect = vector["expect"].get("inboxMirror")
     env = vector["envelope"]
-    inbox_filter = next(c for c in site_consumers(env["destSiteId"]) if c.durable == subjects.INBOX_WORKER).filter_subjects
+    inbox_filter = next(c for c in site_consumers(env["destSiteId"]) if c.durable == names.INBOX_WORKER_DURABLE).filter_subjects
     if vector["subject"].startswith("chat.inbox."):  # local lane: the durable never sees it
         assert expect is None or "not consumed" in str(expect)
         assert not any(matches_filter(vector["subject"], f) for f in inbox_filter)
@@ -77,7 +77,7 @@ def test_vector_inbox_mirror_expectation(path: Path) -> None:
     assert any(matches_filter(subject, f) for f in inbox_filter)
     if isinstance(expect, dict):  # removals: every listed account ends absent, whatever was there before
         dels = [c for c in mirror.decode(delivery(subject, vector["data"].encode(), origin=env["siteId"])) if isinstance(c, mirror.Change)]
-        earlier = [mirror.Change(delivery=c.delivery, parts=1, kind=mirror.Kind.ADD, room_id=c.room_id, account=c.account, ts=c.ts - 1) for c in dels]
+        earlier = [mirror.Change(ack=c.ack, kind=mirror.Kind.ADD, room_id=c.room_id, account=c.account, ts=c.ts - 1) for c in dels]
         assert {c.account for c in dels} == {a for a, state in expect.items() if state == "absent"}
         assert mirror.oracle(earlier + dels) == set()
         return

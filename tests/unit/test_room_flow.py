@@ -11,7 +11,7 @@ from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 
 from dataflows.room_worker import build_flow
 from dataflows.room_worker.commands import Command, Parsed, Rejected
-from schemas.carriers import Delivery, Settle, Verdict, done, poison
+from schemas.carriers import Delivery, Settle, Verdict, done, ignored, poison
 
 
 class RecordingRunner:
@@ -22,7 +22,7 @@ class RecordingRunner:
 
     def reject(self, item: Parsed) -> Settle:
         assert isinstance(item, Rejected)
-        return done(item.delivery) if item.ignored else poison(item.delivery, item.reason)
+        return ignored(item.delivery, item.reason) if item.ignored else poison(item.delivery, item.reason)
 
     def apply(self, batches: Sequence[Sequence[object]]) -> list[Settle]:
         out = []

@@ -6,16 +6,14 @@ import json
 import threading
 from typing import Any, cast
 
-from pymongo.errors import AutoReconnect
-
 from dataflows.room_worker.commands import Command, parse_command
 from dataflows.room_worker.runner import ROOM_THREADS, RoomCommandRunner
-from dataflows.room_worker.store_mongo import RoomStore
+from dataflows.room_worker.store import Store, StoreUnavailable
 from schemas.carriers import Delivery, Verdict
 
 
 class DownStore:
-    """Every call fails as a MongoDB that is not there; counts the attempts."""
+    """Every call fails as a store whose server is not there (store_mongo.py turns a refused connection into this); counts the attempts."""
 
     def __init__(self) -> None:
         self.calls = 0
@@ -25,7 +23,7 @@ class DownStore:
         def fail(*_: object, **__: object) -> None:
             with self._lock:
                 self.calls += 1
-            raise AutoReconnect("connection refused")
+            raise StoreUnavailable("AutoReconnect: connection refused")
 
         return fail
 
@@ -42,7 +40,7 @@ def command(seq: int, room: str, delivered: int = 1) -> Command:
 
 
 def runner(store: DownStore) -> RoomCommandRunner:
-    return RoomCommandRunner(cast(RoomStore, store), cast(Any, None), site="s1", max_deliver=10, pauses=(0.0, 0.0))
+    return RoomCommandRunner(cast(Store, store), cast(Any, None), site="s1", max_deliver=10, pauses=(0.0, 0.0))
 
 
 def test_one_room_pays_the_retries_once_then_naks_the_rest() -> None:

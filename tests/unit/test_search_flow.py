@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -13,6 +14,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 
 from dataflows.search_sync import build_flow
+from dataflows.search_sync.parts import parse
 from schemas.carriers import Delivery, Settle, Verdict
 from testkit.search_oracle import MemoryViews, added, delivery, removed, renamed
 from tests.unit.test_search_views import SEARCH_VECTORS, check_vector_expectations
@@ -90,3 +92,14 @@ def test_vector_through_the_flow(path: Path, runner: Callable[[Dataflow], None])
         {a: msgspec.to_builtins(d) for a, d in memory.user_rooms.items()},
         {i: msgspec.to_builtins(d) for i, d in memory.spotlight.items()},
     )
+
+
+def test_a_part_carries_the_ack_handle_not_the_message() -> None:
+    """A member_added for N accounts must not move N copies of the message between workers (issue 12)."""
+
+    def largest_part(accounts: int) -> int:
+        parsed = parse(delivery(added("r1", [f"u{i}" for i in range(accounts)], 10), 1))
+        assert isinstance(parsed, list) and len(parsed) == accounts
+        return max(len(pickle.dumps(part)) for part in parsed)
+
+    assert largest_part(2_000) <= largest_part(2) + 8  # only the account grows: "u1999" against "u1"

@@ -9,9 +9,9 @@ import msgspec
 import pytest
 from bytewax.testing import TestingSink, TestingSource, run_main
 
-from dataflows.search_sync import build_flow
-from dataflows.search_sync import views as views
-from dataflows.search_sync.views import MemberChange
+from dataflows.search_sync import build_flow, views
+from dataflows.search_sync import parts as search_parts
+from dataflows.search_sync.parts import MemberChange
 from schemas.carriers import Settle, Verdict
 from schemas.documents import UserRoomDoc
 from testkit.search_oracle import Event, MemoryViews, delivery, event_bytes, oracle
@@ -29,8 +29,8 @@ LATER = Event("alice", "r", T + 2, True, 0, T + 2, "sixteen-b")
 def _changes(events: list[Event]) -> list[MemberChange]:
     changes: list[MemberChange] = []
     for event in events:
-        parsed = views.parse(delivery(event_bytes(event)))
-        assert views.is_parts(parsed)
+        parsed = search_parts.parse(delivery(event_bytes(event)))
+        assert search_parts.is_parts(parsed)
         changes += [p for p in parsed if isinstance(p, MemberChange)]
     return changes
 

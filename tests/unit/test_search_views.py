@@ -12,9 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dataflows.search_sync import parts as search_parts
 from dataflows.search_sync import views as views
-from dataflows.search_sync.views import ItemOutcome, MemberChange, RoomName, RoomRename
-from schemas.carriers import Settle, Verdict
+from dataflows.search_sync.parts import MemberChange, RoomRename
+from dataflows.search_sync.views import ItemOutcome, RoomName
+from schemas.carriers import AckHandle, Settle, Verdict
 from testkit.search_oracle import (
     Event,
     MemoryViews,
@@ -30,14 +32,14 @@ from testkit.search_oracle import (
 VECTORS = sorted((Path(__file__).parents[3] / "shared" / "vectors").glob("*.json"))
 
 
-def _parts(data: bytes) -> list[views.Part]:
-    parsed = views.parse(delivery(data))
-    assert views.is_parts(parsed), parsed
+def _parts(data: bytes) -> list[search_parts.Part]:
+    parsed = search_parts.parse(delivery(data))
+    assert search_parts.is_parts(parsed), parsed
     return parsed
 
 
 def _poison_reason(data: bytes) -> str:
-    parsed = views.parse(delivery(data))
+    parsed = search_parts.parse(delivery(data))
     assert isinstance(parsed, Settle) and parsed.verdict is Verdict.DEAD
     return parsed.reason
 
@@ -73,8 +75,8 @@ def test_poison_names_its_reason(data: bytes, reason: str) -> None:
 
 def test_member_added_fans_out_one_part_per_distinct_account() -> None:
     parts = _parts(added("r1", ["alice", "bob", "alice"], 10))
-    assert [views.part_key(p) for p in parts] == ["alice", "bob"]
-    assert all(p.parts == 2 and p.ts == 10 for p in parts)
+    assert [search_parts.part_key(p) for p in parts] == ["alice", "bob"]
+    assert all(p.ack == AckHandle(reply=parts[0].ack.reply, event_ms=10) and p.ts == 10 for p in parts)
 
 
 def test_dm_parts_are_named_after_the_counterpart() -> None:
@@ -86,7 +88,7 @@ def test_dm_parts_are_named_after_the_counterpart() -> None:
 
 def test_rename_is_one_part_keyed_by_room() -> None:
     (part,) = _parts(renamed("r1", "new", 7))
-    assert isinstance(part, RoomRename) and views.part_key(part) == "room r1"
+    assert isinstance(part, RoomRename) and search_parts.part_key(part) == "room r1"
 
 
 def test_lww_guard_sequence() -> None:
@@ -155,11 +157,11 @@ def test_stale_add_after_remove_writes_no_spotlight() -> None:
 def test_add_arriving_after_a_newer_rename_takes_the_renamed_name() -> None:
     memory = MemoryViews()
     memory.apply("alice", [_change("r", 10)])
-    memory.rename(RoomRename(delivery=delivery(b""), parts=1, room_id="r", name="renamed", ts=50))
+    memory.rename(RoomRename(ack=AckHandle(reply="r"), room_id="r", name="renamed", ts=50))
     assert memory.spotlight["alice_r"].room_name == "renamed"
     memory.apply("bob", [_change("r", 20, account="bob")])  # carries the old name
     assert memory.spotlight["bob_r"].room_name == "renamed"
-    memory.rename(RoomRename(delivery=delivery(b""), parts=1, room_id="r", name="older", ts=40))
+    memory.rename(RoomRename(ack=AckHandle(reply="r"), room_id="r", name="older", ts=40))
     assert {doc.room_name for doc in memory.spotlight.values()} == {"renamed"}
 
 
@@ -168,14 +170,14 @@ def test_rename_leaves_dm_names_alone() -> None:
     (dm,) = _parts(added("d", ["carol"], 10, room_type="dm", name="", requester="alice"))
     assert isinstance(dm, MemberChange)
     memory.apply("carol", [dm])
-    memory.rename(RoomRename(delivery=delivery(b""), parts=1, room_id="d", name="x", ts=50))
+    memory.rename(RoomRename(ack=AckHandle(reply="r"), room_id="d", name="x", ts=50))
     assert memory.spotlight["carol_d"].room_name == "alice"
 
 
 def test_newest_name_is_last_write_wins() -> None:
     stored = RoomName(room_id="r", name="b", name_ts=20)
-    older = RoomRename(delivery=delivery(b""), parts=1, room_id="r", name="a", ts=10)
-    newer = RoomRename(delivery=delivery(b""), parts=1, room_id="r", name="c", ts=30)
+    older = RoomRename(ack=AckHandle(reply="r"), room_id="r", name="a", ts=10)
+    newer = RoomRename(ack=AckHandle(reply="r"), room_id="r", name="c", ts=30)
     assert views.newest_name(stored, [older]) == stored
     assert views.newest_name(stored, [newer, older]) == RoomName(room_id="r", name="c", name_ts=30)
     assert views.newest_name(None, []) is None
@@ -297,11 +299,11 @@ FROM_S3 = {"Nats-Stream-Source": "OUTBOX_s3 3 outbox.s3.to.s2.> chat.inbox.s2.ag
     ids=["aggregate-without-source", "claims-another-origin", "dotted-room", "spaced-account", "wildcard-account"],
 )
 def test_untrusted_events_are_poison(subject: str, headers: dict[str, str] | None, data: bytes, reason: str) -> None:
-    parsed = views.parse(msgspec.structs.replace(delivery(data, subject=subject), headers=headers))
+    parsed = search_parts.parse(msgspec.structs.replace(delivery(data, subject=subject), headers=headers))
     assert isinstance(parsed, Settle) and parsed.verdict is Verdict.DEAD
     assert reason in parsed.reason
 
 
 def test_sourced_event_from_its_home_site_is_applied() -> None:
-    parsed = views.parse(msgspec.structs.replace(delivery(added("r1", ["alice", "helper.bot"], 10), subject=AGGREGATE), headers=FROM_S1))
-    assert views.is_parts(parsed) and [p.account for p in parsed] == ["alice", "helper.bot"]  # type: ignore[union-attr]
+    parsed = search_parts.parse(msgspec.structs.replace(delivery(added("r1", ["alice", "helper.bot"], 10), subject=AGGREGATE), headers=FROM_S1))
+    assert search_parts.is_parts(parsed) and [p.account for p in parsed] == ["alice", "helper.bot"]  # type: ignore[union-attr]

@@ -1,55 +1,126 @@
-"""One verdict per message once all its parts reported; coalescing flushes on size or on EOF."""
+"""One verdict per message once the message and all its parts' outcomes met, in any order; coalescing; the operators' examples."""
 
 from __future__ import annotations
 
+import doctest
 from datetime import timedelta
 
 import bytewax.operators as op
+import pytest
 from bytewax.dataflow import Dataflow
+from bytewax.operators import StatefulBatchLogic
 from bytewax.testing import TestingSink, TestingSource, run_main
 
+from connectors import operators
 from connectors.jetstream import backoff_ms, parse_ack_reply
-from connectors.operators import PartOutcome, collect_for, settle_parts
+from connectors.operators import Awaiting, PartOutcome, _JoinLogic, collect_for, decode_or_dead_letter, settle_parts
 from connectors.settings import Tuning
-from schemas.carriers import Delivery, Settle, Verdict
+from schemas.carriers import AckHandle, Delivery, Settle, Verdict
 
 
 def _delivery(seq: int) -> Delivery:
-    return Delivery(subject="s", data=b"", reply=f"$JS.ACK.S.c.1.{seq}.{seq}.0.0", stream="S", stream_seq=seq, num_delivered=1)
+    return Delivery(subject="s", data=b"raw", reply=f"$JS.ACK.S.c.1.{seq}.{seq}.0.0", stream="S", stream_seq=seq, num_delivered=1)
 
 
-def _settle(outcomes: list[PartOutcome]) -> list[Settle]:
+def _ack(seq: int, event_ms: int = 0) -> AckHandle:
+    return AckHandle(reply=_delivery(seq).reply, event_ms=event_ms)
+
+
+def _settle(awaiting: list[Awaiting], outcomes: list[PartOutcome]) -> list[Settle]:
     flow = Dataflow("settle_test")
     out: list[Settle] = []
-    op.output("out", settle_parts("settle", op.input("in", flow, TestingSource(outcomes))), TestingSink(out))
+    settled = settle_parts("settle", op.input("messages", flow, TestingSource(awaiting)), op.input("outcomes", flow, TestingSource(outcomes)))
+    op.output("out", settled, TestingSink(out))
     run_main(flow)
     return out
 
 
 def test_message_is_acked_only_after_every_part() -> None:
-    a, b = _delivery(1), _delivery(2)
     out = _settle(
+        [Awaiting(delivery=_delivery(1), parts=3), Awaiting(delivery=_delivery(2), parts=2)],
         [
-            PartOutcome(delivery=a, parts=3, ok=True),
-            PartOutcome(delivery=b, parts=2, ok=True),
-            PartOutcome(delivery=a, parts=3, ok=True),
-            PartOutcome(delivery=a, parts=3, ok=True, event_ms=7),
-        ]
+            PartOutcome(ack=_ack(1), ok=True),
+            PartOutcome(ack=_ack(2), ok=True),
+            PartOutcome(ack=_ack(1), ok=True),
+            PartOutcome(ack=_ack(1, event_ms=7), ok=True),
+        ],
     )
     assert [(s.delivery.stream_seq, s.verdict) for s in out] == [(1, Verdict.ACK)]
     assert out[0].event_ms == 7
+    assert out[0].delivery == _delivery(1)  # the whole message, as the settle sink needs it (dead letters carry its bytes)
 
 
 def test_one_failed_part_retries_the_message_once() -> None:
-    a = _delivery(1)
     out = _settle(
+        [Awaiting(delivery=_delivery(1), parts=3)],
         [
-            PartOutcome(delivery=a, parts=3, ok=False, reason="es down"),
-            PartOutcome(delivery=a, parts=3, ok=True),
-            PartOutcome(delivery=a, parts=3, ok=False, reason="es down"),
-        ]
+            PartOutcome(ack=_ack(1), ok=False, reason="es down"),
+            PartOutcome(ack=_ack(1), ok=True),
+            PartOutcome(ack=_ack(1), ok=False, reason="es down"),
+        ],
     )
     assert [(s.verdict, s.reason) for s in out] == [(Verdict.RETRY, "es down")]
+
+
+def test_a_message_without_parts_is_acked_at_once() -> None:
+    out = _settle([Awaiting(delivery=_delivery(1), parts=0)], [])
+    assert [(s.delivery.stream_seq, s.verdict) for s in out] == [(1, Verdict.ACK)]
+
+
+def test_a_message_decoded_to_no_parts_is_acked_without_a_write() -> None:
+    flow = Dataflow("no_parts_test")
+    decoded = decode_or_dead_letter("decode", op.input("pull", flow, TestingSource([_delivery(1)])), lambda delivery: [])
+    written: list[object] = []
+    op.output("parts", decoded.parts, TestingSink(written))
+    out: list[Settle] = []
+    op.output("out", settle_parts("join", decoded.awaiting, op.input("outcomes", flow, TestingSource([]))), TestingSink(out))
+    run_main(flow)
+    assert written == [] and [(s.delivery.stream_seq, s.verdict) for s in out] == [(1, Verdict.ACK)]
+
+
+def _join(*batches: list[Awaiting | PartOutcome]) -> list[tuple[list[Settle], bool]]:
+    """Drive one key's join batch by batch, as Bytewax would, in the given arrival order."""
+    logic = _JoinLogic(None)
+    results = []
+    for batch in batches:
+        out, discard = logic.on_batch(batch)
+        results.append((list(out), discard))
+        logic = _JoinLogic(logic.snapshot())  # as after a snapshot and resume: nothing lives outside the state
+    return results
+
+
+@pytest.mark.parametrize("message_at", [0, 1, 2], ids=["message-first", "message-between", "message-last"])
+def test_outcomes_and_their_message_meet_in_any_order(message_at: int) -> None:
+    arrivals: list[list[Awaiting | PartOutcome]] = [[PartOutcome(ack=_ack(1, 5), ok=True)], [PartOutcome(ack=_ack(1, 5), ok=True)]]
+    arrivals.insert(message_at, [Awaiting(delivery=_delivery(1), parts=2)])
+    results = _join(*arrivals)
+    assert [discard for _, discard in results] == [StatefulBatchLogic.RETAIN, StatefulBatchLogic.RETAIN, StatefulBatchLogic.DISCARD]
+    assert [[(s.verdict, s.event_ms) for s in out] for out, _ in results] == [[], [], [(Verdict.ACK, 5)]]
+
+
+def test_a_failure_before_its_message_retries_on_arrival_and_then_only_counts() -> None:
+    logic = _JoinLogic(None)
+    out, discard = logic.on_batch([PartOutcome(ack=_ack(1), ok=False, reason="down")])
+    assert (list(out), discard) == ([], StatefulBatchLogic.RETAIN)
+    out, discard = logic.on_batch([Awaiting(delivery=_delivery(1), parts=3)])
+    assert [(s.verdict, s.reason) for s in out] == [(Verdict.RETRY, "down")] and discard is StatefulBatchLogic.RETAIN
+    assert logic.snapshot().delivery is None  # settled: the raw message is not held while the other parts report
+    out, discard = logic.on_batch([PartOutcome(ack=_ack(1), ok=True), PartOutcome(ack=_ack(1), ok=True)])
+    assert (list(out), discard) == ([], StatefulBatchLogic.DISCARD)
+
+
+_EXAMPLES = [test for test in doctest.DocTestFinder().find(operators) if test.examples]
+
+
+@pytest.mark.parametrize("example", _EXAMPLES, ids=[test.name.rsplit(".", 1)[-1] for test in _EXAMPLES])
+def test_operator_docstring_examples_run(example: doctest.DocTest) -> None:
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    runner.run(example)
+    assert runner.summarize(verbose=False).failed == 0
+
+
+def test_every_public_operator_has_an_example() -> None:
+    assert sorted(test.name.rsplit(".", 1)[-1] for test in _EXAMPLES) == ["collect_for", "decode_or_dead_letter", "settle_parts"]
 
 
 def test_collect_flushes_at_max_size_and_at_eof() -> None:

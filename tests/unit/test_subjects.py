@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from schemas import streams, subjects
+from schemas import names, streams, subjects
 from schemas.subjects import InboxSubject, RoomOp
 
 BUILDERS: list[tuple[str, Callable[[], str], str]] = [
@@ -40,13 +40,21 @@ BUILDERS: list[tuple[str, Callable[[], str], str]] = [
         lambda: subjects.command_result(account="alice", request_id="0195f0a2-7c1d"),
         "chat.user.alice.response.0195f0a2-7c1d",
     ),
-    ("rooms_stream", lambda: subjects.rooms_stream("s1"), "ROOMS_s1"),
-    ("outbox_stream", lambda: subjects.outbox_stream("s1"), "OUTBOX_s1"),
-    ("inbox_stream", lambda: subjects.inbox_stream("site-b"), "INBOX_site-b"),
-    ("dlq_stream", lambda: subjects.dlq_stream("s1"), "DLQ_s1"),
-    ("durable_room_worker", lambda: subjects.ROOM_WORKER, "room-worker"),
-    ("durable_inbox_worker", lambda: subjects.INBOX_WORKER, "inbox-worker"),
-    ("durable_search_sync", lambda: subjects.SEARCH_SYNC, "search-sync"),
+    ("command_result_filter", subjects.command_result_filter, "chat.user.*.response.*"),
+    ("release_filter", subjects.release_filter, "_INBOX.release.>"),
+    ("jetstream_api_prefix", lambda: subjects.jetstream_api_prefix("s2"), "$JS.s2.API"),
+    ("source_deliver_prefix", lambda: subjects.source_deliver_prefix(origin="s1", dest="s2"), "fed.deliver.s1.to.s2"),
+    ("source_deliver_filter", lambda: subjects.source_deliver_filter(origin="s1", dest="s2"), "fed.deliver.s1.to.s2.>"),
+    ("rooms_stream", lambda: names.rooms_stream("s1"), "ROOMS_s1"),
+    ("outbox_stream", lambda: names.outbox_stream("s1"), "OUTBOX_s1"),
+    ("inbox_stream", lambda: names.inbox_stream("site-b"), "INBOX_site-b"),
+    ("dlq_stream", lambda: names.dlq_stream("s1"), "DLQ_s1"),
+    ("durable_room_worker", lambda: names.ROOM_WORKER_DURABLE, "room-worker"),
+    ("durable_inbox_worker", lambda: names.INBOX_WORKER_DURABLE, "inbox-worker"),
+    ("durable_search_sync", lambda: names.SEARCH_SYNC_DURABLE, "search-sync"),
+    # the tests' spelling of the names above (schemas/subjects.py)
+    ("alias_inbox_stream", lambda: names.inbox_stream("s1"), names.inbox_stream("s1")),
+    ("alias_durable", lambda: names.SEARCH_SYNC_DURABLE, names.SEARCH_SYNC_DURABLE),
 ]
 
 
@@ -59,7 +67,10 @@ INVALID: list[tuple[str, Callable[[], str]]] = [
     ("site_uppercase", lambda: subjects.inbox_local("S1", "member_added")),
     ("site_empty", lambda: subjects.rooms_filter("")),
     ("site_dot", lambda: subjects.outbox(origin="s1.x", dest="s2", event_type="member_added")),
-    ("site_underscore", lambda: subjects.rooms_stream("s_1")),
+    ("site_underscore", lambda: names.rooms_stream("s_1")),
+    ("site_leading_dash", lambda: subjects.rooms_filter("-s1")),
+    ("deliver_site_star", lambda: subjects.source_deliver_filter(origin="s1", dest="*")),
+    ("api_domain_dot", lambda: subjects.jetstream_api_prefix("s1.x")),
     ("dest_wildcard", lambda: subjects.outbox_to_filter(origin="s1", dest="*")),
     ("type_dot", lambda: subjects.inbox_aggregate("s1", "member.added")),
     ("type_gt", lambda: subjects.outbox(origin="s1", dest="s2", event_type=">")),
@@ -111,10 +122,10 @@ def test_parse_rooms_command() -> None:
 
 
 def test_token_predicates() -> None:
-    assert subjects.is_valid_token("helper_bot-1")
-    assert not any(subjects.is_valid_token(t) for t in ["", "a.b", "a*", "a>", "a b", "a\nb"])
-    assert subjects.is_valid_site_id("site-a1")
-    assert not any(subjects.is_valid_site_id(s) for s in ["", "Site", "s_1", "s.1", "s 1", "é"])
+    assert names.is_valid_token("helper_bot-1")
+    assert not any(names.is_valid_token(t) for t in ["", "a.b", "a*", "a>", "a b", "a\nb"])
+    assert names.is_valid_site_id("site-a1")
+    assert not any(names.is_valid_site_id(s) for s in ["", "Site", "s_1", "s.1", "s 1", "é", "-s1"])
 
 
 def test_site_streams() -> None:

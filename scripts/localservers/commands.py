@@ -1,0 +1,171 @@
+"""The commands of scripts/services.py: up, down, start, release, status, info, rotate-secrets."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from pathlib import Path
+
+from schemas.names import mongo_database
+
+from .credentials import nats_credentials
+from .layout import CONF, DATA, HUB, LEASES, ROOT, RUN, SECRETS, Layout, ServiceError, W
+from .lifecycle import adopt, start, started_as_now, terminate, wait_for_leafnodes
+from .processes import cmdline, own_processes, pid_alive, read_pid
+from .servers import all_servers
+
+
+def cmd_up(layout: Layout, lease: str | None) -> None:
+    if lease:
+        LEASES.mkdir(parents=True, exist_ok=True)
+        (LEASES / lease).touch()
+    for server in all_servers(layout):
+        if server.external:
+            print(f"{server.name:<{W}} external  {server.address}  (from ${server.external})")
+            continue
+        pid = server.pid() or adopt(server)
+        if pid is not None:
+            if not started_as_now(server):
+                raise ServiceError(
+                    f"{server.name}: running (pid {pid}) with another configuration than the environment "
+                    "now asks for (sites, ports?); stop it first: ./run.sh services down"
+                )
+            print(f"{server.name:<{W}} running   pid {pid:<8} {server.address}")
+            continue
+        if lease:  # recorded before starting, so that a failed start is stopped too
+            with (LEASES / "started").open("a") as f:
+                f.write(server.name + "\n")
+        t0 = time.monotonic()
+        start(server)
+        print(f"{server.name:<{W}} started   pid {server.pid()!s:<8} {server.address}  ({time.monotonic() - t0:.1f} s)")
+    if layout.local_sites:
+        wait_for_leafnodes(layout)
+
+
+def cmd_start(layout: Layout, names: list[str]) -> None:
+    """Start these servers if they are stopped, and nothing else (`up` would also start one stopped on purpose)."""
+    servers = {s.name: s for s in all_servers(layout) if not s.external}
+    unknown = set(names) - set(servers)
+    if unknown:
+        raise ServiceError(f"unknown or external server(s): {', '.join(sorted(unknown))}")
+    for name in names:
+        if servers[name].pid() is None:
+            start(servers[name])
+    if any(name.startswith("nats-") for name in names) and layout.local_sites:
+        wait_for_leafnodes(layout)
+
+
+def cmd_down(layout: Layout, names: list[str], purge: bool) -> None:
+    """Stop this checkout's servers: by pid file, plus strays whose pid file was lost.
+
+    Overrides and the current CHATFED_SITES do not limit what is stopped: a server this checkout
+    started is stopped even if the environment no longer names it.
+    """
+    servers = {s.name: s for s in all_servers(layout)}
+    markers = {name: s.marker for name, s in servers.items()}
+    for pid_file in RUN.glob("nats-*.pid"):  # sites no longer in CHATFED_SITES
+        markers.setdefault(pid_file.stem, str(CONF / f"{pid_file.stem}.conf"))
+    if names:
+        unknown = set(names) - set(markers)
+        if unknown:
+            raise ServiceError(f"unknown server(s): {', '.join(sorted(unknown))}")
+        markers = {n: m for n, m in markers.items() if n in names}
+        victims = {}
+    else:
+        victims = own_processes({**markers, "nats": str(CONF / "nats-")})
+        for pid, name in victims.items():
+            if name == "nats":  # a stray NATS server: name it after its config file
+                conf = re.search(rf"{re.escape(str(CONF))}/(nats-\S+)\.conf", cmdline(pid))
+                victims[pid] = name = conf.group(1) if conf else name
+                markers.setdefault(name, str(CONF / "nats-"))
+    for name in markers:
+        extra = [RUN / "es" / "jvm.pid"] if name == "es" else []
+        for pid in filter(None, map(read_pid, [RUN / f"{name}.pid", *extra])):
+            if pid_alive(pid, markers[name]):
+                victims[pid] = name
+    terminate(victims, markers)
+    for name in markers:
+        for f in (RUN / f"{name}.pid", RUN / f"{name}.started-with"):
+            f.unlink(missing_ok=True)
+        stopped = sorted(p for p, n in victims.items() if n == name)
+        if stopped or name in servers:
+            print(f"{name:<{W}} " + (f"stopped   pid {' '.join(map(str, stopped))}" if stopped else "not running"))
+    if purge:
+        shutil.rmtree(DATA, ignore_errors=True)
+        print(f"{'purged':<{W}} {DATA.relative_to(ROOT)}")
+
+
+def cmd_release(layout: Layout, lease: str) -> None:
+    """Drop a lease; when no live lease is left, stop the servers that leased runs started."""
+    (LEASES / lease).unlink(missing_ok=True)
+    leases = list(LEASES.glob("[0-9]*"))
+    for f in leases:
+        if not Path(f"/proc/{f.name}").exists():
+            f.unlink()  # that run died without releasing
+    started = LEASES / "started"
+    if any(f.exists() for f in leases) or not started.exists():
+        return
+    names = sorted(set(started.read_text().split()))
+    if names:
+        cmd_down(layout, names, purge=False)
+    started.unlink()
+
+
+def cmd_status(layout: Layout) -> int:
+    servers = all_servers(layout)
+    running = 0
+    for server in servers:
+        if server.external:
+            print(f"{server.name:<{W}} external  {'':<12} {server.address}  (from ${server.external})")
+            running += 1
+            continue
+        pid = server.pid()
+        running += pid is not None
+        state = f"running   pid {pid:<8}" if pid else f"stopped   {'':<12}"
+        note = "" if not pid or started_as_now(server) else "  (started with another configuration: down, then up)"
+        print(f"{server.name:<{W}} {state} {server.address}{note}")
+    return 0 if running == len(servers) else 3
+
+
+def site_info(layout: Layout, site: str) -> dict[str, str]:
+    """How to reach a site: NATS as its operator (nats_user) or service user, its database and domain.
+
+    A site whose NATS is external (CHATFED_NATS_URL_<SITE>) gets empty credentials: we do not manage them.
+    """
+    info = {"nats_url": layout.nats_url(site)}
+    if site in layout.local_sites:
+        creds = nats_credentials(site)
+        operator, service = creds["operator"], creds["service"]
+    else:
+        operator = service = {"user": "", "password": ""}
+    info.update(
+        nats_user=operator["user"],
+        nats_password=operator["password"],
+        service_user=service["user"],
+        service_password=service["password"],
+        mongo_db=mongo_database(site),
+        domain=site,
+    )
+    return info
+
+
+def cmd_info(layout: Layout) -> int:
+    sites = {s: site_info(layout, s) for s in layout.sites}
+    print(json.dumps({"sites": sites, "mongo_uri": layout.mongo_uri, "es_url": layout.es_url}))
+    return 0
+
+
+def cmd_rotate_secrets(layout: Layout) -> None:
+    """Replace every NATS password of this checkout; the NATS servers must be down (they read them at start)."""
+    running = [s.name for s in all_servers(layout) if s.name.startswith("nats-") and not s.external and s.pid()]
+    strays = own_processes({"nats": str(CONF / "nats-")})
+    if running or strays:
+        names = ", ".join(running) or "nats-server processes of this checkout"
+        raise ServiceError(f"{names} running: stop them first (./run.sh services down), then rotate, then up")
+    for path in SECRETS.glob("nats-*.json"):  # also those of sites no longer in CHATFED_SITES
+        path.unlink()
+    for server in (HUB, *layout.local_sites):
+        nats_credentials(server)
+    print(f"{'secrets':<{W}} new NATS passwords in {SECRETS.relative_to(ROOT)}/; clients need the new ones (services info)")

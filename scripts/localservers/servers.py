@@ -1,0 +1,210 @@
+"""Each local server: its command line, config, files, and how to tell it is ready."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .credentials import write_private
+from .layout import CONF, DATA, HOST, LOCAL, LOGS, ROOT, RUN, Layout, ServiceError
+from .natsconf import nats_hub_conf, nats_site_conf
+from .processes import http_get, log_tail, pid_alive, read_pid, tcp_open
+
+ES_VERSION = "8.19.21"
+ES_HOME = LOCAL / "opt" / f"elasticsearch-{ES_VERSION}"
+ES_USER = "chatfed-es"
+ES_JAVA_HOMES = ("/usr/lib/jvm/java-17-openjdk-amd64", "/usr/lib/jvm/temurin-25-jdk-amd64")
+FERRET_BIN = LOCAL / "bin" / "ferretdb"
+
+
+@dataclass
+class Server:
+    """One local server process: how to start it, how to tell it is ready, where its files are."""
+
+    name: str
+    address: str  # what clients connect to, for status lines
+    port: int  # must be free before start
+    marker: str  # unique to this checkout, found in the process's command line
+    argv: Callable[[], list[str]]
+    ready: Callable[[], bool]
+    config: Callable[[], str] = lambda: ""  # text of its generated config file, if any
+    prepare: Callable[[], None] = lambda: None
+    env: dict[str, str] = field(default_factory=dict)
+    user: str | None = None  # run as this user (needs root)
+    cwd: Path = ROOT
+    daemon_pid_file: Path | None = None  # the command daemonises and writes the real pid here
+    ready_timeout: float = 60.0
+    external: str | None = None  # env variable that points at an existing server instead
+    extra_logs: tuple[Path, ...] = ()
+
+    @property
+    def pid_file(self) -> Path:
+        return RUN / f"{self.name}.pid"
+
+    @property
+    def fingerprint_file(self) -> Path:
+        return RUN / f"{self.name}.started-with"
+
+    @property
+    def log_file(self) -> Path:
+        return LOGS / f"{self.name}.log"
+
+    def fingerprint(self) -> str:
+        """What the server would be started with now, to compare with what the running one got."""
+        return json.dumps({"argv": self.argv(), "config": self.config()}, indent=1)
+
+    def pid(self) -> int | None:
+        pid = read_pid(self.pid_file)
+        return pid if pid is not None and pid_alive(pid, self.marker) else None
+
+    def failure(self, what: str) -> ServiceError:
+        logs = ", ".join(str(p.relative_to(ROOT)) for p in (self.log_file, *self.extra_logs))
+        return ServiceError(f"{self.name}: {what}; see {logs}\n{log_tail(self.log_file)}")
+
+
+def nats_bin() -> str:
+    found = ROOT / ".venv" / "bin" / "nats-server"
+    if not found.exists():
+        raise ServiceError(f"{found.relative_to(ROOT)} missing: run ./run.sh install")
+    return str(found)
+
+
+def nats_hub(layout: Layout) -> Server:
+    conf = CONF / "nats-hub.conf"
+    return Server(
+        name="nats-hub",
+        address=f"nats://{HOST}:{layout.port_base} (leafnodes :{layout.hub_leaf_port})",
+        port=layout.port_base,
+        marker=str(conf),
+        argv=lambda: [nats_bin(), "-c", str(conf)],
+        config=lambda: nats_hub_conf(layout),
+        prepare=lambda: write_private(conf, nats_hub_conf(layout)),
+        ready=lambda: http_get(f"http://{HOST}:{layout.hub_monitor_port}/healthz")[0] == 200,
+    )
+
+
+def nats_site(layout: Layout, site: str) -> Server:
+    conf = CONF / f"nats-{site}.conf"
+
+    def prepare() -> None:
+        (DATA / f"nats-{site}").mkdir(parents=True, exist_ok=True)
+        write_private(conf, nats_site_conf(layout, site))
+
+    health = f"http://{HOST}:{layout.site_monitor_port(site)}/healthz?js-enabled-only=true"
+    return Server(
+        name=f"nats-{site}",
+        address=f"{layout.nats_url(site)} (domain {site})",
+        port=layout.site_port(site),
+        marker=str(conf),
+        argv=lambda: [nats_bin(), "-c", str(conf)],
+        config=lambda: nats_site_conf(layout, site),
+        prepare=prepare,
+        ready=lambda: http_get(health)[0] == 200,
+    )
+
+
+def es_java_home() -> str:
+    for home in (os.environ.get("ES_JAVA_HOME"), *ES_JAVA_HOMES):
+        if home and Path(home, "bin", "java").exists():
+            return home
+    raise ServiceError(f"no JDK for Elasticsearch: set ES_JAVA_HOME (looked in {', '.join(ES_JAVA_HOMES)})")
+
+
+def es(layout: Layout) -> Server:
+    data, logs, run = DATA / "es", LOGS / "es", RUN / "es"
+    as_root = os.geteuid() == 0
+
+    def prepare() -> None:
+        if not (ES_HOME / "bin" / "elasticsearch").exists():
+            raise ServiceError(f"{ES_HOME.relative_to(ROOT)} missing: run ./run.sh install")
+        for d in (data, logs, run / "tmp"):
+            d.mkdir(parents=True, exist_ok=True)
+        (run / "jvm.pid").unlink(missing_ok=True)
+        if as_root:  # ES refuses root: ES_USER runs it and needs its own dirs and a path to them
+            try:
+                uid = pwd.getpwnam(ES_USER).pw_uid
+            except KeyError:
+                raise ServiceError(f"user {ES_USER} missing: run ./run.sh install") from None
+            if (ES_HOME / "config").stat().st_uid != uid:
+                raise ServiceError(f"{ES_HOME.relative_to(ROOT)} not owned by {ES_USER}: run ./run.sh install")
+            for d in (data, logs, run, run / "tmp"):
+                shutil.chown(d, ES_USER, ES_USER)
+            for parent in (*reversed(LOCAL.parents), LOCAL, LOCAL / "opt", DATA, LOGS, RUN):
+                mode = parent.stat().st_mode
+                if not mode & stat.S_IXOTH:
+                    parent.chmod(mode | stat.S_IXOTH)
+
+    settings = {
+        "network.host": HOST,
+        "http.port": layout.es_port,
+        "transport.port": layout.es_port + 100,
+        "discovery.type": "single-node",
+        "path.data": data,
+        "path.logs": logs,
+        "xpack.security.enabled": "false",
+        "cluster.routing.allocation.disk.threshold_enabled": "false",
+        "action.destructive_requires_name": "false",
+    }
+    flags = [arg for k, v in settings.items() for arg in ("-E", f"{k}={v}")]
+    health = f"{layout.es_url}/_cluster/health?wait_for_status=yellow&timeout=5s"
+    return Server(
+        name="es",
+        address=layout.es_url,
+        port=layout.es_port,
+        marker=f"-Djava.io.tmpdir={run / 'tmp'}",  # ES_TMPDIR: one per state dir (path.home is shared)
+        argv=lambda: [str(ES_HOME / "bin" / "elasticsearch"), *flags, "-d", "-p", str(run / "jvm.pid")],
+        prepare=prepare,
+        ready=lambda: http_get(health, timeout=10)[0] == 200,
+        env={"ES_JAVA_OPTS": "-Xms1g -Xmx1g", "ES_TMPDIR": str(run / "tmp"), "HOME": str(run)},
+        user=ES_USER if as_root else None,
+        cwd=ES_HOME,
+        daemon_pid_file=run / "jvm.pid",
+        ready_timeout=180.0,
+        extra_logs=(logs / "elasticsearch.log",),
+    )
+
+
+def ferretdb(layout: Layout) -> Server:
+    data = DATA / "ferretdb"
+
+    def prepare() -> None:
+        if not FERRET_BIN.exists():
+            raise ServiceError(f"{FERRET_BIN.relative_to(ROOT)} missing: run ./run.sh install")
+        for d in (data / "sqlite", data / "state"):
+            d.mkdir(parents=True, exist_ok=True)
+
+    port = layout.ferret_port
+    argv = [
+        str(FERRET_BIN),
+        "--handler=sqlite",
+        f"--sqlite-url=file:{data / 'sqlite'}/",
+        f"--listen-addr={HOST}:{port}",
+        f"--debug-addr={HOST}:{port + 1}",
+        "--telemetry=disable",
+        f"--state-dir={data / 'state'}",
+        "--log-level=WARN",
+    ]
+    return Server(
+        name="ferretdb",
+        address=layout.mongo_uri,
+        port=port,
+        marker=f"--state-dir={data / 'state'}",
+        argv=lambda: argv,
+        prepare=prepare,
+        ready=lambda: tcp_open(HOST, port),  # stdlib only: no MongoDB ping
+    )
+
+
+def all_servers(layout: Layout) -> list[Server]:
+    """Every server, in start order (the hub before the sites that connect to it)."""
+    hub = [nats_hub(layout)] if layout.local_sites else []
+    servers = [*hub, *(nats_site(layout, s) for s in layout.sites), ferretdb(layout), es(layout)]
+    for server in servers:
+        server.external = layout.overrides.get(server.name, (None, ""))[0]
+    return servers

@@ -1,0 +1,143 @@
+"""A private set of chatfed servers for outage tests: NATS hub and sites, FerretDB, Elasticsearch.
+
+`scripts/services.py` started with its own state dir (CHATFED_STATE_DIR, under .local/private/) and free ports,
+so a test may stop and start these servers while other test runs keep using the shared ones. `info` has the
+shape of `services.py info` (the `servers` fixture), so every test helper takes it unchanged. A set may own only
+some kinds of server ("nats", "ferretdb", "es") and use the shared ones for the rest (services.py's overrides).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from testkit.support import REPO
+
+PRIVATE = REPO / ".local" / "private"
+SITES = ("s1", "s2")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
+
+
+def _free_block(offsets: tuple[int, ...], rnd: random.Random) -> int:
+    """A base port whose `base + offset` ports are all free, below the ephemeral range: while a server is down, a
+    client reconnecting to it from an ephemeral port that equals the server's can connect to itself and hold the port."""
+    high = min(_ephemeral_low(), 60_000) - max(offsets) - 1
+    for _ in range(200):
+        base = rnd.randrange(20_000, high)
+        if all(_free(base + offset) for offset in offsets):
+            return base
+    raise RuntimeError(f"no free ports for offsets {offsets}")
+
+
+KINDS = ("nats", "ferretdb", "es")
+
+
+class PrivateServers:
+    """One private set; `up()` starts it (Elasticsearch takes 20-40 s), `close()` stops it and drops its data.
+
+    `own`: the kinds of server of its own; the others are `shared`'s (the `servers` fixture), never stopped here.
+    """
+
+    def __init__(self, name: str = "servers", own: tuple[str, ...] = KINDS, shared: dict[str, Any] | None = None) -> None:
+        self.state = PRIVATE / f"{name}-{uuid.uuid4().hex[:6]}"
+        rnd = random.Random()
+        nats_offsets = (0, 1, 2, *(10 + i for i in range(len(SITES))), *(30 + i for i in range(len(SITES))))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CHATFED_") and k != "MONGO_URI"}
+        env.update(
+            CHATFED_STATE_DIR=str(self.state),
+            CHATFED_SITES=" ".join(SITES),
+            CHATFED_PORT_BASE=str(_free_block(nats_offsets, rnd)),
+            CHATFED_ES_PORT=str(_free_block((0, 100), rnd)),
+            CHATFED_FERRET_PORT=str(_free_block((0, 1), rnd)),
+        )
+        if "nats" not in own or set(own) - set(KINDS) or (set(own) != set(KINDS) and shared is None):
+            raise ValueError(f"own={own}: nats and any of {KINDS[1:]}; the shared servers' info for the others")
+        if "ferretdb" not in own:
+            env["CHATFED_MONGO_URI"] = shared["mongo_uri"]  # type: ignore[index]
+        if "es" not in own:
+            env["CHATFED_ES_URL"] = shared["es_url"]  # type: ignore[index]
+        self.names = ["nats-hub", *(f"nats-{site}" for site in SITES), *(k for k in own if k != "nats")]
+        self.env = env
+        self.info: dict[str, Any] = {}
+
+    def _run(self, *args: str, timeout: float = 300) -> str:
+        out = subprocess.run(args, cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout, check=False)
+        if out.returncode != 0:
+            raise AssertionError(f"{' '.join(args[1:])} ({self.state}): exit {out.returncode}\n{out.stdout}\n{out.stderr}")
+        return out.stdout
+
+    def services(self, *args: str) -> str:
+        return self._run(sys.executable, str(REPO / "scripts" / "services.py"), *args)
+
+    def up(self) -> PrivateServers:
+        PRIVATE.mkdir(parents=True, exist_ok=True)
+        self.state.mkdir()
+        for path in (PRIVATE, self.state):  # Elasticsearch runs as its own user when we are root: let it through
+            path.chmod(0o755)
+        self.services("up")
+        self.info = json.loads(self.services("info"))
+        return self
+
+    def stop(self, server: str) -> None:
+        """Stop one server (`nats-s1`, `ferretdb`, `es`, ...) of this set and wait until it is gone."""
+        assert server in self.names, f"{server} is not one of this set's own servers {self.names}"
+        self.services("down", server)
+
+    def start_again(self, server: str) -> None:
+        """Start `server` alone and wait until it is ready (`up` would also start any other stopped one)."""
+        self.services("start", server)
+
+    @contextmanager
+    def outage(self, server: str, seconds: float) -> Iterator[None]:
+        """Stop `server`, run the body, keep it down for `seconds` in all, bring it back whatever happens."""
+        self.stop(server)
+        down_at = time.monotonic()
+        try:
+            yield
+            time.sleep(max(0.0, seconds - (time.monotonic() - down_at)))  # the outage's length is the point
+        finally:
+            self.start_again(server)
+            print(f"\n{server}: down {time.monotonic() - down_at:.1f} s (including the restart)")
+
+    def close(self) -> None:
+        """Stop every server of the set; keep its logs (and configs), drop its data."""
+        try:
+            self.services("down", *self.names)
+        finally:
+            shutil.rmtree(self.state / "data", ignore_errors=True)
+
+
+@contextmanager
+def private_servers(name: str, own: tuple[str, ...] = KINDS, shared: dict[str, Any] | None = None) -> Iterator[PrivateServers]:
+    """A started private set, stopped at the end."""
+    servers = PrivateServers(name, own, shared)
+    try:
+        yield servers.up()
+    finally:
+        servers.close()
