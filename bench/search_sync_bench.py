@@ -1,6 +1,7 @@
 """Benchmark search_sync against a naive consumer (nats-py fetch + one bulk per fetch + ack): backlog rate and publish-to-searchable latency.
 
 Run with the servers up: `.venv/bin/python -m bench.search_sync_bench [--backlog 100000] [--rate 200] [--seconds 20]`.
+Steady rates (500-4,000 events/s, 1 and 2 flow processes vs the naive consumer): `... search_sync_bench steady --help`.
 """
 
 from __future__ import annotations
@@ -148,6 +149,11 @@ async def main(backlog: int, rate: int, seconds: int) -> None:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["steady"]:  # the steady-rate mode lives in its own module (bench/search_sync_steady.py)
+        from bench.search_sync_steady import cli
+
+        cli(sys.argv[2:])
+        raise SystemExit(0)
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--backlog", type=int, default=100_000)
     parser.add_argument("--rate", type=int, default=200)

@@ -8,6 +8,7 @@ state is only un-acked work: if it is lost in a crash the message is simply rede
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -191,8 +192,19 @@ class _CollectState(msgspec.Struct, kw_only=True):
     deadline: datetime | None = None
 
 
+def next_tick(now: datetime, every: timedelta) -> datetime:
+    """The first multiple of `every` (counted from the Unix epoch) after `now`: within `every` of it."""
+    step = every.total_seconds()
+    return datetime.fromtimestamp((math.floor(now.timestamp() / step) + 1) * step, tz=now.tzinfo or UTC)
+
+
 class _CollectLogic(StatefulBatchLogic[object, list[object], _CollectState]):
-    """Gather a key's items until `max_size` or until `timeout` after the first one (not the last)."""
+    """Gather a key's items until `max_size` or until the first `timeout` tick after the first one (not the last).
+
+    Deadlines fall on a shared grid, so every key of a worker that is waiting flushes in the same activation
+    and is written in one bulk (per-key deadlines made a write per few keys), and a lone item waits
+    `timeout / 2` on average instead of all of it.
+    """
 
     def __init__(self, state: _CollectState | None, timeout: timedelta, max_size: int, now: Callable[[], datetime]) -> None:
         self.state = state or _CollectState()
@@ -204,7 +216,7 @@ class _CollectLogic(StatefulBatchLogic[object, list[object], _CollectState]):
     def on_batch(self, values: list[object]) -> tuple[Iterable[list[object]], bool]:
         state = self.state
         if state.deadline is None:
-            state.deadline = self.now() + self.timeout
+            state.deadline = next_tick(self.now(), self.timeout)
         state.items.extend(values)
         if len(state.items) >= self.max_size:
             return [state.items], StatefulBatchLogic.DISCARD
@@ -233,7 +245,9 @@ def _utc_now() -> datetime:
 
 @operator
 def collect_for(step_id: str, up: KeyedStream[object], timeout: timedelta, max_size: int) -> KeyedStream[list[object]]:
-    """Per key, a list of items flushed `timeout` after its first item or at `max_size` items (and at EOF).
+    """Per key, a list of items flushed at `max_size` items, at EOF, or at the first tick of `timeout` after its first item.
+
+    Ticks are multiples of `timeout`, the same for every key, so keys waiting together flush together.
 
     >>> from datetime import timedelta
     >>> import bytewax.operators as op

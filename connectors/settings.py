@@ -55,6 +55,7 @@ class Tuning(msgspec.Struct, frozen=True, kw_only=True):
     backoff_base_ms: PositiveInt = 500
     backoff_max_ms: PositiveInt = 30_000
     metrics_port: Annotated[int, Meta(ge=0)] = 0  # 0: no metrics endpoint
+    event_max_accounts: PositiveInt = streams.EVENT_MAX_ACCOUNTS  # room_worker: accounts per member event, more are split
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -99,6 +100,7 @@ _TUNING_VARS: Final = {
     "backoff_base_ms": "CHATFED_BACKOFF_BASE_MS",
     "backoff_max_ms": "CHATFED_BACKOFF_MAX_MS",
     "metrics_port": "CHATFED_METRICS_PORT",
+    "event_max_accounts": "CHATFED_EVENT_MAX_ACCOUNTS",
 }
 
 

@@ -27,6 +27,9 @@ ACK_WAIT_S: Final = 60
 # with the settle sink's backoff (0.5 s doubling to 30 s) 20 deliveries ride out a store outage of about 7 minutes
 # before a message is dead-lettered; 10 gave 2.5 minutes, less than a loaded Elasticsearch needs to restart
 MAX_DELIVER: Final = 20
+# a member event lists at most this many accounts (room_worker splits bigger ones): far below the server's
+# 1 MB max payload even for long account names (CHATFED_EVENT_MAX_ACCOUNTS)
+EVENT_MAX_ACCOUNTS: Final = 1_000
 ROOM_WORKER_MAX_ACK_PENDING: Final = 1_000
 # must exceed what a batching pipeline holds between pull and ack: FINDINGS
 INBOX_MAX_ACK_PENDING: Final = 20_000

@@ -64,8 +64,11 @@ class Stack:
     def db(self, site: str) -> Any:
         return self.mongo[names.mongo_database(site)]
 
-    async def open(self, users: Iterable[tuple[str, str]], *, duplicate_window_s: float = 0) -> Stack:
-        """Streams of both sites, `users` (account, site) known on both sites, and every flow started."""
+    async def open(
+        self, users: Iterable[tuple[str, str]], *, duplicate_window_s: float = 0, env_by_flow: Mapping[str, Mapping[str, str]] | None = None
+    ) -> Stack:
+        """Streams of both sites, `users` (account, site) known on both sites, and every flow started (`env_by_flow`: extra
+        environment by flow name)."""
         self.nc = await connect_site(self.servers, "s1")
         await bootstrap_local_sites(self.nc, self.sites)
         if duplicate_window_s:
@@ -77,7 +80,7 @@ class Stack:
                 self.db(site).users.insert_many(docs)
         for site in self.sites:
             for flow in FLOWS:
-                self.start_flow(site, flow)
+                self.start_flow(site, flow, **(env_by_flow or {}).get(flow, {}))
         return self
 
     async def set_duplicate_window(self, seconds: float) -> None:

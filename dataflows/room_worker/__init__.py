@@ -69,7 +69,9 @@ def from_settings(settings: Settings, wrap_store: Callable[[RoomStore], Store] |
     mongo_store.purge_records(_now_ms() - (streams.ROOMS_MAX_AGE_S + streams.DAY_S) * 1000)
     store = mongo_store if wrap_store is None else wrap_store(mongo_store)
     client = natsio.connection(settings.nats)
-    runner = RoomCommandRunner(store, client, site=settings.site, max_deliver=settings.tuning.max_deliver)
+    runner = RoomCommandRunner(
+        store, client, site=settings.site, max_deliver=settings.tuning.max_deliver, event_max_accounts=settings.tuning.event_max_accounts
+    )
     return build_flow(
         JetStreamSource(settings.nats, settings.tuning, stream=names.rooms_stream(settings.site), durable=names.ROOM_WORKER_DURABLE),
         runner,

@@ -1,4 +1,9 @@
-"""The membership events a room command publishes: the local lane and one OUTBOX event per remote site (SYSTEM.md §3)."""
+"""The membership events a room command publishes: the local lane and one OUTBOX event per remote site (SYSTEM.md §3).
+
+A lane whose accounts exceed `max_accounts` is split into chunks of at most that many accounts, one event
+each, all with the command's timestamp: consumers key by account (room+account), so a chunk is simply an
+event listing fewer accounts. dm / botDM events (two members, named after the counterpart) are never split.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +14,26 @@ from schemas import subjects
 from schemas.documents import Room, User
 from schemas.envelope import EventType, OutboxEvent, encode_envelope
 from schemas.events import InnerEvent, MemberAddEvent, MemberRemoveEvent, encode_event
+from schemas.membership import is_direct
 
 
-def dedup_id(base: str, dest_site: str) -> str:
-    """`Nats-Msg-Id` of one publish: `{requestId}:{destSite}` (the local lane uses the home site), §2.4."""
-    return f"{base}:{dest_site}"
+def dedup_id(base: str, dest_site: str, chunk: int = 0) -> str:
+    """`Nats-Msg-Id` of one publish: `{requestId}:{destSite}` (the local lane uses the home site), §2.4.
+
+    Chunk k >= 1 of a split lane adds `#{k}`: after the last `:` it leaves `{destSite}#{k}`, never a site id
+    (no `#` in those), so it can equal neither any chunk 0 id nor another chunk's, whatever the base holds.
+    """
+    return f"{base}:{dest_site}" if chunk == 0 else f"{base}:{dest_site}#{chunk}"
+
+
+def chunked(accounts: Sequence[str], max_accounts: int | None) -> list[list[str]]:
+    """`accounts` in order, in slices of `max_accounts` (one slice when `None` or when they fit)."""
+    if max_accounts is not None and max_accounts < 1:
+        msg = f"max_accounts must be positive, got {max_accounts}"
+        raise ValueError(msg)
+    if max_accounts is None or len(accounts) <= max_accounts:
+        return [list(accounts)]
+    return [list(accounts[start : start + max_accounts]) for start in range(0, len(accounts), max_accounts)]
 
 
 def accounts_by_remote_site(home: str, members: Sequence[User]) -> dict[str, list[str]]:
@@ -25,13 +45,13 @@ def accounts_by_remote_site(home: str, members: Sequence[User]) -> dict[str, lis
     return dict(sorted(grouped.items()))
 
 
-def _publish(event: InnerEvent, event_type: EventType, *, home: str, dest: str, now_ms: int, base: str) -> Publish:
+def _publish(event: InnerEvent, event_type: EventType, *, home: str, dest: str, now_ms: int, base: str, chunk: int = 0) -> Publish:
     envelope = OutboxEvent(type=event_type.value, site_id=home, dest_site_id=dest, payload=encode_event(event), timestamp=now_ms)
     if dest == home:
         subject = subjects.inbox_local(home, event_type.value)
     else:
         subject = subjects.outbox(origin=home, dest=dest, event_type=event_type.value)
-    return Publish(subject=subject, data=encode_envelope(envelope), msg_id=dedup_id(base, dest))
+    return Publish(subject=subject, data=encode_envelope(envelope), msg_id=dedup_id(base, dest, chunk))
 
 
 def member_added_publishes(
@@ -43,11 +63,16 @@ def member_added_publishes(
     history_shared_since: int,
     now_ms: int,
     dedup_base: str,
+    max_accounts: int | None = None,
 ) -> list[Publish]:
-    """The local-lane `member_added` listing every member, then one per remote site with only its accounts."""
+    """The local-lane `member_added` listing every member, then one per remote site with only its accounts.
+
+    Each lane in chunks of at most `max_accounts` accounts (`None`: one event per lane); dm / botDM never.
+    """
     if not members:
         return []
     home = room.site_id
+    limit = None if is_direct(room.type) else max_accounts
 
     def event(accounts: list[str]) -> MemberAddEvent:
         added = MemberAddEvent(
@@ -65,10 +90,12 @@ def member_added_publishes(
             added.history_shared_since = history_shared_since
         return added
 
-    out = [_publish(event([m.account for m in members]), EventType.MEMBER_ADDED, home=home, dest=home, now_ms=now_ms, base=dedup_base)]
-    for dest, accounts in accounts_by_remote_site(home, members).items():
-        out.append(_publish(event(accounts), EventType.MEMBER_ADDED, home=home, dest=dest, now_ms=now_ms, base=dedup_base))
-    return out
+    lanes = {home: [m.account for m in members], **accounts_by_remote_site(home, members)}
+    return [
+        _publish(event(part), EventType.MEMBER_ADDED, home=home, dest=dest, now_ms=now_ms, base=dedup_base, chunk=k)
+        for dest, accounts in lanes.items()
+        for k, part in enumerate(chunked(accounts, limit))
+    ]
 
 
 def member_removed_publishes(
@@ -80,15 +107,21 @@ def member_removed_publishes(
     org_id: str,
     now_ms: int,
     dedup_base: str,
+    max_accounts: int | None = None,
 ) -> list[Publish]:
-    """The local-lane `member_removed` for every removed member, then one per remote site with only its accounts."""
+    """The local-lane `member_removed` for every removed member, then one per remote site with only its accounts.
+
+    Each lane in chunks of at most `max_accounts` accounts (`None`: one event per lane).
+    """
     if not members:
         return []
 
     def event(accounts: list[str]) -> MemberRemoveEvent:
         return MemberRemoveEvent(type=inner_type, room_id=room_id, accounts=accounts, site_id=home, org_id=org_id, timestamp=now_ms)
 
-    out = [_publish(event([m.account for m in members]), EventType.MEMBER_REMOVED, home=home, dest=home, now_ms=now_ms, base=dedup_base)]
-    for dest, accounts in accounts_by_remote_site(home, members).items():
-        out.append(_publish(event(accounts), EventType.MEMBER_REMOVED, home=home, dest=dest, now_ms=now_ms, base=dedup_base))
-    return out
+    lanes = {home: [m.account for m in members], **accounts_by_remote_site(home, members)}
+    return [
+        _publish(event(part), EventType.MEMBER_REMOVED, home=home, dest=dest, now_ms=now_ms, base=dedup_base, chunk=k)
+        for dest, accounts in lanes.items()
+        for k, part in enumerate(chunked(accounts, max_accounts))
+    ]

@@ -19,6 +19,7 @@ from dataflows.room_worker.commands import Command, Publish
 from dataflows.room_worker.outcomes import Outcome, RoomMemberKey, RoomWrites
 from dataflows.room_worker.plans import Failure, NewId
 from dataflows.room_worker.store import Lookups, Member
+from schemas import streams
 from schemas.commands import AddMembers, CreateRoom, ErrorCode, RemoveMember
 from schemas.documents import MemberType, Room, User
 
@@ -66,11 +67,14 @@ def looked_up(commands: Sequence[Command]) -> tuple[set[str], set[str]]:
 class RoomHandler:
     """Decides commands of site `site`'s rooms; reads what the batch did not prefetch from `store`."""
 
-    def __init__(self, store: Lookups, *, site: str, clock: Callable[[], int], new_id: NewId) -> None:
+    def __init__(
+        self, store: Lookups, *, site: str, clock: Callable[[], int], new_id: NewId, event_max_accounts: int = streams.EVENT_MAX_ACCOUNTS
+    ) -> None:
         self._store = store
         self._site = site
         self._clock = clock
         self._new_id = new_id
+        self._max_accounts = event_max_accounts  # a bigger lane is published in chunks (events.py)
 
     def decide(self, command: Command, reads: BatchReads) -> Outcome:
         """The command's outcome: writes, events and an `ok` result, or an error result (`ok=False`)."""
@@ -155,6 +159,7 @@ class RoomHandler:
             history_shared_since=0,
             now_ms=self._clock(),
             dedup_base=command.dedup_base,
+            max_accounts=self._max_accounts,
         )
 
     def _add(self, command: Command, body: AddMembers, reads: BatchReads) -> Decided:
@@ -188,6 +193,7 @@ class RoomHandler:
             history_shared_since=hss,
             now_ms=self._clock(),
             dedup_base=command.dedup_base,
+            max_accounts=self._max_accounts,
         )
 
     def _remove_one(self, command: Command, body: RemoveMember, reads: BatchReads) -> Decided:
@@ -220,6 +226,7 @@ class RoomHandler:
             org_id="",
             now_ms=self._clock(),
             dedup_base=command.dedup_base,
+            max_accounts=self._max_accounts,
         )
 
     def _remove_org(self, command: Command, body: RemoveMember, reads: BatchReads) -> Decided:
@@ -249,4 +256,5 @@ class RoomHandler:
             org_id=body.org_id,
             now_ms=self._clock(),
             dedup_base=command.dedup_base,
+            max_accounts=self._max_accounts,
         )

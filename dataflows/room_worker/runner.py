@@ -28,7 +28,7 @@ from dataflows.room_worker.handler import BatchReads, RoomHandler, looked_up
 from dataflows.room_worker.outcomes import Outcome, RoomWrites
 from dataflows.room_worker.plans import Failure
 from dataflows.room_worker.store import Claim, Store
-from schemas import subjects
+from schemas import streams, subjects
 from schemas.carriers import Settle, done, ignored, poison, retry
 from schemas.commands import CommandResult, CreateRoom, ErrorCode, encode_command
 from schemas.names import is_valid_token
@@ -75,9 +75,10 @@ class RoomCommandRunner:
         max_deliver: int,
         pauses: Sequence[float] = RETRY_PAUSES_S,
         clock: Callable[[], int] = now_ms,
+        event_max_accounts: int = streams.EVENT_MAX_ACCOUNTS,
     ) -> None:
         self._store = store
-        self._handler = RoomHandler(store, site=site, clock=clock, new_id=new_id)
+        self._handler = RoomHandler(store, site=site, clock=clock, new_id=new_id, event_max_accounts=event_max_accounts)
         self._client = client
         self._max_deliver = max_deliver
         self._pauses = tuple(pauses)

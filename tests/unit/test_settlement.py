@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import doctest
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import bytewax.operators as op
 import pytest
@@ -142,3 +142,16 @@ def test_ack_reply_parsing_handles_both_forms() -> None:
 def test_backoff_grows_and_is_capped() -> None:
     tuning = Tuning(backoff_base_ms=500, backoff_max_ms=4000)
     assert [backoff_ms(n, tuning) for n in (1, 2, 3, 4, 5, 9)] == [500, 1000, 2000, 4000, 4000, 4000]
+
+
+def test_collect_deadlines_fall_on_one_grid_within_the_timeout() -> None:
+    # keys that start waiting at different moments of one tick flush together, none later than `timeout`
+    every = timedelta(milliseconds=100)
+    start = datetime(2026, 1, 1, 0, 0, 0, tzinfo=UTC)
+    firsts = [start + timedelta(milliseconds=ms) for ms in (0, 1, 37, 99.9)]
+    ticks = {operators.next_tick(first, every) for first in firsts}
+    assert ticks == {start + every}
+    assert all(timedelta(0) < operators.next_tick(first, every) - first <= every for first in firsts)
+    logic = operators._CollectLogic(None, every, 10, lambda: start + timedelta(milliseconds=42))
+    logic.on_batch(["x"])
+    assert logic.notify_at() == start + every
