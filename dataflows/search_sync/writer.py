@@ -220,8 +220,9 @@ class SearchViewsWriter:
             fetched = self._fetch(todo, members, hinted=round_no == 0)
             names = {room_id: name for room_id, (name, _) in fetched.names.items()}
             spotlight = {doc_id: doc for doc_id, (doc, _) in fetched.spotlight.items()}
-            actions: list[Action] = []
+            actions: list[Action] = []  # first bulk: user-room writes, and spotlight changes that need none
             owners: list[str] = []
+            after_user_room: dict[str, list[Action]] = {}  # spotlight changes sent once their user-room write landed
             named: dict[str, set[str]] = {}  # room -> accounts whose spotlight name came from this round's read
             user_room_writes: dict[int, tuple[str, UserRoomBody]] = {}  # action index -> (account, document written)
             retry: set[str] = set()
@@ -233,27 +234,40 @@ class SearchViewsWriter:
                     # documents deleted): decide from a read, next round
                     retry.add(account)
                     continue
-                if plan.user_room is not None:
-                    user_room_writes[len(actions)] = (account, plan.user_room)
-                    actions.append(_put(idx.user_room, account, plan.user_room, stored[1] if stored else None))
-                    owners.append(account)
-                else:
-                    self._remember_user_room(account, stored)  # still what the store holds
+                spotlight_actions: list[Action] = []
                 for doc in plan.upserts:
                     doc_id = spotlight_doc_id(account=account, room_id=doc.room_id)
                     current = fetched.spotlight.get(doc_id)
-                    actions.append(_put(idx.spotlight, doc_id, doc, current[1] if current else None))
-                    owners.append(account)
+                    spotlight_actions.append(_put(idx.spotlight, doc_id, doc, current[1] if current else None))
                     if doc.room_type not in DIRECT_TYPES:
                         named.setdefault(doc.room_id, set()).add(account)
                 for doc_id in plan.deletes:
                     seq_no, term = fetched.spotlight[doc_id][1]
-                    actions.append(({"delete": {"_index": idx.spotlight, "_id": doc_id, "if_seq_no": seq_no, "if_primary_term": term}}, None))
+                    spotlight_actions.append(({"delete": {"_index": idx.spotlight, "_id": doc_id, "if_seq_no": seq_no, "if_primary_term": term}}, None))
+                if plan.user_room is not None:
+                    user_room_writes[len(actions)] = (account, plan.user_room)
+                    actions.append(_put(idx.user_room, account, plan.user_room, stored[1] if stored else None))
                     owners.append(account)
+                    # planned from a copy that may be stale (cached, or overtaken since the read): a spotlight
+                    # change must not land unless the user-room write it was derived from did
+                    if spotlight_actions:
+                        after_user_room[account] = spotlight_actions
+                    continue
+                self._remember_user_room(account, stored)  # still what the store holds
+                actions.extend(spotlight_actions)
+                owners.extend([account] * len(spotlight_actions))
             for index, (owner, (outcome, written)) in enumerate(zip(owners, self._bulk(actions) if actions else [])):
                 if index in user_room_writes:
                     account, user_room = user_room_writes[index]
                     self._remember_user_room(account, (user_room, written) if written is not None else None)
+                if outcome is ItemOutcome.CONFLICT:
+                    retry.add(owner)
+                elif outcome is ItemOutcome.RETRY:
+                    failed[owner] = OVERLOADED
+            landed = [account for account in after_user_room if account not in retry and account not in failed]
+            second = [action for account in landed for action in after_user_room[account]]
+            second_owners = [account for account in landed for _ in after_user_room[account]]
+            for owner, (outcome, _) in zip(second_owners, self._bulk(second) if second else []):
                 if outcome is ItemOutcome.CONFLICT:
                     retry.add(owner)
                 elif outcome is ItemOutcome.RETRY:

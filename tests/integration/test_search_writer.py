@@ -109,7 +109,9 @@ def test_a_write_that_lost_the_race_is_replanned_from_the_winner(site: Views) ->
     other = site.writer()
     writer = site.writer(lambda n: assert_ok(write(other, theirs)) if n == 1 else None)
     assert_ok(write(writer, ours))
-    assert writer.bulks == 2  # our `create` of user-room conflicted with theirs, the re-read round wrote both rooms
+    # our `create` of user-room conflicted with theirs (its spotlight change was held back); the re-read round
+    # wrote user-room with both rooms, then the spotlight document
+    assert writer.bulks == 3
     site.assert_oracle([ours, theirs])
 
 
@@ -174,8 +176,9 @@ def test_a_rename_landing_between_an_adds_read_and_write_is_caught_by_the_re_rea
     writer.before_bulk = lambda n: assert_ok(write(renamer, renamed("r1", "new", 200))) if n == 1 else None
     writer.bulks = 0
     assert_ok(write(writer, add("u1", "r1", 150, name="mid")))
-    # the rename's sweep ran before our document existed; our re-read of room-names after the write caught it
-    assert writer.bulks == 2
+    # the rename's sweep ran before our document existed; our re-read of room-names after the write caught it:
+    # user-room, then spotlight with the old name, then the spotlight document again with the new one
+    assert writer.bulks == 3
     doc = site.spotlight()["u1_r1"]
     assert (doc["roomName"], doc["nameTs"]) == ("new", 200)
 
@@ -248,7 +251,7 @@ def test_a_cached_copy_changed_behind_the_writers_back_conflicts_and_is_re_read(
     assert_ok(write(other, add("u1", "r2", 110)))  # the warm writer's copy of u1 is now stale
     warm.bulks = 0
     assert_ok(write(warm, add("u1", "r3", 120)))
-    assert warm.bulks == 2  # the write guarded by the cached seq_no conflicted; the re-read round wrote
+    assert warm.bulks == 3  # the write guarded by the cached seq_no conflicted; the re-read round wrote user-room, then spotlight
     site.assert_oracle([add("u1", "r1", 100), add("u1", "r2", 110), add("u1", "r3", 120)])
 
 
@@ -272,3 +275,19 @@ def test_an_unreachable_elasticsearch_fails_every_part_with_a_reason(site: Views
         outcomes = write(down, added("r1", ["u1", "u2"], 100), remove("u3", "r2", 101), renamed("r1", "new", 200))
         assert len(outcomes) == 4
         assert all(not o.ok and o.reason for o in outcomes), outcomes
+
+
+def test_a_stale_cached_copy_never_lets_a_spotlight_change_land_without_its_user_room_write(site: Views) -> None:
+    """Our cache says u1 is in r1 since 100; another writer meanwhile removed it (200) and re-added it (300).
+
+    Planned from the stale copy, our removal at 200 would delete the spotlight document while its user-room
+    write conflicts; re-planned from the real document the removal is stale, and the membership must keep
+    its spotlight document (found missing after a rebuild's swap, where every cached copy is stale).
+    """
+    first, removal, again = add("u1", "r1", 100, name="general"), remove("u1", "r1", 200), add("u1", "r1", 300, name="general")
+    ours, other = site.writer(), site.writer()
+    assert_ok(write(ours, first))  # cached: u1 in r1 since 100
+    assert_ok(write(other, removal))
+    assert_ok(write(other, again))
+    assert_ok(write(ours, removal))  # a redelivery of the removal reaches the writer with the stale copy
+    site.assert_oracle([first, removal, again])
