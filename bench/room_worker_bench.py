@@ -1,6 +1,9 @@
 """Commands per second of room_worker on a backlog of channel creates, beside a sequential consumer in the same run.
 
-Run with the servers up: `.venv/bin/python -m bench.room_worker_bench [N]` (N creates, default 500).
+Run with the servers up: `.venv/bin/python -m bench.room_worker_bench [N] [--loaded] [--paced M] [--no-baseline]`
+(N creates, default 500). `--loaded` first fills each site's database with bench/realistic_data.py (20k users,
+5k rooms, 100k subscriptions and room_members rows); `--paced M` then sends M more creates at 100 commands/s to
+the running flow and reports command -> result latency p50/p95/p99 (bench/room_worker_paced.py).
 
 Each create names 3 members (the requester, a home user, a remote user), so it writes a room and 3
 subscriptions and publishes a local `member_added`, one OUTBOX event and the requester's result. The
@@ -12,6 +15,7 @@ after the other, publish the result, ack.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -25,6 +29,8 @@ import msgspec
 from nats.aio.msg import Msg
 
 from bench.cpu import per_10k, process_cpu_s
+from bench.realistic_data import load
+from bench.room_worker_paced import paced_latency
 from connectors.jetstream import parse_ack_reply
 from connectors.mongo import ensure_indexes
 from dataflows.room_worker import commands as rc
@@ -58,12 +64,14 @@ def _create(i: int) -> dict[str, Any]:
     return {"name": f"bench {i}", "users": users, "roomId": f"r-bench-{i}", "requesterAccount": f"h{i % HOME_USERS}", "timestamp": TS + i}
 
 
-async def _prepare(servers: dict[str, Any], n: int) -> RoomHarness:
+async def _prepare(servers: dict[str, Any], n: int, loaded: bool = False) -> RoomHarness:
     """A fresh site with its users and a backlog of `n` creates; no flow running."""
     h = RoomHarness(servers)
     h.nc = await connect_site(servers, "s1")
     await bootstrap_local_sites(h.nc, [h.site, h.other])
     ensure_indexes(h.db)
+    if loaded:
+        load(h.db, h.site)
     h.db.users.insert_many(_people(h.site, h.other))
     js = h.nc.jetstream()
     acks = [js.publish(subjects.rooms_command(h.site, "create"), json.dumps(_create(i)).encode(), headers={"X-Request-ID": str(uuid.uuid4())}) for i in range(n)]
@@ -73,9 +81,10 @@ async def _prepare(servers: dict[str, Any], n: int) -> RoomHarness:
 
 
 def _check(h: RoomHarness, n: int) -> None:
-    assert h.db.rooms.count_documents({}) == n, "every room written"
-    assert h.db.subscriptions.count_documents({}) == 3 * n, "every subscription written"
-    assert h.db.rooms.count_documents({"userCount": 3}) == n, "every room counted"
+    bench = {"_id": {"$regex": "^r-bench-"}}
+    assert h.db.rooms.count_documents(bench) == n, "every room written"
+    assert h.db.subscriptions.count_documents({"roomId": {"$regex": "^r-bench-"}}) == 3 * n, "every subscription written"
+    assert h.db.rooms.count_documents({**bench, "userCount": 3}) == n, "every room counted"
 
 
 async def _events(h: RoomHarness) -> tuple[int, int]:
@@ -152,23 +161,31 @@ async def _run_baseline(h: RoomHarness, n: int) -> float:
     return time.perf_counter() - started
 
 
-async def main(n: int) -> None:
+async def main(n: int, loaded: bool, paced: int, with_baseline: bool) -> None:
     servers = _servers()
-    flow_site = await _prepare(servers, n)
-    base_site = await _prepare(servers, n)
+    flow_site = await _prepare(servers, n, loaded)
+    base_site = await _prepare(servers, n, loaded) if with_baseline else None
+    latency = ""
     try:
         startup, flow_s, flow_cpu = await _run_flow(flow_site, n)
-        cpu_before = time.process_time()
-        base_s = await _run_baseline(base_site, n)
-        base_cpu = time.process_time() - cpu_before
-        for h in (flow_site, base_site):
-            _check(h, n)
-            assert await _events(h) == (n, n), "one local and one OUTBOX event per create"
+        _check(flow_site, n)
+        assert await _events(flow_site) == (n, n), "one local and one OUTBOX event per create"
+        if paced:
+            latency = await paced_latency(flow_site, [_create(i) for i in range(n, n + paced)], rate=100)
+        base_s, base_cpu = flow_s, flow_cpu
+        if base_site is not None:
+            cpu_before = time.process_time()
+            base_s = await _run_baseline(base_site, n)
+            base_cpu = time.process_time() - cpu_before
+            _check(base_site, n)
+            assert await _events(base_site) == (n, n), "one local and one OUTBOX event per create"
     finally:
         await flow_site.close()
-        await base_site.close()
+        if base_site is not None:
+            await base_site.close()
     flow_rate, base_rate = n / flow_s, n / base_s
-    print(f"room_worker bench: {n} channel creates (3 members: 1 remote), backlog published before the consumer starts")
+    data = "loaded (20k users, 5k rooms, 100k subscriptions)" if loaded else "empty"
+    print(f"room_worker bench: {n} channel creates (3 members: 1 remote) on {data} collections, backlog published before the consumer starts")
     print()
     print(f"load average {os.getloadavg()[0]:.2f}; CPU: the consumer's own process (not the stores')")
     print()
@@ -178,8 +195,18 @@ async def main(n: int) -> None:
         f"| room_worker flow (1 process, 1 worker; start-up {startup:.2f} s excluded) | {n} | {flow_s:.2f} | {flow_rate:,.1f} "
         f"| {flow_rate / base_rate:.2f}x | {per_10k(flow_cpu, n):.1f} | {flow_cpu / base_cpu:.2f}x |"
     )
-    print(f"| baseline: fetch + apply one at a time + publish + ack | {n} | {base_s:.2f} | {base_rate:,.1f} | 1.00x | {per_10k(base_cpu, n):.1f} | 1.00x |")
+    if base_site is not None:
+        print(f"| baseline: fetch + apply one at a time + publish + ack | {n} | {base_s:.2f} | {base_rate:,.1f} | 1.00x | {per_10k(base_cpu, n):.1f} | 1.00x |")
+    if latency:
+        print()
+        print(latency)
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 500))
+    parser = argparse.ArgumentParser()
+    parser.add_argument("n", type=int, nargs="?", default=500)
+    parser.add_argument("--loaded", action="store_true")
+    parser.add_argument("--paced", type=int, default=0, help="creates sent at 100/s after the backlog, for latency")
+    parser.add_argument("--no-baseline", action="store_true")
+    args = parser.parse_args()
+    asyncio.run(main(args.n, args.loaded, args.paced, not args.no_baseline))

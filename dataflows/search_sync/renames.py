@@ -58,7 +58,10 @@ def rename_room(store: RenameStore, renames: list[RoomRename]) -> str:
         return f"version conflicts on room name {room_id}"
     if name is None:
         return ""
-    for _ in range(MAX_ROUNDS * 4):
+    # page after page until none is left (a 10k+ room is many pages); only rounds that rename nothing are
+    # bounded: every document a round renames leaves the search, so the sweep ends
+    stuck = 0
+    while stuck < MAX_ROUNDS * 4:
         updates = [
             (doc_id, updated, meta)
             for doc_id, doc, meta in store.older_spotlight(room_id, name.name_ts)
@@ -66,7 +69,9 @@ def rename_room(store: RenameStore, renames: list[RoomRename]) -> str:
         ]
         if not updates:
             return ""
-        if ItemOutcome.RETRY in store.write_spotlight(updates):
+        outcomes = store.write_spotlight(updates)
+        if ItemOutcome.RETRY in outcomes:
             return OVERLOADED
         # conflicts (a concurrent add or remove) are searched again in the next round
+        stuck = 0 if ItemOutcome.DONE in outcomes else stuck + 1
     return f"room {room_id}: spotlight documents still carry an older name"
