@@ -17,11 +17,10 @@ from typing import Any
 
 from elasticsearch import Elasticsearch
 
+from bench import naive_search
 from bench.cpu import per_10k, process_cpu_s
 from dataflows.search_sync.indexes import SearchIndexes, install
-from dataflows.search_sync.parts import MemberChange, parse
-from schemas import names, subjects
-from schemas.carriers import Delivery
+from schemas import subjects
 from testkit.search_oracle import added
 from testkit.search_site import SearchSite, close_site, open_site
 from testkit.support import REPO
@@ -36,36 +35,6 @@ def _servers() -> dict[str, Any]:
 def _event(site: str, index: int, ts: int) -> tuple[str, bytes]:
     # 1,000 accounts x many rooms: realistic fan-in per account, one account per event
     return subjects.inbox_local(site, "member_added"), added(f"r{index}", [f"u{index % 1000}"], ts, name=f"room {index}")
-
-
-async def _naive_consumer(site: SearchSite, stop: asyncio.Event) -> None:
-    """The straightforward consumer: fetch a batch, one bulk (no coalescing, no LWW guard), ack each message."""
-    js = site.nc.jetstream()
-    sub = await js.pull_subscribe_bind(durable=names.SEARCH_SYNC_DURABLE, stream=names.inbox_stream(site.site))
-    idx = site.indexes
-    while not stop.is_set():
-        try:
-            msgs = await sub.fetch(500, timeout=0.5)
-        except TimeoutError:
-            continue
-        ops: list[dict[str, Any]] = []
-        for msg in msgs:
-            parsed = parse(_delivery(msg))
-            for part in parsed if isinstance(parsed, list) else []:
-                assert isinstance(part, MemberChange)
-                ops += [{"update": {"_index": idx.user_room, "_id": part.account}}, {"doc": {"userAccount": part.account}, "doc_as_upsert": True}]
-                ops += [
-                    {"index": {"_index": idx.spotlight, "_id": f"{part.account}_{part.room_id}", "version": part.ts, "version_type": "external_gte"}},
-                    {"userAccount": part.account, "roomId": part.room_id, "roomName": part.room_name, "roomType": part.room_type, "joinedAt": part.joined_at},
-                ]
-        if ops:
-            await asyncio.to_thread(site.es.bulk, operations=ops)
-        for msg in msgs:
-            await msg.ack()
-
-
-def _delivery(msg: Any) -> Delivery:
-    return Delivery(subject=msg.subject, data=msg.data, reply=msg.reply, stream="", stream_seq=0, num_delivered=1)
 
 
 async def _drain_time(site: SearchSite, count: int) -> float:
@@ -122,7 +91,7 @@ async def main(backlog: int, rate: int, seconds: int) -> None:
             if name.startswith("search_sync"):
                 site.start_flow()
             else:
-                naive = asyncio.create_task(_naive_consumer(site, stop))
+                naive = asyncio.create_task(naive_search.consume(site.nc, site.es, site.site, site.indexes, stop))
             refresh = es.indices.get_settings(index=site.indexes.spotlight, name="index.refresh_interval", include_defaults=True)
             interval = next(iter(refresh.values()))
             interval = interval.get("settings", {}).get("index", {}).get("refresh_interval") or interval["defaults"]["index"]["refresh_interval"]

@@ -26,11 +26,10 @@ from typing import Any
 
 from elasticsearch import Elasticsearch
 
+from bench import naive_search
 from bench.cpu import per_10k, process_cpu_s
 from dataflows.search_sync.indexes import SearchIndexes, install
-from dataflows.search_sync.parts import MemberChange, parse
 from schemas import names, subjects
-from schemas.carriers import Delivery
 from testkit.search_oracle import added, removed
 from testkit.search_site import SearchSite, close_site, open_site
 from testkit.support import REPO, connect_site
@@ -136,34 +135,10 @@ def _naive_process(servers: Mapping[str, Any], site: str, stop: Any) -> None:
 
 
 async def _naive_consumer(servers: Mapping[str, Any], site: str, stop: Any) -> None:
-    """The straightforward consumer: fetch a batch, one bulk (no coalescing, no LWW guard), ack each message."""
     nc = await connect_site(servers, "s1")
     es = Elasticsearch(servers["es_url"], request_timeout=60)
     idx = SearchIndexes(user_room=names.user_room_alias(site), spotlight=names.spotlight_alias(site), room_names=names.room_names_alias(site))
-    sub = await nc.jetstream().pull_subscribe_bind(durable=names.SEARCH_SYNC_DURABLE, stream=names.inbox_stream(site))
-    while not stop.is_set():
-        try:
-            msgs = await sub.fetch(500, timeout=0.5)
-        except TimeoutError:
-            continue
-        ops: list[dict[str, Any]] = []
-        for msg in msgs:
-            parsed = parse(Delivery(subject=msg.subject, data=msg.data, reply=msg.reply, stream="", stream_seq=0, num_delivered=1))
-            for part in parsed if isinstance(parsed, list) else []:
-                assert isinstance(part, MemberChange)
-                doc_id = f"{part.account}_{part.room_id}"
-                ops += [{"update": {"_index": idx.user_room, "_id": part.account}}, {"doc": {"userAccount": part.account}, "doc_as_upsert": True}]
-                if part.added:
-                    ops += [
-                        {"index": {"_index": idx.spotlight, "_id": doc_id, "version": part.ts, "version_type": "external_gte"}},
-                        {"userAccount": part.account, "roomId": part.room_id, "roomName": part.room_name, "roomType": part.room_type, "joinedAt": part.joined_at},
-                    ]
-                else:
-                    ops.append({"delete": {"_index": idx.spotlight, "_id": doc_id, "version": part.ts, "version_type": "external_gte"}})
-        if ops:
-            await asyncio.to_thread(es.bulk, operations=ops)
-        for msg in msgs:
-            await msg.ack()
+    await naive_search.consume(nc, es, site, idx, stop)
     await nc.close()
 
 
