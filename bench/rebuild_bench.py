@@ -8,17 +8,15 @@ import subprocess
 import sys
 import time
 
-from elasticsearch import Elasticsearch
-
 from chatfed_cli.rebuild import rebuild_site
-from connectors.settings import ElasticSettings, NatsSettings
+from testkit.clients import es_client, es_settings, nats_settings
 from testkit.search_site import close_site, open_site, publishable, random_history
 from testkit.support import REPO, flow_env
 
 
 def main(events: int) -> None:
     servers = json.loads(subprocess.run([sys.executable, str(REPO / "scripts" / "services.py"), "info"], capture_output=True, text=True, check=True).stdout)
-    es = Elasticsearch(servers["es_url"])
+    es = es_client(servers)
 
     async def prepare():  # type: ignore[no-untyped-def]
         site = await open_site(servers, es)
@@ -30,12 +28,11 @@ def main(events: int) -> None:
 
     site = asyncio.run(prepare())
     try:
-        s1 = servers["sites"]["s1"]
         started = time.monotonic()
         report = rebuild_site(
             site=site.site,
-            nats_settings=NatsSettings(url=s1["nats_url"], user=s1["nats_user"], password=s1["nats_password"]),
-            elastic_settings=ElasticSettings(url=servers["es_url"]),
+            nats_settings=nats_settings(servers, "s1"),
+            elastic_settings=es_settings(servers),
             flow_env=flow_env(servers, site.site),
         )
         total = time.monotonic() - started

@@ -25,21 +25,40 @@ class SiteInfo(msgspec.Struct, frozen=True, kw_only=True):
     nats_creds: str = ""
     service_user: str = ""  # what the flows connect as: only the subjects they use
     service_password: str = ""
-
+    tls_ca: str = ""  # the CA of the site's NATS (the topology's `tls_ca` unless the site names its own)
+    tls_cert: str = ""  # the site's client certificate: every NATS port of ours verifies one
+    tls_key: str = ""
 
     def operator(self) -> NatsSettings:
         """How the CLI connects: as the site's operator."""
-        return NatsSettings(url=self.nats_url, user=self.nats_user, password=self.nats_password, creds=self.nats_creds)
+        return self._nats(self.nats_user, self.nats_password, self.nats_creds)
+
+    def service(self) -> NatsSettings:
+        """How the site's flows connect."""
+        return self._nats(self.service_user, self.service_password, self.nats_creds)
+
+    def _nats(self, user: str, password: str, creds: str) -> NatsSettings:
+        return NatsSettings(
+            url=self.nats_url, user=user, password=password, creds=creds, tls_ca=self.tls_ca, tls_cert=self.tls_cert, tls_key=self.tls_key
+        )
 
 
 class Topology(msgspec.Struct, frozen=True, kw_only=True):
     sites: dict[str, SiteInfo]
     mongo_uri: str
     es_url: str
+    tls_ca: str = ""
 
     @property
     def site_ids(self) -> list[str]:
         return list(self.sites)
+
+
+def topology_of(raw: Any) -> Topology:
+    """The `services.py info` JSON (a dict) as a Topology; each site inherits the top-level `tls_ca`."""
+    topology = msgspec.convert(raw, Topology)
+    sites = {s: msgspec.structs.replace(i, tls_ca=i.tls_ca or topology.tls_ca) for s, i in topology.sites.items()}
+    return msgspec.structs.replace(topology, sites=sites)
 
 
 def load_topology() -> Topology:
@@ -53,4 +72,4 @@ def load_topology() -> Topology:
             [sys.executable, str(REPO / "scripts" / "services.py"), "info"], check=True, capture_output=True, text=True
         )
         raw = json.loads(out.stdout)
-    return msgspec.convert(raw, Topology)
+    return topology_of(raw)

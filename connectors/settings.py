@@ -17,10 +17,13 @@ PositiveInt = Annotated[int, Meta(gt=0)]
 
 
 class NatsSettings(msgspec.Struct, frozen=True, kw_only=True):
-    url: str
+    url: str  # tls://host:port: TLS from the start of the session
     user: str = ""
     password: str = ""
     creds: str = ""  # path to a .creds file
+    tls_ca: str = ""  # CA file the server's certificate must chain to (empty: the system's CAs)
+    tls_cert: str = ""  # client certificate and key, for servers that verify clients (ours do)
+    tls_key: str = ""
 
 
 class MongoSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -147,6 +150,20 @@ def tuning_variable(field: str) -> str:
     return _TUNING_VARS[field]
 
 
+def nats_variables(nats: NatsSettings) -> dict[str, str]:
+    """The CHATFED_NATS_* variables that `load_settings` reads back as `nats` (the empty ones left out)."""
+    values = {
+        "CHATFED_NATS_URL": nats.url,
+        "CHATFED_NATS_USER": nats.user,
+        "CHATFED_NATS_PASSWORD": nats.password,
+        "CHATFED_NATS_CREDS": nats.creds,
+        "CHATFED_NATS_TLS_CA": nats.tls_ca,
+        "CHATFED_NATS_TLS_CERT": nats.tls_cert,
+        "CHATFED_NATS_TLS_KEY": nats.tls_key,
+    }
+    return {k: v for k, v in values.items() if v}
+
+
 def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
     """Read the settings; raise ConfigError naming the variable at fault."""
     site = _required(env, "CHATFED_SITE_ID")
@@ -161,6 +178,9 @@ def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
             user=env.get("CHATFED_NATS_USER", ""),
             password=env.get("CHATFED_NATS_PASSWORD", ""),
             creds=env.get("CHATFED_NATS_CREDS", ""),
+            tls_ca=env.get("CHATFED_NATS_TLS_CA", ""),
+            tls_cert=env.get("CHATFED_NATS_TLS_CERT", ""),
+            tls_key=env.get("CHATFED_NATS_TLS_KEY", ""),
         ),
         mongo=MongoSettings(
             uri=env.get("CHATFED_MONGO_URI", ""),

@@ -13,15 +13,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import nats
 from nats.aio.client import Client
 from nats.js.client import JetStreamContext
 
 from connectors.bootstrap import provision_site, verify_site
-from connectors.settings import Tuning
+from connectors.settings import Tuning, nats_variables
 from schemas import names
 from schemas.envelope import OutboxEvent, encode_envelope
 from schemas.events import InnerEvent, encode_event
+from testkit.clients import connect_nats, nats_settings
 
 REPO = Path(__file__).resolve().parents[1]
 LOGS = REPO / ".local" / "logs" / "tests"
@@ -32,16 +32,9 @@ def unique_site(prefix: str = "t") -> str:
     return f"{prefix}{uuid.uuid4().hex[:8]}"
 
 
-async def connect(url: str, *, user: str = "", password: str = "") -> Client:
-    credentials = {"user": user, "password": password} if user else {}
-    return await nats.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.5, **credentials)
-
-
 async def connect_site(servers: Mapping[str, Any], site: str, *, role: str = "operator") -> Client:
     """Connect to `site`'s NATS as its operator (manages the site) or, with role="service", as the flows' user."""
-    desc = servers["sites"][site]
-    prefix = "nats" if role == "operator" else "service"
-    return await connect(desc["nats_url"], user=desc.get(f"{prefix}_user", ""), password=desc.get(f"{prefix}_password", ""))
+    return await connect_nats(nats_settings(servers, site, role=role))
 
 
 async def bootstrap_local_sites(client: Client, sites: list[str], *, tuning: Tuning | None = None) -> None:
@@ -125,18 +118,13 @@ def flow_env(servers: Mapping[str, Any], site: str, *, nats_site: str = "s1", **
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHATFED_")}
     env.update(
         CHATFED_SITE_ID=site,
-        CHATFED_NATS_URL=servers["sites"][nats_site]["nats_url"],
         CHATFED_MONGO_URI=servers["mongo_uri"],
         CHATFED_MONGO_DB=names.mongo_database(site),
         CHATFED_ES_URL=servers["es_url"],
         PYTHONPATH=str(REPO),
         PYTHONUNBUFFERED="1",
+        **nats_variables(nats_settings(servers, nats_site, role="service" if site == nats_site else "operator")),
     )
-    prefix = "service" if site == nats_site else "nats"
-    for key in ("user", "password"):
-        value = servers["sites"][nats_site].get(f"{prefix}_{key}")
-        if value:
-            env[f"CHATFED_NATS_{key.upper()}"] = value
     env.update(overrides)
     return env
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .layout import HUB, ROOT, SECRETS, ServiceError
 
-SITE_ROLES = ("operator", "service", "leaf")
+SITE_ROLES = ("operator", "service")  # a site's leafnode logs in with its certificate (pki.py)
 HUB_ROLES = ("admin",)
 
 
@@ -42,7 +42,7 @@ def _new_credentials(server: str) -> dict[str, dict[str, str]]:
 
 
 def nats_credentials(server: str) -> dict[str, dict[str, str]]:
-    """{role: {user, password}} of a site ("operator", "service", "leaf") or of the hub ("admin").
+    """{role: {user, password}} of a site ("operator", "service") or of the hub ("admin").
 
     Created on first use. Concurrent callers agree: the file is published with a hard link, which
     fails if another process got there first, and then everyone reads the winner's file.

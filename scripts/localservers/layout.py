@@ -53,7 +53,7 @@ class Layout:
         return self.overrides[server][1] if server in self.overrides else default
 
     def nats_url(self, site: str) -> str:
-        return self.url(f"nats-{site}", f"nats://{HOST}:{self.site_port(site)}")
+        return self.url(f"nats-{site}", f"tls://{HOST}:{self.site_port(site)}")
 
     @property
     def local_sites(self) -> list[str]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from .credentials import write_private
 from .layout import CONF, DATA, HOST, LOCAL, LOGS, ROOT, RUN, Layout, ServiceError
 from .natsconf import nats_hub_conf, nats_site_conf
+from .pki import client_context
 from .processes import http_get, log_tail, pid_alive, read_pid, tcp_open
 
 ES_VERSION = "8.19.21"
@@ -79,13 +80,13 @@ def nats_hub(layout: Layout) -> Server:
     conf = CONF / "nats-hub.conf"
     return Server(
         name="nats-hub",
-        address=f"nats://{HOST}:{layout.port_base} (leafnodes :{layout.hub_leaf_port})",
+        address=f"tls://{HOST}:{layout.port_base} (leafnodes :{layout.hub_leaf_port})",
         port=layout.port_base,
         marker=str(conf),
         argv=lambda: [nats_bin(), "-c", str(conf)],
         config=lambda: nats_hub_conf(layout),
         prepare=lambda: write_private(conf, nats_hub_conf(layout)),
-        ready=lambda: http_get(f"http://{HOST}:{layout.hub_monitor_port}/healthz")[0] == 200,
+        ready=lambda: http_get(f"https://{HOST}:{layout.hub_monitor_port}/healthz", context=client_context())[0] == 200,
     )
 
 
@@ -96,7 +97,7 @@ def nats_site(layout: Layout, site: str) -> Server:
         (DATA / f"nats-{site}").mkdir(parents=True, exist_ok=True)
         write_private(conf, nats_site_conf(layout, site))
 
-    health = f"http://{HOST}:{layout.site_monitor_port(site)}/healthz?js-enabled-only=true"
+    health = f"https://{HOST}:{layout.site_monitor_port(site)}/healthz?js-enabled-only=true"
     return Server(
         name=f"nats-{site}",
         address=f"{layout.nats_url(site)} (domain {site})",
@@ -105,7 +106,7 @@ def nats_site(layout: Layout, site: str) -> Server:
         argv=lambda: [nats_bin(), "-c", str(conf)],
         config=lambda: nats_site_conf(layout, site),
         prepare=prepare,
-        ready=lambda: http_get(health)[0] == 200,
+        ready=lambda: http_get(health, context=client_context())[0] == 200,
     )
 
 

@@ -11,16 +11,16 @@ import pytest
 from elasticsearch import Elasticsearch
 
 from chatfed_cli.rebuild import rebuild_site
-from connectors.settings import ElasticSettings, NatsSettings
 from dataflows.search_sync.queries import rooms_for, typeahead
+from testkit.clients import es_client, es_settings, nats_settings
 from testkit.search_oracle import Event, oracle
 from testkit.search_site import SearchSite, close_site, open_site, publishable, random_history
 from testkit.support import flow_env
 
 
 @pytest.fixture
-async def search_site(servers: dict[str, Any], es_url: str) -> AsyncIterator[SearchSite]:
-    site = await open_site(servers, Elasticsearch(es_url))
+async def search_site(servers: dict[str, Any]) -> AsyncIterator[SearchSite]:
+    site = await open_site(servers, es_client(servers))
     yield site
     await close_site(site)
 
@@ -53,7 +53,7 @@ class Reader(threading.Thread):
                     self.problems.append(f"{account}: rooms={None if doc is None else doc.rooms} hits={len(hits)}")
 
 
-async def test_rebuild_under_live_traffic_swaps_in_views_equal_to_the_oracle(search_site: SearchSite, servers: dict[str, Any], es_url: str) -> None:
+async def test_rebuild_under_live_traffic_swaps_in_views_equal_to_the_oracle(search_site: SearchSite, servers: dict[str, Any]) -> None:
     site = search_site.site
     history, order = random_history(3_000, accounts=40, rooms=30, seed=11)
     # live traffic touches other accounts, so the steady users' answers must never change
@@ -70,15 +70,14 @@ async def test_rebuild_under_live_traffic_swaps_in_views_equal_to_the_oracle(sea
     assert steady, "the history gives some users rooms"
 
     search_site.es.indices.refresh(index=f"spotlight-{site}")  # searches are near-real-time; gets are not
-    reader = Reader(Elasticsearch(es_url), site, steady)
+    reader = Reader(es_client(servers), site, steady)
     reader.start()
-    s1 = servers["sites"]["s1"]
     rebuild = asyncio.create_task(
         asyncio.to_thread(
             rebuild_site,
             site=site,
-            nats_settings=NatsSettings(url=s1["nats_url"], user=s1["nats_user"], password=s1["nats_password"]),
-            elastic_settings=ElasticSettings(url=es_url),
+            nats_settings=nats_settings(servers, "s1"),
+            elastic_settings=es_settings(servers),
             flow_env=flow_env(servers, site),
             timeout=300,
         )

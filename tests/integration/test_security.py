@@ -23,6 +23,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import NoStreamResponseError, NotFoundError
 
 from schemas import names, subjects
+from testkit.clients import connect_nats, nats_settings, nats_tls
 from testkit.support import connect_site, wait_for
 
 S1_STREAMS = ("ROOMS_s1", "INBOX_s1", "OUTBOX_s1", "DLQ_s1")
@@ -60,16 +61,8 @@ class Recorder:
 
 
 async def _connect_as(servers: dict[str, Any], site: str, role: str, recorder: Recorder) -> Client:
-    desc = servers["sites"][site]
-    prefix = "nats" if role == "operator" else "service"
-    return await nats.connect(
-        desc["nats_url"],
-        user=desc[f"{prefix}_user"],
-        password=desc[f"{prefix}_password"],
-        error_cb=recorder.record,
-        max_reconnect_attempts=0,
-        connect_timeout=5,
-    )
+    settings = nats_settings(servers, site, role=role)
+    return await connect_nats(settings, error_cb=recorder.record, max_reconnect_attempts=0, connect_timeout=5)
 
 
 @pytest.fixture
@@ -148,7 +141,7 @@ async def _refused(attempt: Any) -> str:
 
 
 def test_site_servers_refuse_connections_without_valid_credentials(servers: dict[str, Any]) -> None:
-    async def attempt(url: str, **credentials: str) -> str:
+    async def attempt(url: str, **credentials: Any) -> str:
         try:
             client = await nats.connect(url, max_reconnect_attempts=0, allow_reconnect=False, connect_timeout=5, **credentials)
         except NatsError as exc:
@@ -159,13 +152,14 @@ def test_site_servers_refuse_connections_without_valid_credentials(servers: dict
     async def all_attempts() -> None:
         for site, desc in servers["sites"].items():
             assert desc["nats_user"] and desc["service_user"] and desc["nats_user"] != desc["service_user"]
-            anonymous = await attempt(desc["nats_url"])
-            wrong = await attempt(desc["nats_url"], user=desc["nats_user"], password=desc["nats_password"] + "x")
+            tls = nats_tls(servers, site)  # a certificate of ours: only the password is wrong or missing
+            anonymous = await attempt(desc["nats_url"], **tls)
+            wrong = await attempt(desc["nats_url"], user=desc["nats_user"], password=desc["nats_password"] + "x", **tls)
             for outcome in (anonymous, wrong):
                 assert "authorization violation" in outcome.lower(), f"{site}: {outcome}"
             # and the right credentials do get in (both users)
             for user, password in ((desc["nats_user"], desc["nats_password"]), (desc["service_user"], desc["service_password"])):
-                assert await attempt(desc["nats_url"], user=user, password=password) == "connected", f"{site}: {user}"
+                assert await attempt(desc["nats_url"], user=user, password=password, **tls) == "connected", f"{site}: {user}"
 
     asyncio.run(all_attempts())
 
@@ -177,7 +171,9 @@ def test_credentials_are_not_shared_between_sites(servers: dict[str, Any]) -> No
     async def attempt() -> None:
         for user, password in ((s2["nats_user"], s2["nats_password"]), (s2["service_user"], s2["service_password"])):
             with pytest.raises(NatsError, match="(?i)authorization violation"):
-                await nats.connect(s1["nats_url"], user=user, password=password, max_reconnect_attempts=0, allow_reconnect=False)
+                await nats.connect(
+                    s1["nats_url"], user=user, password=password, max_reconnect_attempts=0, allow_reconnect=False, **nats_tls(servers, "s2")
+                )
 
     asyncio.run(attempt())
 
