@@ -15,7 +15,7 @@ from typing import Final
 import msgspec
 
 from chatfed_cli.topology import REPO, Topology
-from connectors.settings import nats_variables
+from connectors.settings import elastic_variables, nats_variables
 from schemas.names import FLOWS, flow_module
 
 RUN_DIR: Final = REPO / ".local" / "run" / "flows"
@@ -41,10 +41,10 @@ def flow_env(topology: Topology, site: str) -> dict[str, str]:
         "CHATFED_SITE_ID": site,
         "CHATFED_MONGO_URI": topology.mongo_uri,
         "CHATFED_MONGO_DB": desc.mongo_db,
-        "CHATFED_ES_URL": topology.es_url,
         "PYTHONPATH": str(REPO),
         "PYTHONUNBUFFERED": "1",
         **nats_variables(desc.service()),
+        **elastic_variables(topology.search_sync_elastic(site)),
     }
     return env
 

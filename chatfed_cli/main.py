@@ -41,7 +41,8 @@ async def connect(site: SiteInfo) -> nats.aio.client.Client:
 
 
 async def _bootstrap(topology: Topology, sites: list[str]) -> None:
-    """Durables take max_deliver and ack_wait from the flows' settings in this environment (CHATFED_MAX_DELIVER, ...)."""
+    """Durables take max_deliver and ack_wait from the flows' settings in this environment (CHATFED_MAX_DELIVER, ...);
+    then each site's search views are installed (Elasticsearch)."""
     try:
         tuning = load_tuning()
     except ConfigError as exc:
@@ -57,13 +58,28 @@ async def _bootstrap(topology: Topology, sites: list[str]) -> None:
     finally:
         for client in clients.values():
             await client.close()
+    _install_search_views(topology, sites)
+
+
+def _install_search_views(topology: Topology, sites: list[str]) -> None:
+    """Templates, indexes and aliases of each site's search views, as the operator: search_sync's own user may not."""
+    from connectors.elastic import elastic_client
+    from connectors.settings import ElasticSettings
+    from dataflows.search_sync import indexes
+
+    es = elastic_client(topology.elastic())
+    try:
+        for site in sites:
+            indexes.install(es, indexes.SearchIndexes.for_site(ElasticSettings(), site))
+    finally:
+        es.close()
 
 
 @app.command()
 def bootstrap(
     site: list[str] = typer.Option([], "--site", "-s", help="Only these sites (default: every configured site)."),
 ) -> None:
-    """Create or update every stream, source and durable consumer, then verify them (idempotent)."""
+    """Create or update every stream, source and durable consumer, then verify them; install the search views (idempotent)."""
     topology = load_topology()
     chosen = site or topology.site_ids
     unknown = [s for s in chosen if s not in topology.sites]
@@ -233,9 +249,8 @@ app.add_typer(user_app, name="user")
 
 def _elastic(topology: Topology) -> Elasticsearch:
     from connectors.elastic import elastic_client
-    from connectors.settings import ElasticSettings
 
-    return elastic_client(ElasticSettings(url=topology.es_url))
+    return elastic_client(topology.elastic())
 
 
 @search_app.command("rooms")
@@ -285,7 +300,6 @@ def rebuild(
 
     from chatfed_cli.flows import flow_env
     from chatfed_cli.rebuild import rebuild_site
-    from connectors.settings import ElasticSettings
 
     topology = load_topology()
     info = _site(topology, site)
@@ -294,7 +308,7 @@ def rebuild(
         report = rebuild_site(
             site=site,
             nats_settings=info.operator(),
-            elastic_settings=ElasticSettings(url=topology.es_url),
+            elastic_settings=topology.elastic(),
             flow_env=flow_env(topology, site),
             progress=lambda done, total: bar.update(task, completed=done, total=total),
             keep_old=keep_old,

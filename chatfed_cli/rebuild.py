@@ -23,7 +23,7 @@ from nats.js.client import JetStreamContext
 from chatfed_cli.topology import REPO
 from connectors import elastic, natsio
 from connectors.bootstrap import ensure_consumer, tuned_consumers
-from connectors.settings import ElasticSettings, NatsSettings, load_tuning
+from connectors.settings import ElasticSettings, NatsSettings, elastic_variables, load_tuning
 from dataflows.search_sync import indexes
 from schemas import names
 
@@ -136,6 +136,7 @@ def rebuild_site(
     """Rebuild `site`'s user-room, spotlight and room-names indexes from its INBOX stream, without downtime."""
     es = elastic.elastic_client(elastic_settings)
     live = indexes.SearchIndexes.for_site(elastic_settings, site)
+    flow_env = dict(flow_env) | elastic_variables(elastic_settings)  # the replay writes staging aliases: the operator's work
     return asyncio.run(
         _rebuild(site=site, nats_settings=nats_settings, es=es, live=live, flow_env=flow_env, progress=progress, keep_old=keep_old, timeout=timeout)
     )

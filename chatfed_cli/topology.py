@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from connectors.settings import NatsSettings
+from connectors.settings import ElasticSettings, NatsSettings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,6 +28,8 @@ class SiteInfo(msgspec.Struct, frozen=True, kw_only=True):
     tls_ca: str = ""  # the CA of the site's NATS (the topology's `tls_ca` unless the site names its own)
     tls_cert: str = ""  # the site's client certificate: every NATS port of ours verifies one
     tls_key: str = ""
+    es_service_user: str = ""  # the site's search_sync user on Elasticsearch: its own search views only
+    es_service_password: str = ""
 
     def operator(self) -> NatsSettings:
         """How the CLI connects: as the site's operator."""
@@ -48,10 +50,24 @@ class Topology(msgspec.Struct, frozen=True, kw_only=True):
     mongo_uri: str
     es_url: str
     tls_ca: str = ""
+    es_user: str = ""  # Elasticsearch's operator: the CLI, bootstrap, rebuild
+    es_password: str = ""
+    es_ca: str = ""  # the CA of Elasticsearch's certificate (default: tls_ca)
 
     @property
     def site_ids(self) -> list[str]:
         return list(self.sites)
+
+    def elastic(self) -> ElasticSettings:
+        """Elasticsearch as its operator."""
+        return ElasticSettings(url=self.es_url, username=self.es_user, password=self.es_password, ca_certs=self.es_ca or self.tls_ca)
+
+    def search_sync_elastic(self, site: str) -> ElasticSettings:
+        """How `site`'s search_sync reaches Elasticsearch: its own user, or the operator where it has none."""
+        info = self.sites[site]
+        if not info.es_service_user:
+            return self.elastic()
+        return msgspec.structs.replace(self.elastic(), username=info.es_service_user, password=info.es_service_password)
 
 
 def topology_of(raw: Any) -> Topology:

@@ -88,6 +88,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "mongo": redact_url(self.mongo.uri) or "-",
             "mongo_db": self.mongo.database or "-",
             "es": redact_url(self.elastic.url) or "-",
+            "es_user": self.elastic.username or "-",
         }
 
 
@@ -160,6 +161,19 @@ def nats_variables(nats: NatsSettings) -> dict[str, str]:
         "CHATFED_NATS_TLS_CA": nats.tls_ca,
         "CHATFED_NATS_TLS_CERT": nats.tls_cert,
         "CHATFED_NATS_TLS_KEY": nats.tls_key,
+    }
+    return {k: v for k, v in values.items() if v}
+
+
+def elastic_variables(elastic: ElasticSettings) -> dict[str, str]:
+    """The CHATFED_ES_* connection variables that `load_settings` reads back as `elastic` (the empty ones left out)."""
+    values = {
+        "CHATFED_ES_URL": elastic.url,
+        "CHATFED_ES_USER": elastic.username,
+        "CHATFED_ES_PASSWORD": elastic.password,
+        "CHATFED_ES_API_KEY": elastic.api_key,
+        "CHATFED_ES_CA_CERTS": elastic.ca_certs,
+        "CHATFED_ES_VERIFY_CERTS": "" if elastic.verify_certs else "false",
     }
     return {k: v for k, v in values.items() if v}
 

@@ -9,6 +9,7 @@ import ssl
 from collections.abc import Mapping
 from typing import Any
 
+import msgspec
 import nats
 from elasticsearch import Elasticsearch
 from nats.aio.client import Client
@@ -24,6 +25,21 @@ from connectors.settings import ElasticSettings, MongoSettings, NatsSettings
 
 def topology(servers: Mapping[str, Any]) -> Topology:
     return topology_of(dict(servers))
+
+
+def info_of_test_site(servers: Mapping[str, Any], site: str) -> dict[str, Any]:
+    """The `services info` entry of test site `site`, which lives on s1's NATS server outside the subjects (and search
+    views) s1's service users may use: its flows run as the operators, of NATS and of Elasticsearch."""
+    s1 = servers["sites"]["s1"]
+    return {
+        **s1,
+        "mongo_db": f"chat_{site}",
+        "domain": site,
+        "service_user": s1["nats_user"],
+        "service_password": s1["nats_password"],
+        "es_service_user": "",
+        "es_service_password": "",
+    }
 
 
 def nats_settings(servers: Mapping[str, Any], site: str, *, role: str = "operator") -> NatsSettings:
@@ -48,7 +64,12 @@ async def connect_nats(settings: NatsSettings, **options: Any) -> Client:
 
 def es_settings(servers: Mapping[str, Any], **overrides: Any) -> ElasticSettings:
     """Elasticsearch as its operator (the CLI's user)."""
-    return ElasticSettings(url=str(servers["es_url"]), **overrides)
+    return msgspec.structs.replace(topology(servers).elastic(), **overrides)
+
+
+def es_search_sync_settings(servers: Mapping[str, Any], site: str) -> ElasticSettings:
+    """Elasticsearch as `site`'s search_sync user (a real site of `servers`)."""
+    return topology(servers).search_sync_elastic(site)
 
 
 def es_client(servers: Mapping[str, Any], **options: Any) -> Elasticsearch:

@@ -92,8 +92,11 @@ class PrivateServers:
             raise ValueError(f"own={own}: nats and any of {KINDS[1:]}; the shared servers' info for the others")
         if "ferretdb" not in own:
             env["CHATFED_MONGO_URI"] = shared["mongo_uri"]  # type: ignore[index]
-        if "es" not in own:
+        if "es" not in own:  # the shared one, as its operator (services.py info passes these on)
             env["CHATFED_ES_URL"] = shared["es_url"]  # type: ignore[index]
+            env["CHATFED_ES_USER"] = shared["es_user"]  # type: ignore[index]
+            env["CHATFED_ES_PASSWORD"] = shared["es_password"]  # type: ignore[index]
+            env["CHATFED_ES_CA_CERTS"] = shared["es_ca"]  # type: ignore[index]
         self.names = ["nats-hub", *(f"nats-{site}" for site in SITES), *(k for k in own if k != "nats")]
         self.env = env
         self.info: dict[str, Any] = {}

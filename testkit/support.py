@@ -17,11 +17,12 @@ from nats.aio.client import Client
 from nats.js.client import JetStreamContext
 
 from connectors.bootstrap import provision_site, verify_site
-from connectors.settings import Tuning, nats_variables
+from connectors.settings import ElasticSettings, Tuning, elastic_variables, nats_variables
+from dataflows.search_sync.indexes import SearchIndexes, install
 from schemas import names
 from schemas.envelope import OutboxEvent, encode_envelope
 from schemas.events import InnerEvent, encode_event
-from testkit.clients import connect_nats, nats_settings
+from testkit.clients import connect_nats, es_client, es_search_sync_settings, es_settings, nats_settings
 
 REPO = Path(__file__).resolve().parents[1]
 LOGS = REPO / ".local" / "logs" / "tests"
@@ -51,7 +52,8 @@ async def bootstrap_local_sites(client: Client, sites: list[str], *, tuning: Tun
 
 
 async def bootstrap_federated(servers: Mapping[str, Any]) -> None:
-    """Every site of `servers` on its own server, bootstrapped federated (its own domain, sourcing over leafnodes)."""
+    """Every site of `servers` on its own server, bootstrapped federated (its own domain, sourcing over leafnodes), and
+    its search views installed (as `chatfed bootstrap` does: search_sync's own user may not create them)."""
     sites = list(servers["sites"])
     clients = {site: await connect_site(servers, site) for site in sites}
     try:
@@ -62,6 +64,12 @@ async def bootstrap_federated(servers: Mapping[str, Any]) -> None:
     finally:
         for client in clients.values():
             await client.close()
+    es = es_client(servers)
+    try:
+        for site in sites:
+            install(es, SearchIndexes.for_site(ElasticSettings(), site))
+    finally:
+        es.close()
 
 
 async def retune(js: JetStreamContext, stream: str, durable: str, tuning: Tuning) -> None:
@@ -118,12 +126,12 @@ def flow_env(servers: Mapping[str, Any], site: str, *, nats_site: str = "s1", **
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHATFED_")}
     env.update(
         CHATFED_SITE_ID=site,
-        CHATFED_MONGO_URI=servers["mongo_uri"],
-        CHATFED_MONGO_DB=names.mongo_database(site),
-        CHATFED_ES_URL=servers["es_url"],
         PYTHONPATH=str(REPO),
         PYTHONUNBUFFERED="1",
+        CHATFED_MONGO_URI=servers["mongo_uri"],
+        CHATFED_MONGO_DB=names.mongo_database(site),
         **nats_variables(nats_settings(servers, nats_site, role="service" if site == nats_site else "operator")),
+        **elastic_variables(es_search_sync_settings(servers, site) if site == nats_site else es_settings(servers)),
     )
     env.update(overrides)
     return env

@@ -8,7 +8,6 @@ import json
 import socket
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,12 +27,19 @@ def _tcp_open(host: str, port: int) -> bool:
         return False
 
 
-def _http_open(url: str) -> bool:
+def _es_answers(info: dict[str, Any]) -> bool:
+    """Elasticsearch answers its operator (HTTPS, our CA)."""
+    from elastic_transport import TransportError
+    from elasticsearch import ApiError
+
+    from testkit.clients import es_client
+
     try:
-        with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 (configured server)
-            return resp.status == 200
-    except OSError:
+        with es_client(info, request_timeout=5) as es:
+            es.cluster.health()
+    except (ApiError, TransportError):
         return False
+    return True
 
 
 def _unreachable(what: str, address: str, log: str) -> None:
@@ -63,7 +69,7 @@ def servers() -> dict[str, Any]:
     for host, port in uri_parser.parse_uri(info["mongo_uri"])["nodelist"]:
         if not _tcp_open(host, port):
             _unreachable("MongoDB (FerretDB)", info["mongo_uri"], ".local/logs/ferretdb.log")
-    if not _http_open(info["es_url"].rstrip("/") + "/_cluster/health"):
+    if not _es_answers(info):
         _unreachable("Elasticsearch", info["es_url"], ".local/logs/es.log and .local/logs/es/")
     return info
 

@@ -10,8 +10,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 import msgspec
-from elasticsearch import BadRequestError, Elasticsearch
+from elasticsearch import AuthorizationException, BadRequestError, Elasticsearch
 
+from connectors.errors import ConfigError
 from connectors.settings import ElasticSettings
 from schemas import names
 
@@ -101,6 +102,21 @@ def install(es: Elasticsearch, indexes: SearchIndexes) -> None:
         except BadRequestError as exc:
             if exc.error != "resource_already_exists_exception":  # another process won the race
                 raise
+
+
+def ensure_installed(es: Elasticsearch, indexes: SearchIndexes) -> None:
+    """What search_sync does at start: nothing when every alias exists (all its own user may check), else `install`.
+
+    A site's search_sync user may not create indexes or aliases (`chatfed bootstrap` does that, as the operator): its
+    refusal becomes a ConfigError naming the fix instead of a retry loop.
+    """
+    if all(es.indices.exists_alias(name=alias) for alias in indexes.aliases):
+        return
+    try:
+        install(es, indexes)
+    except AuthorizationException:
+        missing = ", ".join(indexes.aliases)
+        raise ConfigError(f"search views {missing} missing and this user may not create them: run `chatfed bootstrap`") from None
 
 
 def template_name(alias: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import time
@@ -10,7 +11,7 @@ from pathlib import Path
 
 from schemas.names import mongo_database
 
-from .credentials import nats_credentials
+from .credentials import es_operator, es_search_sync, nats_credentials, rotate_all
 from .layout import CONF, DATA, HOST, HUB, LEASES, ROOT, RUN, SECRETS, Layout, ServiceError, W
 from .lifecycle import adopt, start, started_as_now, terminate, wait_for_leafnodes
 from .pki import ca_file, cert_file, client_name, describe, ensure_pki, key_file, rotate_pki
@@ -134,9 +135,10 @@ def cmd_status(layout: Layout) -> int:
 
 def site_info(layout: Layout, site: str) -> dict[str, str]:
     """How to reach a site: NATS as its operator (nats_user) or service user, with the site's client certificate
-    (tls_cert, tls_key), its database and domain.
+    (tls_cert, tls_key), its database and domain, and its search_sync user on Elasticsearch (es_service_user).
 
-    A site whose NATS is external (CHATFED_NATS_URL_<SITE>) gets empty credentials: we do not manage them.
+    A site whose NATS is external (CHATFED_NATS_URL_<SITE>) gets empty credentials: we do not manage them; likewise
+    the search_sync user of an external Elasticsearch (its flows use es_user).
     """
     info = {"nats_url": layout.nats_url(site)}
     if site in layout.local_sites:
@@ -155,13 +157,25 @@ def site_info(layout: Layout, site: str) -> dict[str, str]:
         mongo_db=mongo_database(site),
         domain=site,
     )
+    search_sync = es_search_sync(site) if "es" not in layout.overrides else {"user": "", "password": ""}
+    info.update(es_service_user=search_sync["user"], es_service_password=search_sync["password"])
     return info
+
+
+def es_info(layout: Layout) -> dict[str, str]:
+    """Elasticsearch as its operator (the CLI's user) and the CA its certificate chains to; for an external one
+    (CHATFED_ES_URL), what CHATFED_ES_USER, CHATFED_ES_PASSWORD and CHATFED_ES_CA_CERTS say."""
+    if "es" in layout.overrides:
+        env = os.environ
+        return {"es_user": env.get("CHATFED_ES_USER", ""), "es_password": env.get("CHATFED_ES_PASSWORD", ""), "es_ca": env.get("CHATFED_ES_CA_CERTS", "")}
+    operator = es_operator()
+    return {"es_user": operator["user"], "es_password": operator["password"], "es_ca": str(ca_file())}
 
 
 def cmd_info(layout: Layout) -> int:
     """Where everything is, as JSON; `tls_ca` is the CA every local server's certificate chains to."""
     sites = {s: site_info(layout, s) for s in layout.sites}
-    info: dict[str, object] = {"sites": sites, "tls_ca": str(ca_file()), "mongo_uri": layout.mongo_uri, "es_url": layout.es_url}
+    info: dict[str, object] = {"sites": sites, "tls_ca": str(ca_file()), "mongo_uri": layout.mongo_uri, "es_url": layout.es_url, **es_info(layout)}
     if layout.local_sites:  # where the hub listens (the TLS tests knock on every port)
         info["hub"] = {
             "nats_url": f"tls://{HOST}:{layout.port_base}",
@@ -185,11 +199,13 @@ def cmd_rotate_secrets(layout: Layout) -> None:
     if running or strays:
         names = ", ".join(running) or "nats-server processes of this checkout"
         raise ServiceError(f"{names} running: stop them first (./run.sh services down), then rotate, then up")
-    for path in SECRETS.glob("nats-*.json"):  # also those of sites no longer in CHATFED_SITES
-        path.unlink()
+    rotate_all()  # also those of sites no longer in CHATFED_SITES
     for server in (HUB, *layout.local_sites):
         nats_credentials(server)
-    print(f"{'secrets':<{W}} new NATS passwords in {SECRETS.relative_to(ROOT)}/; clients need the new ones (services info)")
+    es_operator()
+    for site in layout.sites:
+        es_search_sync(site)
+    print(f"{'secrets':<{W}} new passwords in {SECRETS.relative_to(ROOT)}/; clients need the new ones (services info)")
     if rotate_pki():
         ensure_pki(layout)
         print(f"{'tls':<{W}} new CA and certificates in {describe()}/; clients need the new CA (services info: tls_ca)")

@@ -65,7 +65,7 @@ class Layout:
 
     @property
     def es_url(self) -> str:
-        return self.url("es", f"http://{HOST}:{self.es_port}")
+        return self.url("es", f"https://{HOST}:{self.es_port}")
 
 
 def _port(env: dict[str, str], name: str, default: int) -> int:

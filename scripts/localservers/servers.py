@@ -6,15 +6,17 @@ import json
 import os
 import pwd
 import shutil
+import ssl
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .credentials import write_private
+from .credentials import es_operator, write_private
+from .esconf import security_settings, write_conf
 from .layout import CONF, DATA, HOST, LOCAL, LOGS, ROOT, RUN, Layout, ServiceError
 from .natsconf import nats_hub_conf, nats_site_conf
-from .pki import client_context
+from .pki import ca_file, client_context
 from .processes import http_get, log_tail, pid_alive, read_pid, tcp_open
 
 ES_VERSION = "8.19.21"
@@ -118,7 +120,7 @@ def es_java_home() -> str:
 
 
 def es(layout: Layout) -> Server:
-    data, logs, run = DATA / "es", LOGS / "es", RUN / "es"
+    data, logs, run, conf = DATA / "es", LOGS / "es", RUN / "es", CONF / "es"
     as_root = os.geteuid() == 0
 
     def prepare() -> None:
@@ -127,6 +129,7 @@ def es(layout: Layout) -> Server:
         for d in (data, logs, run / "tmp"):
             d.mkdir(parents=True, exist_ok=True)
         (run / "jvm.pid").unlink(missing_ok=True)
+        write_conf(layout, conf, ES_HOME)  # its own config folder: security, TLS, users (esconf.py)
         if as_root:  # ES refuses root: ES_USER runs it and needs its own dirs and a path to them
             try:
                 uid = pwd.getpwnam(ES_USER).pw_uid
@@ -136,7 +139,9 @@ def es(layout: Layout) -> Server:
                 raise ServiceError(f"{ES_HOME.relative_to(ROOT)} not owned by {ES_USER}: run ./run.sh install")
             for d in (data, logs, run, run / "tmp"):
                 shutil.chown(d, ES_USER, ES_USER)
-            for parent in (*reversed(LOCAL.parents), LOCAL, LOCAL / "opt", DATA, LOGS, RUN):
+            for path in (conf, *conf.rglob("*")):  # its config, keys and users: readable by it alone
+                shutil.chown(path, ES_USER, ES_USER)
+            for parent in (*reversed(LOCAL.parents), LOCAL, LOCAL / "opt", DATA, LOGS, RUN, CONF):
                 mode = parent.stat().st_mode
                 if not mode & stat.S_IXOTH:
                     parent.chmod(mode | stat.S_IXOTH)
@@ -148,12 +153,18 @@ def es(layout: Layout) -> Server:
         "discovery.type": "single-node",
         "path.data": data,
         "path.logs": logs,
-        "xpack.security.enabled": "false",
         "cluster.routing.allocation.disk.threshold_enabled": "false",
         "action.destructive_requires_name": "false",
+        **security_settings(),
     }
     flags = [arg for k, v in settings.items() for arg in ("-E", f"{k}={v}")]
     health = f"{layout.es_url}/_cluster/health?wait_for_status=yellow&timeout=5s"
+
+    def ready() -> bool:
+        operator = es_operator()
+        context = ssl.create_default_context(cafile=str(ca_file()))
+        return http_get(health, timeout=10, context=context, auth=(operator["user"], operator["password"]))[0] == 200
+
     return Server(
         name="es",
         address=layout.es_url,
@@ -161,8 +172,8 @@ def es(layout: Layout) -> Server:
         marker=f"-Djava.io.tmpdir={run / 'tmp'}",  # ES_TMPDIR: one per state dir (path.home is shared)
         argv=lambda: [str(ES_HOME / "bin" / "elasticsearch"), *flags, "-d", "-p", str(run / "jvm.pid")],
         prepare=prepare,
-        ready=lambda: http_get(health, timeout=10)[0] == 200,
-        env={"ES_JAVA_OPTS": "-Xms1g -Xmx1g", "ES_TMPDIR": str(run / "tmp"), "HOME": str(run)},
+        ready=ready,
+        env={"ES_JAVA_OPTS": "-Xms1g -Xmx1g", "ES_TMPDIR": str(run / "tmp"), "HOME": str(run), "ES_PATH_CONF": str(conf)},
         user=ES_USER if as_root else None,
         cwd=ES_HOME,
         daemon_pid_file=run / "jvm.pid",

@@ -19,7 +19,7 @@ from schemas import names, subjects
 from schemas.commands import CreateRoom, encode_command
 from schemas.events import MemberAddEvent
 from schemas.streams import ACK_WAIT_S, MAX_DELIVER
-from testkit.clients import mongo_client
+from testkit.clients import mongo_client, info_of_test_site
 from testkit.mirror_site import add, mirror_site
 from testkit.support import (
     FlowProcess,
@@ -44,10 +44,7 @@ class CliSite:
         self.mongo: MongoClient[dict[str, Any]] = mongo_client(servers)
         self.db = self.mongo[f"chat_{self.site}"]
         self.flows: list[FlowProcess] = []
-        s1 = servers["sites"]["s1"]
-        # a test site lives on s1's server, outside the subjects s1's service user may use: its flows run as the operator
-        desc = {**s1, "mongo_db": f"chat_{self.site}", "service_user": s1["nats_user"], "service_password": s1["nats_password"]}
-        info = {**servers, "sites": {self.site: desc}}
+        info = {**servers, "sites": {self.site: info_of_test_site(servers, self.site)}}
         self.info = tmp / "info.json"
         self.info.write_text(json.dumps(info))
         self.run(self._bootstrap())

@@ -25,7 +25,7 @@ from chatfed_cli.topology import topology_of
 from connectors.mongo import ensure_indexes
 from dataflows.room_worker.plans import direct_room_id
 from schemas import names
-from testkit.clients import es_client, mongo_client
+from testkit.clients import es_client, info_of_test_site, mongo_client
 from testkit.search_site import cleanup_indexes
 from testkit.support import REPO, bootstrap_local_sites, connect_site, unique_site
 
@@ -47,10 +47,7 @@ class DemoSites:
         self.home, self.remote = unique_site("demo"), unique_site("demo")
         self.mongo: MongoClient[dict[str, Any]] = mongo_client(servers, retryWrites=False)
         self.dbs = {site: self.mongo[f"chat_{site}"] for site in (self.home, self.remote)}
-        s1 = servers["sites"]["s1"]
-        # a test site lives on s1's server, outside the subjects s1's service user may use: its flows run as the operator
-        desc = {**s1, "service_user": s1["nats_user"], "service_password": s1["nats_password"]}
-        self.raw = {**servers, "sites": {site: {**desc, "mongo_db": f"chat_{site}", "domain": site} for site in (self.home, self.remote)}}
+        self.raw = {**servers, "sites": {site: info_of_test_site(servers, site) for site in (self.home, self.remote)}}
         self.info = tmp / "info.json"
         self.info.write_text(json.dumps(self.raw))
         self.started: list[flow_procs.FlowProc] = []

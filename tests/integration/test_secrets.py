@@ -45,6 +45,11 @@ def nats_passwords(servers: Mapping[str, Any]) -> list[str]:
     return [v for desc in servers["sites"].values() for k, v in desc.items() if k.endswith("password") and v]
 
 
+def es_passwords(servers: Mapping[str, Any]) -> list[str]:
+    """Elasticsearch's operator and every site's search_sync user."""
+    return [servers["es_password"], *(d["es_service_password"] for d in servers["sites"].values() if d.get("es_service_password"))]
+
+
 def assert_no_secret(text: str, secrets: list[str], where: str) -> None:
     assert secrets and all(secrets)
     leaked = [s for s in secrets if s in text]
@@ -108,9 +113,11 @@ def test_flow_logs_carry_no_password(servers: dict[str, Any]) -> None:
 
 
 def test_search_sync_log_carries_no_password(servers: dict[str, Any]) -> None:
-    secrets = [*nats_passwords(servers), ES_PASSWORD]
+    secrets = [*nats_passwords(servers), *es_passwords(servers)]
     with mirror_site(servers) as s:
-        env = flow_env(servers, s.site, CHATFED_ES_URL=with_userinfo(servers["es_url"], "elastic", ES_PASSWORD))
+        # the operator's real credentials in the URL instead of CHATFED_ES_USER / _PASSWORD: the flow must work with them
+        in_url = with_userinfo(servers["es_url"], servers["es_user"], servers["es_password"])
+        env = flow_env(servers, s.site, CHATFED_ES_URL=in_url, CHATFED_ES_USER="", CHATFED_ES_PASSWORD="")
         flow = FlowProcess("dataflows.search_sync", env)
         with flow:
             ts = int(time.time() * 1000)

@@ -112,3 +112,4 @@ def test_a_refused_certificate_is_no_outage() -> None:
     cut_short = ssl.SSLEOFError(8, "EOF occurred in violation of protocol")
     assert _certificate_refused(verify) and _certificate_refused(alert)
     assert not _certificate_refused(cut_short) and not _certificate_refused(ConnectionResetError())
+
