@@ -15,7 +15,7 @@ from typing import Final
 import msgspec
 
 from chatfed_cli.topology import REPO, Topology
-from connectors.settings import elastic_variables, nats_variables
+from connectors.settings import elastic_variables, mongo_variables, nats_variables
 from schemas.names import FLOWS, flow_module
 
 RUN_DIR: Final = REPO / ".local" / "run" / "flows"
@@ -39,10 +39,9 @@ def flow_env(topology: Topology, site: str) -> dict[str, str]:
     env = dict(os.environ)  # an external site's NATS credentials may come from the caller's CHATFED_NATS_*
     env |= {
         "CHATFED_SITE_ID": site,
-        "CHATFED_MONGO_URI": topology.mongo_uri,
-        "CHATFED_MONGO_DB": desc.mongo_db,
         "PYTHONPATH": str(REPO),
         "PYTHONUNBUFFERED": "1",
+        **mongo_variables(topology.mongo(site)),
         **nats_variables(desc.service()),
         **elastic_variables(topology.search_sync_elastic(site)),
     }

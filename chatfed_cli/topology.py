@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from connectors.settings import ElasticSettings, NatsSettings
+from connectors.settings import ElasticSettings, MongoSettings, NatsSettings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,6 +50,9 @@ class Topology(msgspec.Struct, frozen=True, kw_only=True):
     mongo_uri: str
     es_url: str
     tls_ca: str = ""
+    mongo_user: str = ""  # the store's user: the flows and the CLI alike
+    mongo_password: str = ""
+    mongo_tls_ca: str = ""
     es_user: str = ""  # Elasticsearch's operator: the CLI, bootstrap, rebuild
     es_password: str = ""
     es_ca: str = ""  # the CA of Elasticsearch's certificate (default: tls_ca)
@@ -57,6 +60,12 @@ class Topology(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def site_ids(self) -> list[str]:
         return list(self.sites)
+
+    def mongo(self, site: str) -> MongoSettings:
+        """`site`'s database on the MongoDB server."""
+        return MongoSettings(
+            uri=self.mongo_uri, database=self.sites[site].mongo_db, username=self.mongo_user, password=self.mongo_password, tls_ca_file=self.mongo_tls_ca
+        )
 
     def elastic(self) -> ElasticSettings:
         """Elasticsearch as its operator."""

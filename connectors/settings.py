@@ -87,6 +87,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "nats_user": self.nats.user or "-",
             "mongo": redact_url(self.mongo.uri) or "-",
             "mongo_db": self.mongo.database or "-",
+            "mongo_user": self.mongo.username or "-",
             "es": redact_url(self.elastic.url) or "-",
             "es_user": self.elastic.username or "-",
         }
@@ -161,6 +162,18 @@ def nats_variables(nats: NatsSettings) -> dict[str, str]:
         "CHATFED_NATS_TLS_CA": nats.tls_ca,
         "CHATFED_NATS_TLS_CERT": nats.tls_cert,
         "CHATFED_NATS_TLS_KEY": nats.tls_key,
+    }
+    return {k: v for k, v in values.items() if v}
+
+
+def mongo_variables(mongo: MongoSettings) -> dict[str, str]:
+    """The CHATFED_MONGO_* variables that `load_settings` reads back as `mongo` (the empty ones left out)."""
+    values = {
+        "CHATFED_MONGO_URI": mongo.uri,
+        "CHATFED_MONGO_DB": mongo.database,
+        "CHATFED_MONGO_USER": mongo.username,
+        "CHATFED_MONGO_PASSWORD": mongo.password,
+        "CHATFED_MONGO_TLS_CA_FILE": mongo.tls_ca_file,
     }
     return {k: v for k, v in values.items() if v}
 

@@ -78,7 +78,9 @@ def es_client(servers: Mapping[str, Any], **options: Any) -> Elasticsearch:
 
 
 def mongo_settings(servers: Mapping[str, Any], database: str = "") -> MongoSettings:
-    return MongoSettings(uri=str(servers["mongo_uri"]), database=database)
+    """The MongoDB server as its user (FerretDB: the one user there is)."""
+    t = topology(servers)
+    return MongoSettings(uri=t.mongo_uri, database=database, username=t.mongo_user, password=t.mongo_password, tls_ca_file=t.mongo_tls_ca)
 
 
 def mongo_client(servers: Mapping[str, Any], **options: Any) -> MongoClient[Document]:

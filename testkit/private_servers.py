@@ -90,8 +90,10 @@ class PrivateServers:
         )
         if "nats" not in own or set(own) - set(KINDS) or (set(own) != set(KINDS) and shared is None):
             raise ValueError(f"own={own}: nats and any of {KINDS[1:]}; the shared servers' info for the others")
-        if "ferretdb" not in own:
+        if "ferretdb" not in own:  # the shared one, as its user (services.py info passes these on)
             env["CHATFED_MONGO_URI"] = shared["mongo_uri"]  # type: ignore[index]
+            env["CHATFED_MONGO_USER"] = shared["mongo_user"]  # type: ignore[index]
+            env["CHATFED_MONGO_PASSWORD"] = shared["mongo_password"]  # type: ignore[index]
         if "es" not in own:  # the shared one, as its operator (services.py info passes these on)
             env["CHATFED_ES_URL"] = shared["es_url"]  # type: ignore[index]
             env["CHATFED_ES_USER"] = shared["es_user"]  # type: ignore[index]

@@ -17,12 +17,12 @@ from nats.aio.client import Client
 from nats.js.client import JetStreamContext
 
 from connectors.bootstrap import provision_site, verify_site
-from connectors.settings import ElasticSettings, Tuning, elastic_variables, nats_variables
+from connectors.settings import ElasticSettings, Tuning, elastic_variables, mongo_variables, nats_variables
 from dataflows.search_sync.indexes import SearchIndexes, install
 from schemas import names
 from schemas.envelope import OutboxEvent, encode_envelope
 from schemas.events import InnerEvent, encode_event
-from testkit.clients import connect_nats, es_client, es_search_sync_settings, es_settings, nats_settings
+from testkit.clients import connect_nats, es_client, es_search_sync_settings, es_settings, mongo_settings, nats_settings
 
 REPO = Path(__file__).resolve().parents[1]
 LOGS = REPO / ".local" / "logs" / "tests"
@@ -128,8 +128,7 @@ def flow_env(servers: Mapping[str, Any], site: str, *, nats_site: str = "s1", **
         CHATFED_SITE_ID=site,
         PYTHONPATH=str(REPO),
         PYTHONUNBUFFERED="1",
-        CHATFED_MONGO_URI=servers["mongo_uri"],
-        CHATFED_MONGO_DB=names.mongo_database(site),
+        **mongo_variables(mongo_settings(servers, names.mongo_database(site))),
         **nats_variables(nats_settings(servers, nats_site, role="service" if site == nats_site else "operator")),
         **elastic_variables(es_search_sync_settings(servers, site) if site == nats_site else es_settings(servers)),
     )

@@ -14,7 +14,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from pymongo import uri_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,6 +24,20 @@ def _tcp_open(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def _mongo_answers(info: dict[str, Any]) -> bool:
+    """MongoDB lets its user in (FerretDB: a unix socket)."""
+    from pymongo.errors import PyMongoError
+
+    from testkit.clients import mongo_client
+
+    try:
+        with mongo_client(info, serverSelectionTimeoutMS=5_000) as client:
+            client.list_database_names()
+    except PyMongoError:
+        return False
+    return True
 
 
 def _es_answers(info: dict[str, Any]) -> bool:
@@ -66,9 +79,8 @@ def servers() -> dict[str, Any]:
         url = urlsplit(desc["nats_url"])
         if not _tcp_open(url.hostname or "127.0.0.1", url.port or 4222):
             _unreachable(f"NATS of site {site}", desc["nats_url"], f".local/logs/nats-{site}.log")
-    for host, port in uri_parser.parse_uri(info["mongo_uri"])["nodelist"]:
-        if not _tcp_open(host, port):
-            _unreachable("MongoDB (FerretDB)", info["mongo_uri"], ".local/logs/ferretdb.log")
+    if not _mongo_answers(info):
+        _unreachable("MongoDB (FerretDB)", info["mongo_uri"], ".local/logs/ferretdb.log")
     if not _es_answers(info):
         _unreachable("Elasticsearch", info["es_url"], ".local/logs/es.log and .local/logs/es/")
     return info

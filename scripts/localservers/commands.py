@@ -11,7 +11,7 @@ from pathlib import Path
 
 from schemas.names import mongo_database
 
-from .credentials import es_operator, es_search_sync, nats_credentials, rotate_all
+from .credentials import MONGO_AUTH_DB, es_operator, es_search_sync, mongo_service, nats_credentials, rotate_all
 from .layout import CONF, DATA, HOST, HUB, LEASES, ROOT, RUN, SECRETS, Layout, ServiceError, W
 from .lifecycle import adopt, start, started_as_now, terminate, wait_for_leafnodes
 from .pki import ca_file, cert_file, client_name, describe, ensure_pki, key_file, rotate_pki
@@ -162,6 +162,20 @@ def site_info(layout: Layout, site: str) -> dict[str, str]:
     return info
 
 
+def mongo_info(layout: Layout) -> dict[str, str]:
+    """FerretDB's user; for an external MongoDB (CHATFED_MONGO_URI), what CHATFED_MONGO_USER, CHATFED_MONGO_PASSWORD and
+    CHATFED_MONGO_TLS_CA_FILE say (the URI may carry any other option: authSource, tls, tlsCertificateKeyFile, ...)."""
+    if "ferretdb" in layout.overrides:
+        env = os.environ
+        return {
+            "mongo_user": env.get("CHATFED_MONGO_USER", ""),
+            "mongo_password": env.get("CHATFED_MONGO_PASSWORD", ""),
+            "mongo_tls_ca": env.get("CHATFED_MONGO_TLS_CA_FILE", ""),
+        }
+    user = mongo_service()
+    return {"mongo_user": user["user"], "mongo_password": user["password"], "mongo_tls_ca": ""}
+
+
 def es_info(layout: Layout) -> dict[str, str]:
     """Elasticsearch as its operator (the CLI's user) and the CA its certificate chains to; for an external one
     (CHATFED_ES_URL), what CHATFED_ES_USER, CHATFED_ES_PASSWORD and CHATFED_ES_CA_CERTS say."""
@@ -175,7 +189,7 @@ def es_info(layout: Layout) -> dict[str, str]:
 def cmd_info(layout: Layout) -> int:
     """Where everything is, as JSON; `tls_ca` is the CA every local server's certificate chains to."""
     sites = {s: site_info(layout, s) for s in layout.sites}
-    info: dict[str, object] = {"sites": sites, "tls_ca": str(ca_file()), "mongo_uri": layout.mongo_uri, "es_url": layout.es_url, **es_info(layout)}
+    info: dict[str, object] = {"sites": sites, "tls_ca": str(ca_file()), "mongo_uri": layout.mongo_uri, **mongo_info(layout), "es_url": layout.es_url, **es_info(layout)}
     if layout.local_sites:  # where the hub listens (the TLS tests knock on every port)
         info["hub"] = {
             "nats_url": f"tls://{HOST}:{layout.port_base}",
@@ -205,6 +219,9 @@ def cmd_rotate_secrets(layout: Layout) -> None:
     es_operator()
     for site in layout.sites:
         es_search_sync(site)
+    mongo_service()
+    for old_users in (DATA / "ferretdb" / "sqlite").glob(f"{MONGO_AUTH_DB}.sqlite*"):  # its next start creates the user anew
+        old_users.unlink()
     print(f"{'secrets':<{W}} new passwords in {SECRETS.relative_to(ROOT)}/; clients need the new ones (services info)")
     if rotate_pki():
         ensure_pki(layout)

@@ -2,6 +2,7 @@
 
   nats-<site>.json  the site's NATS operator and service users      nats-hub.json  the hub's admin
   es.json           Elasticsearch's operator (the CLI, bootstrap)   es-<site>.json the site's search_sync user
+  mongo.json        FerretDB's user (the flows and the CLI)
 
 Generated at the first `up` (or `info`), reused afterwards; `rotate-secrets` replaces them (servers down).
 """
@@ -78,6 +79,14 @@ def es_operator() -> dict[str, str]:
 def es_search_sync(site: str) -> dict[str, str]:
     """`site`'s search_sync user on Elasticsearch: its own search views only."""
     return stored_credentials(SECRETS / f"es-{site}.json", {"search_sync": f"search-sync-{site}"})["search_sync"]
+
+
+MONGO_AUTH_DB = "admin"  # where FerretDB keeps its users: holds nothing else, so a rotation may drop it
+
+
+def mongo_service() -> dict[str, str]:
+    """FerretDB's one user (it has no roles to tell users apart): the flows, the CLI, tests."""
+    return stored_credentials(SECRETS / "mongo.json", {"service": "chatfed"})["service"]
 
 
 def rotate_all() -> None:

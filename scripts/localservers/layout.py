@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 from schemas import names
 
@@ -60,8 +61,13 @@ class Layout:
         return [s for s in self.sites if f"nats-{s}" not in self.overrides]
 
     @property
+    def ferret_socket(self) -> Path:
+        """FerretDB's unix socket, in a folder only this OS user may enter."""
+        return RUN / "ferretdb" / "mongodb.sock"
+
+    @property
     def mongo_uri(self) -> str:
-        return self.url("ferretdb", f"mongodb://{HOST}:{self.ferret_port}/")
+        return self.url("ferretdb", f"mongodb://{quote(str(self.ferret_socket), safe='')}/")
 
     @property
     def es_url(self) -> str:

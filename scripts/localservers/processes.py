@@ -18,6 +18,17 @@ def tcp_open(host: str, port: int, timeout: float = 1.0) -> bool:
         return False
 
 
+def unix_open(path: Path, timeout: float = 1.0) -> bool:
+    """Whether a server accepts connections on the unix socket `path`."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
 def http_get(url: str, timeout: float = 5.0, context: ssl.SSLContext | None = None, auth: tuple[str, str] | None = None) -> tuple[int, str]:
     request = urllib.request.Request(url)  # noqa: S310 (our loopback servers)
     if auth is not None:

@@ -12,12 +12,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .credentials import es_operator, write_private
+from .credentials import MONGO_AUTH_DB, es_operator, mongo_service, write_private
 from .esconf import security_settings, write_conf
 from .layout import CONF, DATA, HOST, LOCAL, LOGS, ROOT, RUN, Layout, ServiceError
 from .natsconf import nats_hub_conf, nats_site_conf
 from .pki import ca_file, client_context
-from .processes import http_get, log_tail, pid_alive, read_pid, tcp_open
+from .processes import http_get, log_tail, pid_alive, read_pid, unix_open
 
 ES_VERSION = "8.19.21"
 ES_HOME = LOCAL / "opt" / f"elasticsearch-{ES_VERSION}"
@@ -97,6 +97,7 @@ def nats_site(layout: Layout, site: str) -> Server:
 
     def prepare() -> None:
         (DATA / f"nats-{site}").mkdir(parents=True, exist_ok=True)
+        (DATA / f"nats-{site}").chmod(0o700)  # the streams: this OS user's alone
         write_private(conf, nats_site_conf(layout, site))
 
     health = f"https://{HOST}:{layout.site_monitor_port(site)}/healthz?js-enabled-only=true"
@@ -183,33 +184,47 @@ def es(layout: Layout) -> Server:
 
 
 def ferretdb(layout: Layout) -> Server:
-    data = DATA / "ferretdb"
+    """FerretDB with authentication (SCRAM-SHA-256; `--test-enable-new-auth` works on any backend) on a unix socket in
+    a 0700 folder instead of a TCP port: FerretDB checks who logs in but not what they may do (roles are ignored), so
+    only this OS user may even reach it. Its user is created at the first start (`--setup-*`); the password goes in
+    through the environment, never on the command line (`ps` shows that to every user)."""
+    data, sock = DATA / "ferretdb", layout.ferret_socket
 
     def prepare() -> None:
         if not FERRET_BIN.exists():
             raise ServiceError(f"{FERRET_BIN.relative_to(ROOT)} missing: run ./run.sh install")
-        for d in (data / "sqlite", data / "state"):
+        if len(str(sock).encode()) > 100:  # sockaddr_un holds 108 bytes
+            raise ServiceError(f"{sock}: too long for a unix socket path; use a shorter CHATFED_STATE_DIR or checkout path")
+        for d in (data, data / "sqlite", data / "state", sock.parent):
             d.mkdir(parents=True, exist_ok=True)
+        for d in (data, sock.parent):  # the databases and the socket: this OS user's alone
+            d.chmod(0o700)
+        sock.unlink(missing_ok=True)  # left by a killed server (start() runs only when none is running)
 
     port = layout.ferret_port
     argv = [
         str(FERRET_BIN),
         "--handler=sqlite",
         f"--sqlite-url=file:{data / 'sqlite'}/",
-        f"--listen-addr={HOST}:{port}",
-        f"--debug-addr={HOST}:{port + 1}",
+        "--listen-addr=",  # no TCP listener
+        f"--listen-unix={sock}",
+        f"--debug-addr={HOST}:{port + 1}",  # metrics and probes only, no data
         "--telemetry=disable",
         f"--state-dir={data / 'state'}",
         "--log-level=WARN",
+        "--test-enable-new-auth",
+        f"--setup-database={MONGO_AUTH_DB}",
+        f"--setup-username={mongo_service()['user']}",
     ]
     return Server(
         name="ferretdb",
         address=layout.mongo_uri,
-        port=port,
+        port=port + 1,
         marker=f"--state-dir={data / 'state'}",
         argv=lambda: argv,
         prepare=prepare,
-        ready=lambda: tcp_open(HOST, port),  # stdlib only: no MongoDB ping
+        ready=lambda: unix_open(sock),  # stdlib only: no MongoDB ping
+        env={"FERRETDB_SETUP_PASSWORD": mongo_service()["password"]},
     )
 
 

@@ -22,7 +22,8 @@ ADDS = 15
 
 
 def test_a_store_slower_than_the_ack_wait_causes_no_redelivery(servers: dict[str, Any]) -> None:
-    [(host, port)] = uri_parser.parse_uri(servers["mongo_uri"])["nodelist"]
+    [(host, port)] = uri_parser.parse_uri(servers["mongo_uri"])["nodelist"]  # FerretDB: (socket path, None)
+    unix = host if host.endswith(".sock") else ""
     accounts = [f"m{i:02d}" for i in range(ADDS)]
 
     async def scenario(h: RoomHarness, proxy: SlowProxy) -> None:
@@ -52,7 +53,7 @@ def test_a_store_slower_than_the_ack_wait_causes_no_redelivery(servers: dict[str
 
     async def go() -> None:
         harness = RoomHarness(servers)
-        with SlowProxy(host, port, delay_s=0.05) as proxy:
+        with SlowProxy(host, port or 27017, delay_s=0.05, upstream_unix=unix) as proxy:
             try:
                 await harness.start([user("alice", harness.site), *(user(a, harness.site) for a in accounts)], flow=False)
                 await scenario(harness, proxy)

@@ -113,3 +113,27 @@ def test_a_refused_certificate_is_no_outage() -> None:
     assert _certificate_refused(verify) and _certificate_refused(alert)
     assert not _certificate_refused(cut_short) and not _certificate_refused(ConnectionResetError())
 
+
+def test_a_real_mongodb_gets_user_password_and_tls_from_the_settings() -> None:
+    """CHATFED_MONGO_URI at a real MongoDB: CHATFED_MONGO_USER / _PASSWORD / _TLS_CA_FILE become the client's options, and
+    any other option stays in the URI (authSource, tlsCertificateKeyFile, ...)."""
+    from pymongo.auth_shared import MongoCredential
+
+    from connectors.mongo import client
+
+    env = {
+        **BASE,
+        "CHATFED_MONGO_URI": "mongodb://db.example:27017/?authSource=chat&replicaSet=rs0",
+        "CHATFED_MONGO_USER": "flows",
+        "CHATFED_MONGO_PASSWORD": "pw",
+        "CHATFED_MONGO_TLS_CA_FILE": "/etc/ssl/certs/ca-certificates.crt",
+    }
+    mongo = client(load_settings(env).mongo, connect=False)
+    try:
+        credentials = mongo.options.pool_options._credentials
+        assert isinstance(credentials, MongoCredential)
+        assert (credentials.username, credentials.password, credentials.source) == ("flows", "pw", "chat")
+        assert mongo.options.pool_options._ssl_context is not None  # TLS with that CA
+        assert mongo.options.replica_set_name == "rs0"
+    finally:
+        mongo.close()
