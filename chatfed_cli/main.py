@@ -22,7 +22,7 @@ from chatfed_cli import rooms
 from chatfed_cli.inspect import SiteStatus, site_status
 from chatfed_cli.topology import SiteInfo, Topology, load_topology
 from connectors import dlq, natsio
-from connectors.bootstrap import provision_site, verify_site
+from connectors.bootstrap import provision_sites, verify_site
 from connectors.errors import ConfigError
 from connectors.settings import load_tuning
 from schemas import names
@@ -50,8 +50,7 @@ async def _bootstrap(topology: Topology, sites: list[str]) -> None:
         raise typer.Exit(2) from None
     clients = {site: await connect(topology.sites[site]) for site in sites}
     try:
-        for site, client in clients.items():  # every stream first, so no source waits for a peer's stream
-            await provision_site(client, site, topology.site_ids, tuning=tuning)
+        await provision_sites(clients, topology.site_ids, tuning=tuning)  # every OUTBOX first: no source waits for a peer
         for site, client in clients.items():
             await verify_site(client.jetstream(), site, topology.site_ids, tuning=tuning)
             typer.echo(f"{site}: streams, sources and consumers ready (max_deliver {tuning.max_deliver}, ack_wait {tuning.ack_wait_s} s)")

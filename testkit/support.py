@@ -16,7 +16,7 @@ from typing import Any
 from nats.aio.client import Client
 from nats.js.client import JetStreamContext
 
-from connectors.bootstrap import provision_site, verify_site
+from connectors.bootstrap import provision_sites, verify_site
 from connectors.settings import ElasticSettings, Tuning, elastic_variables, mongo_variables, nats_variables
 from dataflows.search_sync.indexes import SearchIndexes, install
 from schemas import names
@@ -43,10 +43,9 @@ async def bootstrap_local_sites(client: Client, sites: list[str], *, tuning: Tun
 
     `tuning`: the flows' settings the durables must match (`max_deliver`, `ack_wait`); the defaults without it.
     """
-    # every stream first: a source naming a stream that does not exist yet stays in error until the server's
-    # next retry, which a loaded machine may not reach within the verification's wait
-    for site in sites:
-        await provision_site(client, site, sites, federated=False, tuning=tuning)
+    # every OUTBOX and source durable first: a source naming one that does not exist yet stays in error until the
+    # server's next retry, which a loaded machine may not reach within the verification's wait
+    await provision_sites({site: client for site in sites}, sites, federated=False, tuning=tuning)
     for site in sites:
         await verify_site(client.jetstream(), site, sites, tuning=tuning)
 
@@ -57,8 +56,7 @@ async def bootstrap_federated(servers: Mapping[str, Any]) -> None:
     sites = list(servers["sites"])
     clients = {site: await connect_site(servers, site) for site in sites}
     try:
-        for site, client in clients.items():
-            await provision_site(client, site, sites)
+        await provision_sites(clients, sites)
         for site, client in clients.items():
             await verify_site(client.jetstream(), site, sites)
     finally:

@@ -232,35 +232,46 @@ async def test_s2_cannot_manage_streams_of_domain_s1(federated_sites: dict[str, 
     assert outbox.config.subjects == [subjects.outbox_filter("s1")]
 
 
-async def test_s2_cannot_create_consumers_on_s1_streams_beyond_its_own_outbox_lane(
-    federated_sites: dict[str, Any], s1_operator: Client
-) -> None:
-    """The leafnodes let s2 ask for a consumer on OUTBOX_s1 filtered to `outbox.s1.to.s2.>` only."""
+async def test_s2_cannot_create_any_consumer_on_s1_streams(federated_sites: dict[str, Any], s1_operator: Client) -> None:
+    """s2 sources OUTBOX_s1 through the durable s1 created for it (bound by a reset); it may create no consumer of its own,
+    not even on its own lane: its filter or deliver subject (e.g. s1's own ROOMS subjects) would be its choice."""
     recorder = Recorder()
     s2 = await _connect_as(federated_sites, "s2", "operator", recorder)
     tag = uuid.uuid4().hex[:8]
+    own_lane = subjects.outbox_to_filter(origin="s1", dest="s2")
     attempts = {
+        # its own lane, with a filter of its choosing (the extended create subject, then the plain one)
+        f"own-{tag}": ("OUTBOX_s1", own_lane, own_lane, f"fed.deliver.s1.to.s2.{tag}"),
+        f"own-plain-{tag}": ("OUTBOX_s1", "", own_lane, f"fed.deliver.s1.to.s2.{tag}"),
+        # its own lane, delivered into s1's own room commands: s1 would feed its OUTBOX into ROOMS_s1
+        f"inject-{tag}": ("OUTBOX_s1", own_lane, own_lane, subjects.rooms_command("s1", "create")),
         # another destination's lane of OUTBOX_s1
-        f"to-s3-{tag}": ("OUTBOX_s1", "outbox.s1.to.s3.>", "outbox.s1.to.s3.>"),
-        # the allowed subject, but a body asking for another lane: the server rejects the mismatch
-        f"mismatch-{tag}": ("OUTBOX_s1", "outbox.s1.to.s2.>", "outbox.s1.to.s3.>"),
+        f"to-s3-{tag}": ("OUTBOX_s1", "outbox.s1.to.s3.>", "outbox.s1.to.s3.>", f"fed.deliver.s1.to.s2.{tag}"),
         # the whole stream
-        f"all-{tag}": ("OUTBOX_s1", "outbox.s1.>", "outbox.s1.>"),
+        f"all-{tag}": ("OUTBOX_s1", "outbox.s1.>", "outbox.s1.>", f"fed.deliver.s1.to.s2.{tag}"),
         # another stream
-        f"rooms-{tag}": ("ROOMS_s1", "chat.room.canonical.s1.>", "chat.room.canonical.s1.>"),
+        f"rooms-{tag}": ("ROOMS_s1", "chat.room.canonical.s1.>", "chat.room.canonical.s1.>", f"fed.deliver.s1.to.s2.{tag}"),
     }
     try:
-        for name, (stream, subject_filter, body_filter) in attempts.items():
-            subject = f"$JS.s1.API.CONSUMER.CREATE.{stream}.{name}.{subject_filter}"
-            config = {"name": name, "durable_name": name, "filter_subject": body_filter, "deliver_subject": f"fed.deliver.s1.to.s2.{name}"}
+        for name, (stream, subject_filter, body_filter, deliver) in attempts.items():
+            subject = f"$JS.s1.API.CONSUMER.CREATE.{stream}.{name}" + (f".{subject_filter}" if subject_filter else "")
+            config = {"name": name, "durable_name": name, "filter_subject": body_filter, "deliver_subject": deliver}
             await _refused(s2.request(subject, json.dumps({"stream_name": stream, "config": config}).encode(), timeout=2))
+            durable = f"$JS.s1.API.CONSUMER.DURABLE.CREATE.{stream}.{name}"
+            await _refused(s2.request(durable, json.dumps({"stream_name": stream, "config": config}).encode(), timeout=2))
+        # nor reset, delete or pull the durable s1 keeps for s2 in any other way than a reset
+        durable_for_s2 = names.outbox_source_durable("s2")
+        for verb in ("DELETE", "MSG.NEXT", "INFO"):
+            await _refused(s2.request(f"$JS.s1.API.CONSUMER.{verb}.OUTBOX_s1.{durable_for_s2}", b"", timeout=2))
         await _came_through(federated_sites, s1_operator, s2)
     finally:
         await s2.close()
     js1 = s1_operator.jetstream()
     for stream in ("OUTBOX_s1", "ROOMS_s1"):
-        names = {c.name for c in await js1.consumers_info(stream)}
-        assert not names & set(attempts), f"{stream}: {names & set(attempts)}"
+        present = {c.name for c in await js1.consumers_info(stream)}
+        assert not present & set(attempts), f"{stream}: {present & set(attempts)}"
+    outbox = {c.name: c for c in await js1.consumers_info("OUTBOX_s1")}
+    assert durable_for_s2 in outbox and outbox[durable_for_s2].config.filter_subject == own_lane
 
 
 async def test_s2_does_not_see_s1_traffic(federated_sites: dict[str, Any], s1_operator: Client) -> None:
