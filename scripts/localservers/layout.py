@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -62,8 +64,12 @@ class Layout:
 
     @property
     def ferret_socket(self) -> Path:
-        """FerretDB's unix socket, in a folder only this OS user may enter."""
-        return RUN / "ferretdb" / "mongodb.sock"
+        """FerretDB's unix socket, in a folder only this OS user may enter: under the state dir, or, when that path is too
+        long for a socket address (108 bytes), in a folder of /tmp named after the state dir."""
+        inside = RUN / "ferretdb" / "db.sock"
+        if len(str(inside).encode()) <= 100:
+            return inside
+        return Path(tempfile.gettempdir()) / f"chatfed-{hashlib.sha256(str(STATE).encode()).hexdigest()[:16]}" / "db.sock"
 
     @property
     def mongo_uri(self) -> str:

@@ -193,11 +193,11 @@ def ferretdb(layout: Layout) -> Server:
     def prepare() -> None:
         if not FERRET_BIN.exists():
             raise ServiceError(f"{FERRET_BIN.relative_to(ROOT)} missing: run ./run.sh install")
-        if len(str(sock).encode()) > 100:  # sockaddr_un holds 108 bytes
-            raise ServiceError(f"{sock}: too long for a unix socket path; use a shorter CHATFED_STATE_DIR or checkout path")
         for d in (data, data / "sqlite", data / "state", sock.parent):
             d.mkdir(parents=True, exist_ok=True)
         for d in (data, sock.parent):  # the databases and the socket: this OS user's alone
+            if d.stat().st_uid != os.geteuid():
+                raise ServiceError(f"{d} belongs to another user: remove it, or start the servers as its owner")
             d.chmod(0o700)
         sock.unlink(missing_ok=True)  # left by a killed server (start() runs only when none is running)
 
