@@ -1,6 +1,6 @@
 """The main job's scenario: room commands on a two-site federation, each awaited until visible everywhere.
 
-One script read top to bottom (a little over 300 lines): the scenario's steps, what each must make
+One script read top to bottom (about 400 lines): the scenario's steps, what each must make
 visible on which site, and the summary; splitting it would scatter one story over several files.
 """
 
@@ -30,7 +30,7 @@ from connectors.mongo import client as mongo_client
 from dataflows.room_worker.plans import direct_room_id
 from dataflows.search_sync.queries import rooms_for, typeahead
 from schemas import names, subjects
-from schemas.commands import AddMembers, CreateRoom, History, RemoveMember
+from schemas.commands import AddMembers, CreateRoom, History, RemoveMember, RenameRoom, RoomCommand, UpdateRole
 from schemas.documents import User, spotlight_doc_id, to_mongo
 from schemas.errors import DecodeError
 
@@ -58,6 +58,7 @@ PEOPLE = [
     Person(id="u-erin", account="erin", role=REMOTE, sect_id="design", dept_id="research", name="Erin"),
 ]
 TYPEAHEAD = ("eng", "des", "al", "car", "hel")
+RENAMED = "eng-core"  # eng-platform's new name: typeahead for "eng-platform" must no longer find the room
 ORG_FIELDS = ("sectId", "deptId")  # what org expansion matches: a field the demo's user lacks is removed
 
 
@@ -89,20 +90,55 @@ class Expect(msgspec.Struct, frozen=True):
     account: str
     member: bool
 
+    def describe(self) -> str:
+        return f"{self.account} {'in' if self.member else 'not in'} {self.room}"
+
+
+class HasRole(msgspec.Struct, frozen=True):
+    """`account`'s subscription to `room` on `site` carries `role`."""
+
+    site: str
+    room: str
+    account: str
+    role: str
+
+    def describe(self) -> str:
+        return f"{self.account} {self.role} of {self.room}"
+
+
+class Named(msgspec.Struct, frozen=True):
+    """On `site`, `account`'s subscription to `room` is named `name`, and typeahead finds it by `name`, not by `old`."""
+
+    site: str
+    room: str
+    account: str
+    name: str
+    old: str
+
+    def describe(self) -> str:
+        return f"{self.account} sees {self.room} as {self.name!r}, not {self.old!r}"
+
+
+Expectation = Expect | HasRole | Named
+
 
 class Step(msgspec.Struct, frozen=True, kw_only=True):
     title: str
     op: str
-    command: CreateRoom | AddMembers | RemoveMember
+    command: RoomCommand
     requester: str
-    expect: list[Expect]
+    expect: list[Expectation]
+
+
+def _sites_of(cast: Cast, accounts: list[str]) -> list[tuple[str, str]]:
+    """(site, account) for each site that sees a membership: the home site every member, a remote site its own users."""
+    home_of = cast.home_of
+    return [(cast.home, a) for a in accounts] + [(home_of[a], a) for a in accounts if home_of[a] != cast.home]
 
 
 def _members(cast: Cast, room: str, accounts: list[str], member: bool = True) -> list[Expect]:
-    """Home site sees every member; a remote site sees its own users (mirrored + searchable)."""
-    home_of = cast.home_of
-    found = [Expect(cast.home, room, account, member) for account in accounts]
-    return found + [Expect(home_of[a], room, a, member) for a in accounts if home_of[a] != cast.home]
+    """Membership (or its absence) as each site that sees it holds it: subscription, user-room, spotlight."""
+    return [Expect(site, room, account, member) for site, account in _sites_of(cast, accounts)]
 
 
 def scenario(cast: Cast, now_ms: int, suffix: str) -> list[Step]:
@@ -169,6 +205,20 @@ def scenario(cast: Cast, now_ms: int, suffix: str) -> list[Step]:
             requester="alice",
             expect=_members(cast, design, ["frank", "dave"], member=False) + _members(cast, design, ["erin", "alice"]),
         ),
+        Step(
+            title=f"promote carol ({there}) to owner of eng-platform",
+            op=subjects.RoomOp.MEMBER_ROLE_UPDATE.value,
+            command=UpdateRole(room_id=eng, account="carol", new_role="owner", requester_id=alice, requester_account="alice", timestamp=now_ms + 8),
+            requester="alice",
+            expect=[HasRole(site, eng, "carol", "owner") for site, _ in _sites_of(cast, ["carol"])],
+        ),
+        Step(
+            title=f"rename eng-platform to {RENAMED} (typeahead and subscriptions)",
+            op=subjects.RoomOp.RENAME.value,
+            command=RenameRoom(room_id=eng, new_name=RENAMED, requester_id=alice, requester_account="alice", timestamp=now_ms + 9),
+            requester="alice",
+            expect=[Named(site, eng, a, RENAMED, "eng-platform") for site, a in _sites_of(cast, ["alice", "carol", "frank", "dave"])],
+        ),
     ]
 
 
@@ -210,13 +260,27 @@ class SiteViews:
                 raise DemoError(f"site {self.site}: account {account!r} {what} in {self.db.name}.users after seeding")
         return [msgspec.structs.replace(user, id=stored[user.account][0]) for user in users]
 
-    def holds(self, expect: Expect) -> dict[str, bool]:
+    def holds(self, expect: Expectation) -> dict[str, bool]:
         """For each store, whether it agrees with `expect`."""
+        if isinstance(expect, HasRole):
+            sub = self.db.subscriptions.find_one({"roomId": expect.room, "u.account": expect.account}, {"roles": 1})
+            return {"mongo": sub is not None and expect.role in (sub.get("roles") or [])}
+        if isinstance(expect, Named):
+            sub = self.db.subscriptions.find_one({"roomId": expect.room, "u.account": expect.account}, {"name": 1})
+            return {"mongo": sub is not None and sub.get("name") == expect.name, "typeahead": self._found_only_as(expect)}
         sub = self.db.subscriptions.find_one({"roomId": expect.room, "u.account": expect.account}) is not None
         doc = rooms_for(self.es, self.user_room, expect.account)
         searchable = doc is not None and (expect.room in doc.rooms or expect.room in doc.restricted_rooms)
         spot = bool(self.es.exists(index=self.spotlight, id=spotlight_doc_id(account=expect.account, room_id=expect.room)))
         return {"mongo": sub == expect.member, "user-room": searchable == expect.member, "spotlight": spot == expect.member}
+
+    def _found_only_as(self, expect: Named) -> bool:
+        """Typeahead finds the room when typing its new name, and not when typing its old one (other runs' rooms may share both)."""
+
+        def found(text: str) -> bool:
+            return any(hit.room_id == expect.room for hit in typeahead(self.es, self.spotlight, expect.account, text, size=100))
+
+        return found(expect.name) and not found(expect.old)
 
 
 def seed_directory(views: dict[str, SiteViews], home: str, remote: str) -> Cast:
@@ -243,7 +307,7 @@ def _wait(views: dict[str, SiteViews], step: Step, started: float, timeout: floa
             if site in done_at:
                 continue
             wrong = [
-                f"{site} {store}: {e.account} {'in' if e.member else 'not in'} {e.room}"
+                f"{site} {store}: {e.describe()}"
                 for e in step.expect
                 if e.site == site
                 for store, ok in views[site].holds(e).items()

@@ -1,4 +1,4 @@
-"""`chatfed room`: submit create / add / remove commands to a site's `ROOMS` stream and print the result."""
+"""`chatfed room`: submit create / add / remove / role / rename commands to a site's `ROOMS` stream and print the result."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import secrets
 import string
 import time
+from enum import StrEnum
 from typing import Annotated, Any
 
 import nats.errors
@@ -23,12 +24,17 @@ from dataflows.room_worker.store_mongo import RoomStore
 from schemas import subjects
 from schemas.commands import (
     AddMembers,
+    ChannelRef,
     CreateRoom,
     History,
     RemoveMember,
+    RenameRoom,
+    RoomCommand,
+    UpdateRole,
     decode_command_result,
     encode_command,
 )
+from schemas.names import is_valid_room_id, is_valid_site_id
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 
@@ -37,6 +43,15 @@ _BASE62 = string.digits + string.ascii_letters
 SiteOpt = typer.Option(..., "--site", "-s", help="Site that owns the room (its ROOMS stream gets the command).")
 RequesterOpt = typer.Option(..., "--requester", "-r", help="Account of the user issuing the command.")
 TimeoutOpt = typer.Option(10.0, "--timeout", min=0.1, help="Seconds to wait for the result.")
+RequesterIdOpt = typer.Option("", "--requester-id", help="User id of the requester.")
+ChannelsOpt = typer.Option("--channel", "-c", help="Channel whose members join, as ROOM or ROOM@SITE (default site: --site; repeat).")
+
+
+class Role(StrEnum):
+    """`newRole` of a role update."""
+
+    OWNER = "owner"
+    MEMBER = "member"
 
 
 def _site(site: str) -> tuple[SiteInfo, MongoSettings]:
@@ -44,6 +59,19 @@ def _site(site: str) -> tuple[SiteInfo, MongoSettings]:
     if site not in topology.sites:
         raise typer.BadParameter(f"unknown site {site}; configured: {', '.join(topology.site_ids)}", param_hint="--site")
     return topology.sites[site], topology.mongo(site)
+
+
+def channel_refs(values: list[str], default_site: str) -> list[ChannelRef]:
+    """`--channel` values (`ROOM` or `ROOM@SITE`) as `{roomId, siteId}`, the site defaulting to the command's."""
+    refs = []
+    for value in values:
+        room_id, at, site = value.rpartition("@")
+        if not at:
+            room_id, site = value, default_site
+        if not is_valid_room_id(room_id) or not is_valid_site_id(site):
+            raise typer.BadParameter(f"{value!r} is not ROOM or ROOM@SITE", param_hint="--channel")
+        refs.append(ChannelRef(room_id=room_id, site_id=site))
+    return refs
 
 
 def _channel_id() -> str:
@@ -60,7 +88,7 @@ def _dm_id(mongo: MongoSettings, requester: str, other: str) -> str:
     return direct_room_id(found[requester].id, found[other].id)
 
 
-async def submit(info: SiteInfo, site: str, op: str, body: CreateRoom | AddMembers | RemoveMember, account: str, timeout: float) -> dict[str, Any]:
+async def submit(info: SiteInfo, site: str, op: str, body: RoomCommand, account: str, timeout: float) -> dict[str, Any]:
     client = await natsio.connect(info.operator(), name="chatfed-room-cli")
     request_id = str(uuid_utils.uuid7())
     try:
@@ -75,7 +103,7 @@ async def submit(info: SiteInfo, site: str, op: str, body: CreateRoom | AddMembe
         await client.close()
 
 
-def _run(site: str, op: str, body: CreateRoom | AddMembers | RemoveMember, account: str, timeout: float) -> None:
+def _run(site: str, op: str, body: RoomCommand, account: str, timeout: float) -> None:
     info, _ = _site(site)
     try:
         result = asyncio.run(submit(info, site, op, body, account, timeout))
@@ -98,15 +126,19 @@ def create(
     name: str = typer.Option("", "--name", "-n", help="Channel name; empty with exactly one --user makes a dm / botDM."),
     user: Annotated[list[str] | None, typer.Option("--user", "-u", help="Member account (repeat).")] = None,
     org: Annotated[list[str] | None, typer.Option("--org", "-o", help="Org id whose members join (repeat).")] = None,
+    channel: Annotated[list[str] | None, ChannelsOpt] = None,
     room_id: str = typer.Option("", "--room-id", help="Room id (default: random for a channel, derived for a dm)."),
-    requester_id: str = typer.Option("", "--requester-id", help="User id of the requester."),
+    requester_id: str = RequesterIdOpt,
     timeout: float = TimeoutOpt,
 ) -> None:
     """Create a channel, a dm or a botDM."""
     user, org = user or [], org or []
-    if not user and not org:
-        raise typer.BadParameter("give at least one --user or --org", param_hint="--user")
-    body = CreateRoom(name=name, users=user, orgs=org, room_id=room_id or "-", requester_id=requester_id, requester_account=requester, timestamp=_now_ms())
+    if not user and not org and not channel:
+        raise typer.BadParameter("give at least one --user, --org or --channel", param_hint="--user")
+    channels = channel_refs(channel or [], site)
+    body = CreateRoom(
+        name=name, users=user, orgs=org, channels=channels, room_id=room_id or "-", requester_id=requester_id, requester_account=requester, timestamp=_now_ms()
+    )
     if not room_id:
         if room_type_of(body) == "channel":
             room_id = _channel_id()
@@ -121,18 +153,23 @@ def create(
 def add(
     site: str = SiteOpt,
     requester: str = RequesterOpt,
-    room_id: str = typer.Option(..., "--room-id", help="Channel to add members to."),
+    room_id: str = typer.Option(..., "--room-id", "--room", help="Channel to add members to."),
     user: Annotated[list[str] | None, typer.Option("--user", "-u", help="Account to add (repeat).")] = None,
     org: Annotated[list[str] | None, typer.Option("--org", "-o", help="Org id whose members join (repeat).")] = None,
+    channel: Annotated[list[str] | None, ChannelsOpt] = None,
     hide_history: bool = typer.Option(False, "--hide-history", help="New members see only messages from now on."),
+    requester_id: str = RequesterIdOpt,
     timeout: float = TimeoutOpt,
 ) -> None:
-    """Add members to a channel."""
+    """Add members to a channel: users, org members, and the members of other channels."""
     user, org = user or [], org or []
-    if not user and not org:
-        raise typer.BadParameter("give at least one --user or --org", param_hint="--user")
+    if not user and not org and not channel:
+        raise typer.BadParameter("give at least one --user, --org or --channel", param_hint="--user")
+    channels = channel_refs(channel or [], site)
     history = History(mode="none" if hide_history else "all")
-    body = AddMembers(room_id=room_id, users=user, orgs=org, history=history, requester_account=requester, timestamp=_now_ms())
+    body = AddMembers(
+        room_id=room_id, users=user, orgs=org, channels=channels, history=history, requester_id=requester_id, requester_account=requester, timestamp=_now_ms()
+    )
     _run(site, subjects.RoomOp.MEMBER_ADD.value, body, requester, timeout)
 
 
@@ -140,7 +177,7 @@ def add(
 def remove(
     site: str = SiteOpt,
     requester: str = RequesterOpt,
-    room_id: str = typer.Option(..., "--room-id", help="Channel to remove from."),
+    room_id: str = typer.Option(..., "--room-id", "--room", help="Channel to remove from."),
     account: str = typer.Option("", "--account", "-a", help="Account to remove (yourself: leave)."),
     org: str = typer.Option("", "--org", "-o", help="Org to remove."),
     timeout: float = TimeoutOpt,
@@ -150,3 +187,36 @@ def remove(
         raise typer.BadParameter("give exactly one of --account and --org", param_hint="--account/--org")
     body = RemoveMember(room_id=room_id, requester=requester, account=account, org_id=org, timestamp=_now_ms())
     _run(site, subjects.RoomOp.MEMBER_REMOVE.value, body, requester, timeout)
+
+
+@app.command()
+def role(
+    site: str = SiteOpt,
+    requester: str = RequesterOpt,
+    room_id: str = typer.Option(..., "--room", "--room-id", help="Channel whose member gets the role."),
+    account: str = typer.Option(..., "--account", "-a", help="Member whose role changes."),
+    new_role: Role = typer.Option(..., "--role", help="owner (promote) or member (demote)."),
+    requester_id: str = RequesterIdOpt,
+    timeout: float = TimeoutOpt,
+) -> None:
+    """Promote a channel member to owner, or demote an owner to member (the requester must be an owner)."""
+    body = UpdateRole(
+        room_id=room_id, account=account, new_role=new_role.value, requester_id=requester_id, requester_account=requester, timestamp=_now_ms()
+    )
+    _run(site, subjects.RoomOp.MEMBER_ROLE_UPDATE.value, body, requester, timeout)
+
+
+@app.command()
+def rename(
+    site: str = SiteOpt,
+    requester: str = RequesterOpt,
+    room_id: str = typer.Option(..., "--room", "--room-id", help="Channel to rename."),
+    name: str = typer.Option(..., "--name", "-n", help="The channel's new name."),
+    requester_id: str = RequesterIdOpt,
+    timeout: float = TimeoutOpt,
+) -> None:
+    """Rename a channel (the requester must be an owner)."""
+    if not name.strip():
+        raise typer.BadParameter("the new name must not be empty", param_hint="--name")
+    body = RenameRoom(room_id=room_id, new_name=name, requester_id=requester_id, requester_account=requester, timestamp=_now_ms())
+    _run(site, subjects.RoomOp.RENAME.value, body, requester, timeout)

@@ -153,9 +153,9 @@ async def ensure_source_consumer(js: JetStreamContext, spec: SourceConsumerSpec)
     await js.add_consumer(spec.stream, source_consumer_config(spec))
 
 
-async def verify_site(js: JetStreamContext, site: str, all_sites: list[str], *, tuning: Tuning | None = None, wait_s: float = 10) -> None:
+async def verify_site(js: JetStreamContext, site: str, all_sites: list[str], *, tuning: Tuning | None = None, wait_s: float = 30) -> None:
     """Every stream present, every INBOX source present and not in error (sources may take a moment), every durable
-    present with the flows' delivery contract."""
+    present with the flows' delivery contract. `wait_s`: a source is reported late on a loaded machine (seen past 10 s)."""
     tuning = tuning or Tuning()
     deadline = asyncio.get_running_loop().time() + wait_s
     while True:

@@ -13,6 +13,7 @@ from schemas.errors import decode_or_raise
 NonEmptyStr: TypeAlias = Annotated[str, msgspec.Meta(min_length=1)]
 PositiveInt: TypeAlias = Annotated[int, msgspec.Meta(gt=0)]
 HistoryMode: TypeAlias = Literal["none", "all"]
+Role: TypeAlias = Literal["owner", "member"]
 
 
 class ErrorCode(StrEnum):
@@ -21,6 +22,7 @@ class ErrorCode(StrEnum):
     BAD_REQUEST = "bad_request"
     NOT_FOUND = "not_found"
     CONFLICT = "conflict"
+    FORBIDDEN = "forbidden"  # the requester may not do this (docs/DESIGN.md, "Who may do what")
     INTERNAL = "internal"
 
 
@@ -38,6 +40,8 @@ class Operation(StrEnum):
     MEMBER_ADD = "room.member.add"
     MEMBER_REMOVE = "room.member.remove"
     MEMBER_REMOVE_ORG = "room.member.remove_org"
+    MEMBER_ROLE_UPDATE = "room.member.role_update"
+    RENAME = "room.rename"
 
 
 class ChannelRef(msgspec.Struct, rename="camel", kw_only=True):
@@ -97,6 +101,27 @@ class RemoveMember(msgspec.Struct, rename="camel", omit_defaults=True, kw_only=T
             raise ValueError(msg)
 
 
+class UpdateRole(msgspec.Struct, rename="camel", kw_only=True):
+    """Body of `chat.room.canonical.{site}.member.role-update` (Go `UpdateRoleRequest` plus the requester)."""
+
+    room_id: NonEmptyStr
+    account: NonEmptyStr
+    new_role: Role
+    requester_id: str = ""
+    requester_account: NonEmptyStr
+    timestamp: PositiveInt
+
+
+class RenameRoom(msgspec.Struct, rename="camel", kw_only=True):
+    """Body of `chat.room.canonical.{site}.rename`."""
+
+    room_id: NonEmptyStr
+    new_name: str  # the channel-name rule (plans.channel_name_problem) is checked when carried out
+    requester_id: str = ""
+    requester_account: NonEmptyStr
+    timestamp: PositiveInt
+
+
 class CommandResult(msgspec.Struct, rename="camel", omit_defaults=True, kw_only=True):
     """Result published to `chat.user.{account}.response.{requestId}`."""
 
@@ -109,11 +134,13 @@ class CommandResult(msgspec.Struct, rename="camel", omit_defaults=True, kw_only=
     timestamp: int
 
 
-RoomCommand: TypeAlias = CreateRoom | AddMembers | RemoveMember
+RoomCommand: TypeAlias = CreateRoom | AddMembers | RemoveMember | UpdateRole | RenameRoom
 
 CREATE_ROOM_DECODER: Final = msgspec.json.Decoder(CreateRoom)
 ADD_MEMBERS_DECODER: Final = msgspec.json.Decoder(AddMembers)
 REMOVE_MEMBER_DECODER: Final = msgspec.json.Decoder(RemoveMember)
+UPDATE_ROLE_DECODER: Final = msgspec.json.Decoder(UpdateRole)
+RENAME_ROOM_DECODER: Final = msgspec.json.Decoder(RenameRoom)
 COMMAND_RESULT_DECODER: Final = msgspec.json.Decoder(CommandResult)
 
 
@@ -130,6 +157,16 @@ def decode_add_members(data: bytes) -> AddMembers:
 def decode_remove_member(data: bytes) -> RemoveMember:
     """Decode a remove-member command; raises `DecodeError` (also when not exactly one target)."""
     return decode_or_raise(REMOVE_MEMBER_DECODER, data, "remove_member")
+
+
+def decode_update_role(data: bytes) -> UpdateRole:
+    """Decode a role-update command; raises `DecodeError` (also for a role other than owner / member)."""
+    return decode_or_raise(UPDATE_ROLE_DECODER, data, "update_role")
+
+
+def decode_rename_room(data: bytes) -> RenameRoom:
+    """Decode a rename command; raises `DecodeError`."""
+    return decode_or_raise(RENAME_ROOM_DECODER, data, "rename_room")
 
 
 def decode_command_result(data: bytes) -> CommandResult:

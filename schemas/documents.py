@@ -32,6 +32,8 @@ class Room(msgspec.Struct, rename="camel", kw_only=True):
     updated_at: int
     user_count: int = 0
     app_count: int = 0
+    # the acceptance time of the rename that gave `name`: an older rename changes nothing (SYSTEM.md §3)
+    name_updated_at: int | UnsetType = UNSET
 
 
 class SubscriptionUser(msgspec.Struct, rename="camel", kw_only=True):

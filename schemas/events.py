@@ -16,6 +16,8 @@ NonEmptyStr: TypeAlias = Annotated[str, msgspec.Meta(min_length=1)]
 
 # inner `type` of a self-leave; its envelope type is still `member_removed`
 MEMBER_LEFT: Final = "member_left"
+# `action` of a role change, in the `role_updated` payload and in the subscription notice
+ROLE_UPDATED_ACTION: Final = "role_updated"
 
 
 class RoomType(StrEnum):
@@ -89,6 +91,42 @@ class RoomRenamedEvent(msgspec.Struct, rename="camel", kw_only=True):
     timestamp: int
 
 
+class NoticeUser(msgspec.Struct, rename="camel", kw_only=True):
+    """The `u` object of a subscription as Go's JSON writes it (`id`, not Mongo's `_id`; `isBot` always)."""
+
+    id: str
+    account: str
+    is_bot: bool
+
+
+class NoticeSubscription(msgspec.Struct, rename="camel", omit_defaults=True, kw_only=True):
+    """A subscription as Go's `model.Subscription` JSON carries it (the fields room_worker keeps).
+
+    Times stay integer epoch ms, as everywhere on chatfed's wire (SYSTEM.md §2), where Go writes RFC 3339.
+    """
+
+    id: str
+    u: NoticeUser
+    room_id: str
+    site_id: str
+    roles: list[str] | None
+    name: str
+    room_type: str
+    is_subscribed: bool = False
+    history_shared_since: int | UnsetType = UNSET
+    joined_at: int
+
+
+class SubscriptionUpdateEvent(msgspec.Struct, rename="camel", omit_defaults=True, kw_only=True):
+    """Core-NATS notice on `chat.user.{account}.event.subscription.update` (Go `SubscriptionUpdateEvent`)."""
+
+    user_id: str
+    subscription: NoticeSubscription
+    action: str
+    room_name: str = ""
+    timestamp: int
+
+
 InnerEvent: TypeAlias = MemberAddEvent | MemberRemoveEvent | RoleUpdatedEvent | RoomRenamedEvent
 
 MEMBER_ADD_DECODER: Final = msgspec.json.Decoder(MemberAddEvent)
@@ -142,6 +180,6 @@ _PAYLOAD_DECODERS: Final[dict[str, Callable[[bytes], InnerEvent]]] = {
 }
 
 
-def encode_event(event: InnerEvent) -> bytes:
+def encode_event(event: InnerEvent | SubscriptionUpdateEvent) -> bytes:
     """Encode an inner event to the bytes a Go publisher would produce."""
     return encode_go_json(event)

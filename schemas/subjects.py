@@ -26,6 +26,8 @@ class RoomOp(StrEnum):
     CREATE = "create"
     MEMBER_ADD = "member.add"
     MEMBER_REMOVE = "member.remove"
+    MEMBER_ROLE_UPDATE = "member.role-update"
+    RENAME = "rename"
 
 
 _ROOM_OPS: Final = frozenset(op.value for op in RoomOp)
@@ -142,6 +144,16 @@ def dlq_filter(site: str) -> str:
 def command_result(*, account: str, request_id: str) -> str:
     """`chat.user.{account}.response.{requestId}`: where a command's result goes."""
     return f"chat.user.{_token(account, 'account')}.response.{_token(request_id, 'request id')}"
+
+
+def subscription_update(account: str) -> str:
+    """`chat.user.{account}.event.subscription.update`: the core-NATS notice of a changed subscription."""
+    return f"chat.user.{_token(account, 'account')}.event.subscription.update"
+
+
+def subscription_update_filter() -> str:
+    """`chat.user.*.event.subscription.update`: every account's subscription notices."""
+    return "chat.user.*.event.subscription.update"
 
 
 def command_result_filter() -> str:

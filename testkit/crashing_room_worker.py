@@ -2,7 +2,7 @@
 
 Run as `python -m bytewax.run testkit.crashing_room_worker` with the same environment as `dataflows.room_worker`:
 the same flow, durable and settings, over a store that ends the process after writing any outcome that has
-events to publish. Test-only: production code carries no crash hook.
+events or notices to publish. Test-only: production code carries no crash hook.
 """
 
 from __future__ import annotations
@@ -37,12 +37,12 @@ class CrashAfterWrites:
 
     def apply(self, outcome: Outcome, now_ms: int) -> None:
         self._store.apply(outcome, now_ms)
-        if outcome.publishes:
+        if outcome.publishes or outcome.notices:
             self._die(f"the writes of {outcome.request_key}")
 
     def apply_many(self, outcomes: Sequence[Outcome], now_ms: int) -> None:
         self._store.apply_many(outcomes, now_ms)
-        if any(o.publishes for o in outcomes):
+        if any(o.publishes or o.notices for o in outcomes):
             self._die(f"a round's writes ({len(outcomes)} rooms)")
 
     @staticmethod

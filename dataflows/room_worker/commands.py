@@ -18,11 +18,15 @@ from schemas.commands import (
     ErrorCode,
     Operation,
     RemoveMember,
+    RenameRoom,
     ResultStatus,
     RoomCommand,
+    UpdateRole,
     decode_add_members,
     decode_create_room,
     decode_remove_member,
+    decode_rename_room,
+    decode_update_role,
 )
 from schemas.errors import DecodeError
 from schemas.names import identifier_problem, is_valid_token
@@ -64,6 +68,13 @@ class Publish(msgspec.Struct, frozen=True, kw_only=True):
     msg_id: str
 
 
+class Notice(msgspec.Struct, frozen=True, kw_only=True):
+    """One core-NATS publish to a user (no dedup: at least once, like the result)."""
+
+    subject: str
+    data: bytes
+
+
 Parsed: TypeAlias = Command | Rejected
 
 
@@ -82,11 +93,15 @@ _DECODERS: Final[dict[RoomOp, Callable[[bytes], RoomCommand]]] = {
     RoomOp.CREATE: decode_create_room,
     RoomOp.MEMBER_ADD: decode_add_members,
     RoomOp.MEMBER_REMOVE: decode_remove_member,
+    RoomOp.MEMBER_ROLE_UPDATE: decode_update_role,
+    RoomOp.RENAME: decode_rename_room,
 }
 _OPERATIONS: Final = {
     RoomOp.CREATE: Operation.CREATE,
     RoomOp.MEMBER_ADD: Operation.MEMBER_ADD,
     RoomOp.MEMBER_REMOVE: Operation.MEMBER_REMOVE,
+    RoomOp.MEMBER_ROLE_UPDATE: Operation.MEMBER_ROLE_UPDATE,
+    RoomOp.RENAME: Operation.RENAME,
 }
 
 
@@ -112,9 +127,17 @@ def valid_request_id(value: str | None) -> str:
 
 
 def payload_seed(body: RoomCommand) -> str:
-    """Dedup base without a request id (SYSTEM.md §2.4)."""
+    """Dedup base without a request id (SYSTEM.md §2.4).
+
+    Role update and rename have no seed in the contract; theirs carry one more part than the others so that
+    a record (`room_requests`, keyed by it) of one kind of command can never answer another.
+    """
     if isinstance(body, RemoveMember):
         return f"{body.room_id}:{body.account or body.org_id}:{body.timestamp}"
+    if isinstance(body, UpdateRole):
+        return f"{body.room_id}:{body.account}:{body.new_role}:{body.timestamp}"
+    if isinstance(body, RenameRoom):
+        return f"{body.room_id}:{body.requester_account}:{body.timestamp}:rename"
     return f"{body.room_id}:{body.requester_account}:{body.timestamp}"
 
 
@@ -129,6 +152,10 @@ def operation_of(body: RoomCommand) -> Operation:
         return Operation.CREATE
     if isinstance(body, AddMembers):
         return Operation.MEMBER_ADD
+    if isinstance(body, UpdateRole):
+        return Operation.MEMBER_ROLE_UPDATE
+    if isinstance(body, RenameRoom):
+        return Operation.RENAME
     return Operation.MEMBER_REMOVE_ORG if body.org_id else Operation.MEMBER_REMOVE
 
 
@@ -182,6 +209,10 @@ def command_identifier_problem(body: RoomCommand) -> str | None:
         return f"invalid requester account {requester!r}: needs a non-empty name without '.', '*', '>' or whitespace"
     if isinstance(body, RemoveMember):
         rooms, accounts, orgs = [body.room_id], [body.account] if body.account else [], [body.org_id] if body.org_id else []
+    elif isinstance(body, UpdateRole):
+        rooms, accounts, orgs = [body.room_id], [body.account], []
+    elif isinstance(body, RenameRoom):
+        rooms, accounts, orgs = [body.room_id], [], []
     else:
         rooms, accounts, orgs = [body.room_id, *(c.room_id for c in body.channels)], body.users, body.orgs
     problem = identifier_problem(room_ids=rooms, accounts=accounts)

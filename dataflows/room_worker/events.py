@@ -1,4 +1,4 @@
-"""The membership events a room command publishes: the local lane and one OUTBOX event per remote site (SYSTEM.md §3).
+"""The events a room command publishes: the local lane and one OUTBOX event per remote site (SYSTEM.md §3).
 
 A lane whose accounts exceed `max_accounts` is split into chunks of at most that many accounts, one event
 each, all with the command's timestamp: consumers key by account (room+account), so a chunk is simply an
@@ -7,14 +7,28 @@ event listing fewer accounts. dm / botDM events (two members, named after the co
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
-from dataflows.room_worker.commands import Publish
+from dataflows.room_worker.commands import Notice, Publish
 from schemas import subjects
-from schemas.documents import Room, User
+from schemas.documents import Room, Subscription, User
 from schemas.envelope import EventType, OutboxEvent, encode_envelope
-from schemas.events import InnerEvent, MemberAddEvent, MemberRemoveEvent, encode_event
+from schemas.events import (
+    ROLE_UPDATED_ACTION,
+    InnerEvent,
+    MemberAddEvent,
+    MemberRemoveEvent,
+    NoticeSubscription,
+    NoticeUser,
+    RoleSubscription,
+    RoleUpdatedEvent,
+    RoleUser,
+    RoomRenamedEvent,
+    SubscriptionUpdateEvent,
+    encode_event,
+)
 from schemas.membership import is_direct
+from schemas.names import is_valid_token
 
 
 def dedup_id(base: str, dest_site: str, chunk: int = 0) -> str:
@@ -125,3 +139,43 @@ def member_removed_publishes(
         for dest, accounts in lanes.items()
         for k, part in enumerate(chunked(accounts, max_accounts))
     ]
+
+
+def role_updated_publishes(*, home: str, user: User, room_id: str, roles: list[str], now_ms: int, dedup_base: str) -> list[Publish]:
+    """`role_updated` on the OUTBOX to the member's site when that is another one (its own site needs no event)."""
+    if not user.site_id or user.site_id == home:
+        return []
+    sub = RoleSubscription(room_id=room_id, u=RoleUser(account=user.account), roles=roles)
+    event = RoleUpdatedEvent(user_id=user.id, subscription=sub, action=ROLE_UPDATED_ACTION, timestamp=now_ms)
+    return [_publish(event, EventType.ROLE_UPDATED, home=home, dest=user.site_id, now_ms=now_ms, base=dedup_base)]
+
+
+def role_notice(sub: Subscription, *, roles: list[str], room_name: str, now_ms: int) -> list[Notice]:
+    """The Go room-service's `subscription.update` notice of a role change: the subscription as it now is.
+
+    Nothing for an account that is not one subject token (a bot's `.bot`): it has no subject of its own.
+    """
+    account = sub.u.account
+    if not is_valid_token(account):
+        return []
+    view = NoticeSubscription(
+        id=sub.id,
+        u=NoticeUser(id=sub.u.id, account=account, is_bot=sub.u.is_bot),
+        room_id=sub.room_id,
+        site_id=sub.site_id,
+        roles=roles,
+        name=sub.name,
+        room_type=sub.room_type,
+        is_subscribed=sub.is_subscribed,
+        history_shared_since=sub.history_shared_since,
+        joined_at=sub.joined_at,
+    )
+    event = SubscriptionUpdateEvent(user_id=sub.u.id, subscription=view, action=ROLE_UPDATED_ACTION, room_name=room_name, timestamp=now_ms)
+    return [Notice(subject=subjects.subscription_update(account), data=encode_event(event))]
+
+
+def room_renamed_publishes(*, home: str, room_id: str, new_name: str, remote_sites: Iterable[str], now_ms: int, dedup_base: str) -> list[Publish]:
+    """The local-lane `room_renamed`, then one on the OUTBOX per remote site that has members."""
+    event = RoomRenamedEvent(room_id=room_id, new_name=new_name, timestamp=now_ms)
+    dests = [home, *sorted(set(remote_sites) - {home})]
+    return [_publish(event, EventType.ROOM_RENAMED, home=home, dest=dest, now_ms=now_ms, base=dedup_base) for dest in dests]

@@ -1,4 +1,4 @@
-"""What a room command does, decided over the room's current state: create, add, remove (SYSTEM.md §2.3).
+"""What a room command does, decided over the room's current state: create, add, remove, role update, rename (SYSTEM.md §2.3).
 
 `RoomHandler.decide` reads through `store.Lookups` (or what the runner prefetched for the batch) and returns
 the command's `Outcome`: its writes, its events and the requester's result. It writes and publishes
@@ -15,16 +15,17 @@ import msgspec
 from dataflows.room_worker import commands as rc
 from dataflows.room_worker import events as room_events
 from dataflows.room_worker import plans as plans
-from dataflows.room_worker.commands import Command, Publish
-from dataflows.room_worker.outcomes import Outcome, RoomMemberKey, RoomWrites
+from dataflows.room_worker import updates as updates
+from dataflows.room_worker.commands import Command, Notice, Publish
+from dataflows.room_worker.outcomes import Outcome, Rename, RoomMemberKey, RoomWrites, SetRoles
 from dataflows.room_worker.plans import Failure, NewId
 from dataflows.room_worker.store import Lookups, Member
 from schemas import streams
-from schemas.commands import AddMembers, CreateRoom, ErrorCode, RemoveMember
+from schemas.commands import AddMembers, ChannelRef, CreateRoom, ErrorCode, RemoveMember, RenameRoom, UpdateRole
 from schemas.documents import MemberType, Room, User
 
-# what deciding a command gives: its writes and events, or why it cannot be carried out
-Decided: TypeAlias = tuple[RoomWrites, list[Publish]] | Failure
+# what deciding a command gives: its writes and events (and core notices), or why it cannot be carried out
+Decided: TypeAlias = tuple[RoomWrites, list[Publish]] | tuple[RoomWrites, list[Publish], list[Notice]] | Failure
 
 
 class BatchReads(msgspec.Struct, frozen=True, kw_only=True):
@@ -58,6 +59,10 @@ def looked_up(commands: Sequence[Command]) -> tuple[set[str], set[str]]:
         if isinstance(body, RemoveMember):
             accounts.update([body.account] if body.account else [])
             orgs.update([body.org_id] if body.org_id else [])
+        elif isinstance(body, UpdateRole):
+            accounts.update([body.requester_account, body.account])
+        elif isinstance(body, RenameRoom):
+            continue  # reads the room's members' users, which no batch prefetches
         else:
             accounts.update([body.requester_account, *body.users])
             orgs.update(body.orgs)
@@ -83,6 +88,10 @@ class RoomHandler:
             decided = self._create(command, body, reads)
         elif isinstance(body, AddMembers):
             decided = self._add(command, body, reads)
+        elif isinstance(body, UpdateRole):
+            decided = self._role_update(command, body, reads)
+        elif isinstance(body, RenameRoom):
+            decided = self._rename(command, body, reads)
         elif body.org_id:
             decided = self._remove_org(command, body, reads)
         else:
@@ -92,13 +101,14 @@ class RoomHandler:
             result = rc.error_result(command.request_id, rc.operation_of(body), command.room_id, decided, self._clock())
             reason = f"{decided.code.value}: {decided.error}"
             return Outcome(request_key=command.dedup_base, room_id=command.room_id, requester=requester, result=result, ok=False, reason=reason)
-        writes, publishes = decided
+        writes, publishes, *notices = decided
         return Outcome(
             request_key=command.dedup_base,
             room_id=command.room_id,
             requester=requester,
             writes=writes,
             publishes=publishes,
+            notices=notices[0] if notices else [],
             result=rc.ok_result(command, command.room_id, self._clock()),
         )
 
@@ -131,13 +141,38 @@ class RoomHandler:
         wanted = set(orgs)
         return [u for u in reads.org_users if u.sect_id in wanted or u.dept_id in wanted]
 
+    def _channel_members(self, refs: Sequence[ChannelRef], requester: str) -> list[User] | Failure:
+        """The members of the source channels `refs` (SYSTEM.md §2.3 `channels[]`), or why they cannot be added.
+
+        Read from the store, not the batch's reads: those belong to the rooms the batch changes. The decided
+        outcome keeps the list, so a retry adds exactly these members whatever the source channel became.
+        """
+        found: list[User] = []
+        for ref in {ref.room_id: ref for ref in refs}.values():
+            home_elsewhere = bool(ref.site_id) and ref.site_id != self._site
+            room = None if home_elsewhere else self._store.room(ref.room_id)
+            members = self._store.members(ref.room_id) if room is not None else {}
+            failure = plans.check_source_channel(
+                ref, home=self._site, room=room, requester=requester, requester_is_member=requester in members
+            )
+            if failure is not None:
+                return failure
+            subscribers = self._store.users_by_accounts(members).values()  # a subscriber without a user cannot be added
+            found += plans.source_members(subscribers, self._store.org_members(self._store.room_orgs(ref.room_id)))
+        return found
+
     def _create(self, command: Command, body: CreateRoom, reads: BatchReads) -> Decided:
         found = self._users(reads, [body.requester_account, *body.users])
         requester = found.get(body.requester_account)
         if requester is None:
             return Failure(code=ErrorCode.NOT_FOUND, error=f"requester {body.requester_account} not found")
+        from_channels = self._channel_members(body.channels, requester.account) if body.channels else []
+        if isinstance(from_channels, Failure):
+            return from_channels
         org_members = self._org_members(reads, body.orgs)
-        plan = plans.plan_create(body, home=self._site, requester=requester, found=found, org_members=org_members, new_id=self._new_id)
+        plan = plans.plan_create(
+            body, home=self._site, requester=requester, found=found, org_members=org_members, new_id=self._new_id, from_channels=from_channels
+        )
         if isinstance(plan, Failure):
             return plan
         existing = self._room(reads, body.room_id)
@@ -166,6 +201,11 @@ class RoomHandler:
         room = self._room(reads, body.room_id)
         found = self._users(reads, [body.requester_account, *body.users])
         before = self._members(reads, body.room_id) if room is not None else {}
+        from_channels: list[User] | Failure = []
+        if body.channels and room is not None and body.requester_account in before:  # else plan_add refuses the command
+            from_channels = self._channel_members(body.channels, body.requester_account)
+            if isinstance(from_channels, Failure):
+                return from_channels
         plan = plans.plan_add(
             body,
             home=self._site,
@@ -176,6 +216,7 @@ class RoomHandler:
             subscribers={account: m.user_id for account, m in before.items()},
             room_orgs=self._room_orgs(reads, body.room_id),
             new_id=self._new_id,
+            from_channels=from_channels,
         )
         if isinstance(plan, Failure) or room is None:
             return plan if isinstance(plan, Failure) else Failure(code=ErrorCode.NOT_FOUND, error="room not found")
@@ -209,6 +250,8 @@ class RoomHandler:
             is_member=own_roles is not None,
             requester_roles=own_roles if body.requester == body.account else _roles(before, body.requester),
             room_orgs=self._room_orgs(reads, body.room_id),
+            owners=[account for account, m in before.items() if plans.OWNER in m.roles],
+            member_count=len(before),
         )
         if isinstance(plan, Failure) or user is None:
             return plan if isinstance(plan, Failure) else Failure(code=ErrorCode.NOT_FOUND, error="user not found")
@@ -257,4 +300,39 @@ class RoomHandler:
             now_ms=self._clock(),
             dedup_base=command.dedup_base,
             max_accounts=self._max_accounts,
+        )
+
+    def _role_update(self, command: Command, body: UpdateRole, reads: BatchReads) -> Decided:
+        room = self._room(reads, body.room_id)
+        before = self._members(reads, body.room_id) if room is not None else {}
+        target = self._store.subscription(body.room_id, body.account) if body.account in before else None
+        user = self._users(reads, [body.account]).get(body.account)
+        org_only = False
+        if user is not None and body.new_role == plans.OWNER:
+            in_orgs = self._room_orgs(reads, body.room_id) & ({user.sect_id, user.dept_id} - {""})
+            org_only = bool(in_orgs) and user.id not in self._store.individual_ids(body.room_id)
+        roles = {account: m.roles for account, m in before.items()}
+        plan = updates.plan_role_update(body, home=self._site, room=room, roles_by_account=roles, target=target, org_only=org_only)
+        if isinstance(plan, Failure) or plan.stale or room is None or target is None:
+            return plan if isinstance(plan, Failure) else (RoomWrites(), [])
+        if user is None:  # a subscription whose user is gone: no site to tell, no user id to name
+            return Failure(code=ErrorCode.NOT_FOUND, error=f"user {body.account} not found")
+        now = self._clock()
+        writes = RoomWrites(set_roles=[SetRoles(account=body.account, roles=plan.roles, at=body.timestamp)])
+        publishes = room_events.role_updated_publishes(
+            home=self._site, user=user, room_id=body.room_id, roles=plan.roles, now_ms=now, dedup_base=command.dedup_base
+        )
+        return writes, publishes, room_events.role_notice(target, roles=plan.roles, room_name=room.name, now_ms=now)
+
+    def _rename(self, command: Command, body: RenameRoom, reads: BatchReads) -> Decided:
+        room = self._room(reads, body.room_id)
+        before = self._members(reads, body.room_id) if room is not None else {}
+        plan = updates.plan_rename(body, home=self._site, room=room, requester_roles=_roles(before, body.requester_account))
+        if isinstance(plan, Failure) or not plan:  # a stale rename: ok, and nothing changes
+            return plan if isinstance(plan, Failure) else (RoomWrites(), [])
+        now = self._clock()
+        sites = {u.site_id for u in self._store.users_by_accounts(before).values() if u.site_id}
+        writes = RoomWrites(rename=Rename(name=body.new_name, at=body.timestamp, updated_at=now))
+        return writes, room_events.room_renamed_publishes(
+            home=self._site, room_id=body.room_id, new_name=body.new_name, remote_sites=sites, now_ms=now, dedup_base=command.dedup_base
         )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import msgspec
 
-from dataflows.room_worker.commands import Publish
+from dataflows.room_worker.commands import Notice, Publish
 from schemas.commands import CommandResult
 from schemas.documents import Room, RoomMember, Subscription
 
@@ -22,6 +22,22 @@ class RoomMemberKey(msgspec.Struct, frozen=True, array_like=True):
 
     type: str
     id: str
+
+
+class SetRoles(msgspec.Struct, frozen=True, kw_only=True):
+    """A member's new roles, written only over roles older than `at` (the command's acceptance time)."""
+
+    account: str
+    roles: list[str]
+    at: int
+
+
+class Rename(msgspec.Struct, frozen=True, kw_only=True):
+    """The room's new name, written (room and every subscription) only over a name older than `at`."""
+
+    name: str
+    at: int
+    updated_at: int  # the room's `updatedAt`
 
 
 class RoomWrites(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -34,6 +50,8 @@ class RoomWrites(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     drop_rows: list[RoomMemberKey] = []
     drop_owner: list[str] = []  # accounts that lose the owner role
     counts: tuple[int, int] | None = None  # (userCount, appCount) afterwards
+    set_roles: list[SetRoles] = []
+    rename: Rename | None = None
 
 
 class Outcome(msgspec.Struct, frozen=True, kw_only=True):
@@ -44,6 +62,7 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
     requester: str  # the account the result goes to
     writes: RoomWrites = RoomWrites()
     publishes: list[Publish] = []
+    notices: list[Notice] = []  # sent after the publishes
     result: CommandResult
     ok: bool = True  # False: a permanent failure, dead-lettered with `reason`
     reason: str = ""

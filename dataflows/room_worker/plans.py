@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Final, TypeAlias
 
 import msgspec
 
-from schemas.commands import AddMembers, CreateRoom, ErrorCode, RemoveMember
+from schemas.commands import AddMembers, ChannelRef, CreateRoom, ErrorCode, RemoveMember
 from schemas.documents import (
     MemberType,
     Room,
@@ -22,6 +22,8 @@ from schemas.membership import is_bot, subscription_for
 
 CHANNEL: Final = RoomType.CHANNEL.value
 OWNER: Final = "owner"
+MEMBER: Final = "member"
+MAX_CHANNEL_NAME: Final = 100  # characters, as the Go room-service allows
 
 NewId: TypeAlias = Callable[[], str]
 
@@ -55,15 +57,51 @@ def _unique_users(users: Iterable[User]) -> list[User]:
     return out
 
 
+def channel_name_problem(name: str) -> str | None:
+    """Why `name` cannot name a channel (at create and at rename), or None: not blank, at most 100 characters."""
+    if not name.strip():
+        return "a channel needs a name"
+    if len(name) > MAX_CHANNEL_NAME:
+        return f"a channel name has at most {MAX_CHANNEL_NAME} characters, got {len(name)}"
+    return None
+
+
 def missing_accounts(wanted: Sequence[str], found: Mapping[str, User]) -> list[str]:
     """Requested accounts absent from the `users` collection."""
     return [account for account in wanted if account not in found]
 
 
-def expand_members(requested: Sequence[str], found: Mapping[str, User], org_members: Iterable[User]) -> list[User]:
-    """Requested users in request order, then org members by account, bots from orgs excluded (§3)."""
+def expand_members(
+    requested: Sequence[str], found: Mapping[str, User], org_members: Iterable[User], from_channels: Sequence[User] = ()
+) -> list[User]:
+    """Requested users in request order, then channels' members, then org members by account, bots from orgs excluded (§3)."""
     from_orgs = sorted((u for u in org_members if not is_bot(u.account)), key=lambda u: u.account)
-    return _unique_users([found[a] for a in requested] + from_orgs)
+    return _unique_users([found[a] for a in requested] + list(from_channels) + from_orgs)
+
+
+def check_source_channel(ref: ChannelRef, *, home: str, room: Room | None, requester: str, requester_is_member: bool) -> Failure | None:
+    """Whether the members of channel `ref` may be added (`channels[]` of create / add, SYSTEM.md §2.3).
+
+    Only this site's channels are expanded here: another site's member list is not in this site's store.
+    """
+    if ref.site_id and ref.site_id != home:
+        error = f"channel {ref.room_id} is homed on site {ref.site_id}: site {home} adds members of its own channels only"
+        return Failure(code=ErrorCode.BAD_REQUEST, error=error)
+    if room is None:
+        return Failure(code=ErrorCode.NOT_FOUND, error=f"channel {ref.room_id} not found")
+    if room.site_id != home:
+        error = f"channel {ref.room_id} is homed on site {room.site_id}: site {home} adds members of its own channels only"
+        return Failure(code=ErrorCode.BAD_REQUEST, error=error)
+    if room.type != CHANNEL:
+        return Failure(code=ErrorCode.BAD_REQUEST, error=f"room {ref.room_id} is a {room.type}: only a channel's members can be added")
+    if not requester_is_member:
+        return Failure(code=ErrorCode.FORBIDDEN, error=f"{requester} is not a member of channel {ref.room_id}")
+    return None
+
+
+def source_members(subscribers: Iterable[User], org_members: Iterable[User]) -> list[User]:
+    """A source channel's members to add: its subscribers and its orgs' users, bots excluded, once each, by account."""
+    return sorted(_unique_users(u for u in [*subscribers, *org_members] if not is_bot(u.account)), key=lambda u: u.account)
 
 
 class CreatePlan(msgspec.Struct, frozen=True, kw_only=True):
@@ -83,10 +121,12 @@ def plan_create(
     found: Mapping[str, User],
     org_members: Iterable[User],
     new_id: NewId,
+    from_channels: Sequence[User] = (),
 ) -> CreatePlan | Failure:
-    """Validate a create-room against the users found and shape its room, subscriptions and rows."""
-    if command.channels:
-        return Failure(code=ErrorCode.BAD_REQUEST, error="channel references must be expanded by the submitter")
+    """Validate a create-room against the users found and shape its room, subscriptions and rows.
+
+    `from_channels`: the members of the command's `channels` (checked and expanded by the handler).
+    """
     missing = missing_accounts(command.users, found)
     if missing:
         return Failure(code=ErrorCode.NOT_FOUND, error=f"user {missing[0]} not found")
@@ -101,13 +141,16 @@ def plan_create(
             return Failure(code=ErrorCode.BAD_REQUEST, error=f"dm room id must be {expected}")
         members = [requester, counterpart]
     else:
-        members = _unique_users([requester, *expand_members(command.users, found, org_members)])
+        problem = channel_name_problem(command.name)
+        if problem is not None:
+            return Failure(code=ErrorCode.BAD_REQUEST, error=problem)
+        members = _unique_users([requester, *expand_members(command.users, found, org_members, from_channels)])
     ts = command.timestamp
     room = Room(id=command.room_id, name="" if direct else command.name, type=room_type, site_id=home, created_at=ts, updated_at=ts)
     subs = subscriptions_for(room, members, owner=requester.account, joined_at=ts, history_shared_since=0, new_id=new_id)
     rows: list[RoomMember] = []
     if command.orgs:  # without orgs ("lite mode") membership needs no explanation
-        rows = individual_rows(room.id, [requester, *(found[a] for a in command.users)], ts, new_id)
+        rows = individual_rows(room.id, [requester, *(found[a] for a in command.users), *from_channels], ts, new_id)
         rows += org_rows(room.id, command.orgs, ts, new_id)
     return CreatePlan(room=room, members=members, subscriptions=subs, room_members=rows)
 
@@ -149,14 +192,20 @@ def org_rows(room_id: str, orgs: Iterable[str], ts: int, new_id: NewId) -> list[
     return [RoomMember(id=new_id(), rid=room_id, ts=ts, member=RoomMemberRef(id=o, type=MemberType.ORG.value)) for o in dict.fromkeys(orgs)]
 
 
-def _check_channel(room: Room | None, room_id: str, home: str) -> Failure | None:
+def check_channel(room: Room | None, room_id: str, home: str, doing: str = "change members") -> Failure | None:
+    """The room exists, is homed here and is a channel; `doing` says what only channels do."""
     if room is None:
         return Failure(code=ErrorCode.NOT_FOUND, error=f"room {room_id} not found")
     if room.site_id != home:
         return Failure(code=ErrorCode.CONFLICT, error=f"room {room_id} is homed on {room.site_id}, not {home}")
     if room.type != CHANNEL:
-        return Failure(code=ErrorCode.BAD_REQUEST, error=f"only channels change members, room {room_id} is a {room.type}")
+        return Failure(code=ErrorCode.BAD_REQUEST, error=f"only channels {doing}, room {room_id} is a {room.type}")
     return None
+
+
+def not_an_owner(requester: str, room_id: str) -> Failure:
+    """The refusal of an owner-only command (docs/DESIGN.md, "Who may do what")."""
+    return Failure(code=ErrorCode.FORBIDDEN, error=f"{requester} is not an owner of room {room_id}")
 
 
 class AddPlan(msgspec.Struct, frozen=True, kw_only=True):
@@ -178,24 +227,28 @@ def plan_add(
     subscribers: Mapping[str, str],
     room_orgs: set[str],
     new_id: NewId,
+    from_channels: Sequence[User] = (),
 ) -> AddPlan | Failure:
-    """Validate an add-members; `subscribers` maps the room's current accounts to user ids."""
-    failure = _check_channel(room, command.room_id, home)
+    """Validate an add-members; `subscribers` maps the room's current accounts to user ids.
+
+    The requester must be a member; `from_channels` are the members of the command's `channels` (handler).
+    """
+    failure = check_channel(room, command.room_id, home)
     if failure is not None:
         return failure
     if requester is None:
         return Failure(code=ErrorCode.NOT_FOUND, error=f"requester {command.requester_account} not found")
-    if command.channels:
-        return Failure(code=ErrorCode.BAD_REQUEST, error="channel references must be expanded by the submitter")
+    if requester.account not in subscribers:
+        return Failure(code=ErrorCode.FORBIDDEN, error=f"{requester.account} is not a member of room {command.room_id}")
     missing = missing_accounts(command.users, found)
     if missing:
         return Failure(code=ErrorCode.NOT_FOUND, error=f"user {missing[0]} not found")
-    candidates = expand_members(command.users, found, org_members)
+    candidates = expand_members(command.users, found, org_members, from_channels)
     new_accounts = [u.account for u in candidates if u.account not in subscribers]
     rows: list[RoomMember] = []
     ts = command.timestamp
     if command.orgs or room_orgs:  # org membership exists: record why each user is in the room
-        rows = individual_rows(command.room_id, (found[a] for a in command.users), ts, new_id)
+        rows = individual_rows(command.room_id, [*(found[a] for a in command.users), *from_channels], ts, new_id)
         rows += org_rows(command.room_id, command.orgs, ts, new_id)
         if command.orgs and not room_orgs:  # first org: everyone already in was there on their own
             earlier = [User(id=uid, account=acc, site_id="") for acc, uid in sorted(subscribers.items())]
@@ -227,7 +280,12 @@ def history_shared_since(command: AddMembers) -> int:
 def _check_owner(command: RemoveMember, requester_roles: Sequence[str] | None) -> Failure | None:
     if command.account == command.requester or OWNER in (requester_roles or ()):
         return None
-    return Failure(code=ErrorCode.BAD_REQUEST, error=f"{command.requester} is not an owner of room {command.room_id}")
+    return not_an_owner(command.requester, command.room_id)
+
+
+def last_owner(account: str, owners: Collection[str]) -> bool:
+    """Whether `account` is the room's only owner."""
+    return account in owners and len(owners) <= 1
 
 
 class RemovePlan(msgspec.Struct, frozen=True, kw_only=True):
@@ -247,11 +305,19 @@ def plan_remove_one(
     is_member: bool,
     requester_roles: Sequence[str] | None,
     room_orgs: set[str],
+    owners: Collection[str] = (),
+    member_count: int = 0,
 ) -> RemovePlan | Failure:
-    """Self-leave or removal by an owner; a user still in through an org only loses individual standing."""
-    failure = _check_channel(room, command.room_id, home) or _check_owner(command, requester_roles)
+    """Self-leave or removal by an owner; a user still in through an org only loses individual standing.
+
+    The last owner cannot go (nor lose the role) while others stay: the room would have no owner left.
+    """
+    failure = check_channel(room, command.room_id, home) or _check_owner(command, requester_roles)
     if failure is not None:
         return failure
+    if last_owner(command.account, owners) and member_count > 1:
+        error = f"{command.account} is the last owner of room {command.room_id}: promote another member first"
+        return Failure(code=ErrorCode.CONFLICT, error=error)
     if command.room_type and command.room_type != CHANNEL:
         return Failure(code=ErrorCode.BAD_REQUEST, error=f"only channels change members, not {command.room_type}")
     if user is None:
@@ -274,7 +340,7 @@ def plan_remove_org(
     room_orgs: set[str],
 ) -> RemovePlan | Failure:
     """An org's members leave unless they are in the room on their own or through another org (§3)."""
-    failure = _check_channel(room, command.room_id, home) or _check_owner(command, requester_roles)
+    failure = check_channel(room, command.room_id, home) or _check_owner(command, requester_roles)
     if failure is not None:
         return failure
     other_orgs = room_orgs - {command.org_id}

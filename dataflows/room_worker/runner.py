@@ -23,7 +23,7 @@ from connectors import natsio
 from connectors.jetstream import PublishRejected, publish_all
 from dataflows.room_worker import commands as rc
 from dataflows.room_worker import store as room_store
-from dataflows.room_worker.commands import Command, Parsed, Publish, Rejected
+from dataflows.room_worker.commands import Command, Notice, Parsed, Publish, Rejected
 from dataflows.room_worker.handler import BatchReads, RoomHandler, looked_up
 from dataflows.room_worker.outcomes import Outcome, RoomWrites
 from dataflows.room_worker.plans import Failure
@@ -60,7 +60,7 @@ def now_ms() -> int:
 
 
 def _has_effects(outcome: Outcome) -> bool:
-    return bool(outcome.publishes) or outcome.writes != RoomWrites()
+    return bool(outcome.publishes) or bool(outcome.notices) or outcome.writes != RoomWrites()
 
 
 class RoomCommandRunner:
@@ -163,6 +163,7 @@ class RoomCommandRunner:
             outcomes = [claims[id(c)].outcome for c in fresh]
             self._store.apply_many(outcomes, self._clock())
             self._publish([p for o in outcomes for p in o.publishes])
+            self._notify([n for o in outcomes for n in o.notices])
             self._store.clear_intents(c.room_id for c in live if _has_effects(claims[id(c)].outcome))
         except TRANSIENT as exc:
             log.warning("round of %d rooms: writes failed, one at a time: %r", len(commands), exc)
@@ -283,9 +284,10 @@ class RoomCommandRunner:
         return recorded.outcome, ours
 
     def _carry_out(self, outcome: Outcome) -> None:
-        """The writes, then the events; both idempotent, so a rerun is harmless."""
+        """The writes, then the events, then the notices; a rerun writes nothing new and republishes the same ids."""
         self._store.apply(outcome, self._clock())
         self._publish(outcome.publishes)
+        self._notify(outcome.notices)
 
     def _settle(self, command: Command, outcome: Outcome) -> Settle:
         if outcome.ok:
@@ -295,6 +297,16 @@ class RoomCommandRunner:
     def _publish(self, publishes: list[Publish]) -> None:
         if publishes:
             natsio.run(publish_all(self._client, [(p.subject, p.data, p.msg_id) for p in publishes]), timeout=30)
+
+    def _notify(self, notices: list[Notice]) -> None:
+        """Core-NATS notices to users: at least once (a rerun after a crash sends them again), like results."""
+        if notices:
+            natsio.run(self._notify_all(notices), timeout=30)
+
+    async def _notify_all(self, notices: list[Notice]) -> None:
+        for notice in notices:
+            await self._client.publish(notice.subject, notice.data)
+        await asyncio.wait_for(self._client.flush(), timeout=10)
 
     def _send_failure(self, command: Command, failure: Failure) -> None:
         result = rc.error_result(command.request_id, rc.operation_of(command.body), command.room_id, failure, self._clock())

@@ -13,7 +13,7 @@ from typing import Final, Protocol
 import msgspec
 
 from dataflows.room_worker.outcomes import Outcome
-from schemas.documents import Room, User
+from schemas.documents import Room, Subscription, User
 
 
 class StoreUnavailable(RuntimeError):
@@ -68,6 +68,10 @@ class Lookups(Protocol):
 
     def individual_ids(self, room_id: str) -> set[str]:
         """User ids of the room's individual members."""
+        ...
+
+    def subscription(self, room_id: str, account: str) -> Subscription | None:
+        """`account`'s whole subscription to the room, or `None`."""
         ...
 
 

@@ -17,7 +17,7 @@ from pymongo.errors import DuplicateKeyError
 
 from connectors import metrics
 from connectors.mongo import TRANSIENT_ERRORS, Document, insert_missing
-from dataflows.room_worker.outcomes import Outcome, RoomWrites, decode_outcome, encode_outcome
+from dataflows.room_worker.outcomes import Outcome, Rename, RoomWrites, SetRoles, decode_outcome, encode_outcome
 from dataflows.room_worker.plans import room_counts
 from dataflows.room_worker.store import Claim, IntentPending, Member, StoreUnavailable
 from schemas import names
@@ -59,7 +59,12 @@ def _member(doc: Document) -> Member:
 
 def _answer(outcome: Outcome) -> Outcome:
     """What a request's record keeps: its result, not its writes and events."""
-    return msgspec.structs.replace(outcome, writes=RoomWrites(), publishes=[])
+    return msgspec.structs.replace(outcome, writes=RoomWrites(), publishes=[], notices=[])
+
+
+def _older(field: str, at: int) -> dict[str, object]:
+    """A guard: `field` is absent or older than `at` (the same guard inbox_mirror writes on mirrored subscriptions)."""
+    return {"$or": [{field: {"$exists": False}}, {field: {"$lt": at}}]}
 
 
 def _intent_doc(claim: Claim, now_ms: int) -> dict[str, object]:
@@ -92,8 +97,9 @@ class RoomStore:
         wanted = sorted(set(orgs))
         if not wanted:
             return []
-        found = self._db.users.find({"$or": [{"sectId": {"$in": wanted}}, {"deptId": {"$in": wanted}}]})
-        return [from_mongo(User, d) for d in found]
+        # one `$in` per field, not an `$or` of them: FerretDB pushes `$in` down to an index (our patch), never `$or`
+        found = {d["_id"]: d for field in ("sectId", "deptId") for d in self._db.users.find({field: {"$in": wanted}})}
+        return [from_mongo(User, d) for d in found.values()]
 
     @_unavailable
     def room(self, room_id: str) -> Room | None:
@@ -185,6 +191,23 @@ class RoomStore:
         return {r["member"]["id"] for r in rows}
 
     @_unavailable
+    def subscription(self, room_id: str, account: str) -> Subscription | None:
+        """`account`'s whole subscription to the room, or `None`."""
+        doc = self._db.subscriptions.find_one({"roomId": room_id, "u.account": account})
+        return None if doc is None else from_mongo(Subscription, doc)
+
+    def set_roles(self, room_id: str, change: SetRoles) -> None:
+        """`roles` of one member, unless a role change at least as new was applied (`rolesUpdatedAt`)."""
+        guarded = {"roomId": room_id, "u.account": change.account, **_older("rolesUpdatedAt", change.at)}
+        self._db.subscriptions.update_one(guarded, {"$set": {"roles": change.roles, "rolesUpdatedAt": change.at}})
+
+    def rename(self, room_id: str, change: Rename) -> None:
+        """The room's `name` and every subscription's, each unless a rename at least as new was applied (`nameUpdatedAt`)."""
+        guard = _older("nameUpdatedAt", change.at)
+        self._db.rooms.update_one({"_id": room_id, **guard}, {"$set": {"name": change.name, "nameUpdatedAt": change.at, "updatedAt": change.updated_at}})
+        self._db.subscriptions.update_many({"roomId": room_id, **guard}, {"$set": {"name": change.name, "nameUpdatedAt": change.at}})
+
+    @_unavailable
     def individual_ids(self, room_id: str) -> set[str]:
         """User ids of the room's individual members (`room_members` rows)."""
         rows = self._db.room_members.find({"rid": room_id, "member.type": MemberType.INDIVIDUAL.value}, {"member": 1})
@@ -215,6 +238,10 @@ class RoomStore:
             self.drop_owner(room_id, account)
         if writes.counts is not None:
             self.set_counts(room_id, writes.counts, now_ms)
+        for change in writes.set_roles:
+            self.set_roles(room_id, change)
+        if writes.rename is not None:
+            self.rename(room_id, change=writes.rename)
 
     @_unavailable
     def apply_many(self, outcomes: Sequence[Outcome], now_ms: int) -> None:

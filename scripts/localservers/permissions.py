@@ -34,7 +34,7 @@ def nats_service_permissions(site: str) -> Permissions:
 
     Publish: room commands, the INBOX *local* lane (the aggregate lane is written only by sourcing),
     OUTBOX and DLQ; pull requests on the worked streams and their durables' info; acks of their deliveries;
-    results to requesters; settle notices between a flow's processes. Subscribe: reply inboxes (pull
+    results to requesters and subscription notices to users; settle notices between a flow's processes. Subscribe: reply inboxes (pull
     deliveries, publish acks).
     """
     worked = worked_streams(site)
@@ -52,6 +52,7 @@ def nats_service_permissions(site: str) -> Permissions:
                 *(f"$JS.ACK.{stream}.>" for stream in worked),
                 *(f"$JS.ACK.{site}.*.{stream}.>" for stream in worked),
                 subjects.command_result_filter(),
+                subjects.subscription_update_filter(),  # room_worker's role-change notices to users
                 subjects.release_filter(),  # a flow process tells the one that pulled a message it was settled
             ]
         },

@@ -24,7 +24,7 @@ def test_bad_commands_are_answered_and_dead_lettered(servers: dict[str, Any]) ->
             ("create", {"name": "x", "users": ["bob"], "roomId": "r2", "requesterAccount": "nobody", "timestamp": TS}, "nobody", "not_found"),
             ("member.add", {"roomId": "u-aliceu-bob", "users": ["carol"], "requesterAccount": "alice", "timestamp": TS}, "alice", "bad_request"),
             ("member.remove", {"roomId": "u-aliceu-bob", "requester": "alice", "account": "bob", "orgId": "o", "timestamp": TS}, "alice", "bad_request"),
-            ("create", {"name": "", "users": ["bob"], "roomId": "u-aliceu-bob", "requesterAccount": "alice", "orgs": ["o"], "timestamp": TS}, "alice", "conflict"),
+            ("create", {"name": "x", "users": ["bob"], "roomId": "u-aliceu-bob", "requesterAccount": "alice", "orgs": ["o"], "timestamp": TS}, "alice", "conflict"),
         ]
         for op, body, requester, code in cases:
             result = await h.call(op, body, requester=requester)

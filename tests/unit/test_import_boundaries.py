@@ -27,6 +27,7 @@ PURE_MODULES = sorted(
             ("room_worker", "events"),
             ("room_worker", "outcomes"),
             ("room_worker", "handler"),
+            ("room_worker", "updates"),
             ("room_worker", "store"),
         ]),
     ]

@@ -55,6 +55,7 @@ def _site_publishes(site: str, other: str) -> list[str]:
     out += [subjects.outbox(origin=site, dest=other, event_type=t) for t in EVENT_TYPES]
     out += [subjects.dlq(site, flow) for flow in names.FLOWS]
     out += [subjects.command_result(account="alice", request_id="0195f0a2-7c1d"), f"{subjects.RELEASE_PREFIX}0a1b2c"]
+    out += [subjects.subscription_update("alice")]
     for spec in streams.site_consumers(site):
         out += [
             f"$JS.API.CONSUMER.MSG.NEXT.{spec.stream}.{spec.durable}",
@@ -75,7 +76,9 @@ def test_service_user_may_publish_what_its_flows_publish() -> None:
 def test_service_user_may_not_touch_another_site() -> None:
     permissions = nats_service_permissions(SITE)
     # results and release notices name no site: the same subjects for every site
-    site_free = {subjects.command_result(account="alice", request_id="0195f0a2-7c1d"), f"{subjects.RELEASE_PREFIX}0a1b2c"}
+    site_free = {
+        subjects.command_result(account="alice", request_id="0195f0a2-7c1d"), f"{subjects.RELEASE_PREFIX}0a1b2c", subjects.subscription_update("alice")
+    }
     leaks = [s for s in _site_publishes(OTHER, SITE) if s not in site_free and allowed(permissions, "publish", s)]
     assert leaks == []
 

@@ -16,12 +16,14 @@ from dataflows.room_worker.commands import (
     valid_request_id,
 )
 from schemas.carriers import Delivery
-from schemas.commands import AddMembers, CreateRoom, RemoveMember
+from schemas.commands import AddMembers, CreateRoom, RemoveMember, RenameRoom, UpdateRole
 
 RID = "0195f0a2-7c1d-7e3a-9b41-5d2c8e6f1a20"
 CREATE = {"name": "eng", "users": ["bob"], "roomId": "r1", "requesterAccount": "alice", "timestamp": 5}
 ADD = {"roomId": "r1", "users": ["bob"], "requesterAccount": "alice", "timestamp": 6}
 REMOVE = {"roomId": "r1", "requester": "alice", "account": "bob", "timestamp": 7}
+ROLE = {"roomId": "r1", "account": "bob", "newRole": "owner", "requesterId": "u-alice", "requesterAccount": "alice", "timestamp": 8}
+RENAME = {"roomId": "r1", "newName": "eng 2", "requesterId": "u-alice", "requesterAccount": "alice", "timestamp": 9}
 
 
 def _delivery(suffix: str, body: Any, headers: dict[str, str] | None = None) -> Delivery:
@@ -40,8 +42,10 @@ def _parse(delivery: Delivery) -> Command | Rejected:
         ("member.add", ADD, AddMembers, "room.member.add"),
         ("member.remove", REMOVE, RemoveMember, "room.member.remove"),
         ("member.remove", {**REMOVE, "account": "", "orgId": "o"}, RemoveMember, "room.member.remove_org"),
+        ("member.role-update", ROLE, UpdateRole, "room.member.role_update"),
+        ("rename", RENAME, RenameRoom, "room.rename"),
     ],
-    ids=["create", "add", "remove_one", "remove_org"],
+    ids=["create", "add", "remove_one", "remove_org", "role_update", "rename"],
 )
 def test_suffix_picks_the_command(suffix: str, body: dict[str, Any], kind: type, operation: str) -> None:
     parsed = _parse(_delivery(suffix, body, {"X-Request-ID": RID}))
@@ -63,8 +67,9 @@ def test_request_id_must_be_a_hyphenated_uuid(header: str | None, expected: str)
 @pytest.mark.parametrize(
     ("suffix", "body", "seed"),
     [("create", CREATE, "r1:alice:5"), ("member.add", ADD, "r1:alice:6"), ("member.remove", REMOVE, "r1:bob:7"),
-     ("member.remove", {**REMOVE, "account": "", "orgId": "o"}, "r1:o:7")],
-    ids=["create", "add", "remove_one", "remove_org"],
+     ("member.remove", {**REMOVE, "account": "", "orgId": "o"}, "r1:o:7"),
+     ("member.role-update", ROLE, "r1:bob:owner:8"), ("rename", RENAME, "r1:alice:9:rename")],
+    ids=["create", "add", "remove_one", "remove_org", "role_update", "rename"],
 )
 def test_without_request_id_a_fresh_one_answers_and_the_payload_seed_dedups(suffix: str, body: dict[str, Any], seed: str) -> None:
     parsed = _parse(_delivery(suffix, body))
@@ -82,8 +87,11 @@ def test_without_request_id_a_fresh_one_answers_and_the_payload_seed_dedups(suff
         ("member.remove", {**REMOVE, "orgId": "o"}, "alice"),
         ("member.remove", {**REMOVE, "account": ""}, "alice"),
         ("create", {**CREATE, "requesterAccount": "a.b", "timestamp": "x"}, ""),
+        ("member.role-update", {**ROLE, "newRole": "admin"}, "alice"),
+        ("member.role-update", {**ROLE, "account": ""}, "alice"),
+        ("rename", {**RENAME, "newName": None}, "alice"),
     ],
-    ids=["bad_json", "zero_timestamp", "no_room", "both_targets", "no_target", "untokenable_requester"],
+    ids=["bad_json", "zero_timestamp", "no_room", "both_targets", "no_target", "untokenable_requester", "unknown_role", "role_no_account", "rename_no_name"],
 )
 def test_malformed_commands_are_rejected_with_a_bad_request_result_when_possible(suffix: str, body: Any, result_to: str) -> None:
     parsed = _parse(_delivery(suffix, body, {"X-Request-ID": RID}))
@@ -119,12 +127,20 @@ BAD_CHARS = {"dot": ".", "star": "*", "gt": ">", "space": " "}
         ("member.remove", REMOVE, "roomId"),
         ("member.remove", REMOVE, "account"),
         ("member.remove", {**REMOVE, "account": "", "orgId": "o"}, "orgId"),
+        ("member.role-update", ROLE, "roomId"),
+        ("member.role-update", ROLE, "account"),
+        ("rename", RENAME, "roomId"),
+        ("member.add", {**ADD, "channels": [{"roomId": "r-src", "siteId": "s1"}]}, "channels"),
     ],
-    ids=["create-room", "create-user", "add-room", "add-user", "add-org", "remove-room", "remove-account", "remove-org"],
+    ids=["create-room", "create-user", "add-room", "add-user", "add-org", "remove-room", "remove-account", "remove-org",
+         "role-room", "role-account", "rename-room", "add-channel"],
 )
 def test_untokenable_ids_are_refused_with_bad_request(suffix: str, body: dict[str, Any], field: str, bad: str) -> None:
     value = body[field]
-    tainted = [f"{value[0]}{bad}x"] if isinstance(value, list) else f"{value}{bad}x"
+    if field == "channels":
+        tainted: Any = [{"roomId": f"r{bad}x", "siteId": "s1"}]
+    else:
+        tainted = [f"{value[0]}{bad}x"] if isinstance(value, list) else f"{value}{bad}x"
     parsed = _parse(_delivery(suffix, {**body, field: tainted}, {"X-Request-ID": RID}))
     assert isinstance(parsed, Rejected) and not parsed.ignored
     assert parsed.reason.startswith("bad_request: invalid")

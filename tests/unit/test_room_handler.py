@@ -290,7 +290,7 @@ def test_what_is_not_there_is_not_found(op: str, body: dict[str, Any], error: st
     ],
 )
 def test_only_an_owner_removes_others(body: dict[str, Any]) -> None:
-    _failed(decide(eng(MemoryStore(PEOPLE), "bob", "carol"), "remove", body), "bad_request", f"{body['requester']} is not an owner of room r-eng")
+    _failed(decide(eng(MemoryStore(PEOPLE), "bob", "carol"), "remove", body), "forbidden", f"{body['requester']} is not an owner of room r-eng")
 
 
 def test_members_change_in_channels_only() -> None:
