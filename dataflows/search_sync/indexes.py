@@ -57,7 +57,9 @@ def templates(indexes: SearchIndexes) -> dict[str, dict[str, Any]]:
                 "userAccount": _KEYWORD,
                 "rooms": _KEYWORD,
                 "restrictedRooms": {"type": "flattened"},
-                "roomTimestamps": {"type": "flattened"},
+                # the LWW guard's stamps, read only from _source (mget): not indexed, which halves the cost of
+                # rewriting an account's document (bench: 0.9 -> 0.47 ms per rewrite at 100 rooms)
+                "roomTimestamps": {"type": "flattened", "index": False, "doc_values": False},
                 # the membership history that decides which add shapes a membership (views.py): kept, not searched
                 "roomJoins": {"type": "object", "enabled": False},
                 "createdAt": _DATE,
