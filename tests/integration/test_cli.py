@@ -19,7 +19,7 @@ from schemas import names, subjects
 from schemas.commands import CreateRoom, encode_command
 from schemas.events import MemberAddEvent
 from schemas.streams import ACK_WAIT_S, MAX_DELIVER
-from testkit.clients import mongo_client, info_of_test_site
+from testkit.clients import info_of_test_site, mongo_client
 from testkit.mirror_site import add, mirror_site
 from testkit.support import (
     FlowProcess,
