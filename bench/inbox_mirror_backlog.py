@@ -29,6 +29,7 @@ from bench.cpu import per_10k, process_cpu_s
 from bench.realistic_data import load
 from connectors.mongo import Document, ensure_indexes
 from schemas import names
+from testkit.clients import mongo_client
 from testkit.mirror_site import add, mirror_site
 from testkit.support import REPO
 
@@ -121,7 +122,7 @@ def main() -> None:
         assert len(docs) == events, f"{len(docs)} subscriptions written for {events} events"
         rows.append(("inbox_mirror flow (incl. ~1 s start-up)", events, elapsed, flow_cpu, fdb))
     # outside the site: the raw phase blocks for minutes on a loaded store, and the site's NATS connection would time out
-    mongo: MongoClient[Document] = MongoClient(servers["mongo_uri"])
+    mongo: MongoClient[Document] = mongo_client(servers)
     for method, (n, s, cpu) in raw_rates(mongo, [{k: v for k, v in d.items() if k != "shapedBy"} for d in docs], upserts, args.loaded).items():
         label = "raw insert_many, 1,000 per call" if method == "insert_many" else "raw bulk_write UpdateOne(upsert)"
         rows.append((label, n, s, 0.0, cpu))

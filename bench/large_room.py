@@ -41,12 +41,13 @@ def _servers() -> dict[str, Any]:
     return info
 
 
-def _listener_pid(port: int) -> int | None:
-    """The pid listening on `port` (FerretDB, Elasticsearch), for their CPU-seconds."""
-    out = subprocess.run(["ss", "-ltnpH", f"sport = :{port}"], capture_output=True, text=True).stdout
-    for token in out.split("pid=")[1:]:
-        return int(token.split(",", 1)[0])
-    return None
+def _server_pid(name: str) -> int | None:
+    """The pid of a local server (ferretdb, es) from services.py's pid file, for their CPU-seconds (FerretDB listens on a
+    unix socket: no port to look up)."""
+    try:
+        return int((REPO / ".local" / "run" / f"{name}.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
 
 
 def _peak_rss_mb(pid: int) -> float:
@@ -76,8 +77,7 @@ class Bench:
         self.servers = servers
         self.timeout = timeout
         self.profile = profile  # a directory: py-spy records every flow process into it (collapsed stacks)
-        self.pids = {"ferretdb": _listener_pid(int(servers["mongo_uri"].rsplit(":", 1)[1].strip("/"))),
-                     "es": _listener_pid(int(servers["es_url"].rsplit(":", 1)[1]))}
+        self.pids = {"ferretdb": _server_pid("ferretdb"), "es": _server_pid("es")}
 
     def _cpu(self, stack: Stack) -> dict[str, float]:
         cpu = {flow: sum(process_cpu_s(p.pid) for (_, f), proc in stack.flows.items() if f == flow for p in proc.procs) for flow in FLOWS}

@@ -15,12 +15,11 @@ import sys
 import time
 from typing import Any
 
-from elasticsearch import Elasticsearch
-
 from bench import naive_search
 from bench.cpu import per_10k, process_cpu_s
 from dataflows.search_sync.indexes import SearchIndexes, install
 from schemas import subjects
+from testkit.clients import es_client
 from testkit.search_oracle import added
 from testkit.search_site import SearchSite, close_site, open_site
 from testkit.support import REPO
@@ -78,7 +77,7 @@ def _pct(values: list[float], p: float) -> float:
 
 async def main(backlog: int, rate: int, seconds: int) -> None:
     servers = _servers()
-    es = Elasticsearch(servers["es_url"], request_timeout=60)
+    es = es_client(servers, request_timeout=60)
     rows: list[tuple[str, float, float, float, float]] = []
     interval = "?"
     for name in ("search_sync flow", "baseline fetch+bulk+ack"):

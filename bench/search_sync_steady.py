@@ -30,6 +30,7 @@ from bench import naive_search
 from bench.cpu import per_10k, process_cpu_s
 from dataflows.search_sync.indexes import SearchIndexes, install
 from schemas import names, subjects
+from testkit.clients import es_client
 from testkit.search_oracle import added, removed
 from testkit.search_site import SearchSite, close_site, open_site
 from testkit.support import REPO, connect_site
@@ -136,7 +137,7 @@ def _naive_process(servers: Mapping[str, Any], site: str, stop: Any) -> None:
 
 async def _naive_consumer(servers: Mapping[str, Any], site: str, stop: Any) -> None:
     nc = await connect_site(servers, "s1")
-    es = Elasticsearch(servers["es_url"], request_timeout=60)
+    es = es_client(servers, request_timeout=60)
     idx = SearchIndexes(user_room=names.user_room_alias(site), spotlight=names.spotlight_alias(site), room_names=names.room_names_alias(site))
     await naive_search.consume(nc, es, site, idx, stop)
     await nc.close()
@@ -289,7 +290,7 @@ async def main(args: argparse.Namespace) -> None:
     from bench.search_sync_bench import _servers
 
     servers = _servers()
-    es = Elasticsearch(servers["es_url"], request_timeout=60)
+    es = es_client(servers, request_timeout=60)
     rows: list[Row] = []
     for consumer in args.consumers:
         rows += await run_consumer(servers, es, consumer, args.rates, args.seconds, dict(args.flow_env))

@@ -27,7 +27,6 @@ from chatfed_cli.topology import Topology
 from connectors.elastic import elastic_client
 from connectors.mongo import Document
 from connectors.mongo import client as mongo_client
-from connectors.settings import ElasticSettings, MongoSettings
 from dataflows.room_worker.plans import direct_room_id
 from dataflows.search_sync.queries import rooms_for, typeahead
 from schemas import names, subjects
@@ -227,10 +226,10 @@ class SiteViews:
     """What one site's stores say about a membership."""
 
     def __init__(self, topology: Topology, site: str) -> None:
-        info = topology.sites[site]
+        mongo = topology.mongo(site)
         self.site = site
-        self.db: Database[Document] = mongo_client(MongoSettings(uri=topology.mongo_uri, database=info.mongo_db))[info.mongo_db]
-        self.es: Elasticsearch = elastic_client(ElasticSettings(url=topology.es_url))
+        self.db: Database[Document] = mongo_client(mongo)[mongo.database]
+        self.es: Elasticsearch = elastic_client(topology.elastic())
         self.user_room = names.user_room_alias(site)
         self.spotlight = names.spotlight_alias(site)
 

@@ -15,6 +15,7 @@ from typing import Final
 import msgspec
 
 from chatfed_cli.topology import REPO, Topology
+from connectors.settings import elastic_variables, mongo_variables, nats_variables
 from schemas.names import FLOWS, flow_module
 
 RUN_DIR: Final = REPO / ".local" / "run" / "flows"
@@ -35,20 +36,15 @@ class FlowProc(msgspec.Struct, frozen=True, kw_only=True):
 def flow_env(topology: Topology, site: str) -> dict[str, str]:
     """The environment a flow of `site` runs with: the caller's, plus where `site`'s servers are."""
     desc = topology.sites[site]
-    env = dict(os.environ)
+    env = dict(os.environ)  # an external site's NATS credentials may come from the caller's CHATFED_NATS_*
     env |= {
         "CHATFED_SITE_ID": site,
-        "CHATFED_NATS_URL": desc.nats_url,
-        "CHATFED_MONGO_URI": topology.mongo_uri,
-        "CHATFED_MONGO_DB": desc.mongo_db,
-        "CHATFED_ES_URL": topology.es_url,
         "PYTHONPATH": str(REPO),
         "PYTHONUNBUFFERED": "1",
+        **mongo_variables(topology.mongo(site)),
+        **nats_variables(desc.service()),
+        **elastic_variables(topology.search_sync_elastic(site)),
     }
-    if desc.service_user:
-        env |= {"CHATFED_NATS_USER": desc.service_user, "CHATFED_NATS_PASSWORD": desc.service_password}
-    if desc.nats_creds:
-        env["CHATFED_NATS_CREDS"] = desc.nats_creds
     return env
 
 

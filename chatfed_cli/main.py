@@ -22,7 +22,7 @@ from chatfed_cli import rooms
 from chatfed_cli.inspect import SiteStatus, site_status
 from chatfed_cli.topology import SiteInfo, Topology, load_topology
 from connectors import dlq, natsio
-from connectors.bootstrap import provision_site, verify_site
+from connectors.bootstrap import provision_sites, verify_site
 from connectors.errors import ConfigError
 from connectors.settings import load_tuning
 from schemas import names
@@ -41,7 +41,8 @@ async def connect(site: SiteInfo) -> nats.aio.client.Client:
 
 
 async def _bootstrap(topology: Topology, sites: list[str]) -> None:
-    """Durables take max_deliver and ack_wait from the flows' settings in this environment (CHATFED_MAX_DELIVER, ...)."""
+    """Durables take max_deliver and ack_wait from the flows' settings in this environment (CHATFED_MAX_DELIVER, ...);
+    then each site's search views are installed (Elasticsearch)."""
     try:
         tuning = load_tuning()
     except ConfigError as exc:
@@ -49,21 +50,35 @@ async def _bootstrap(topology: Topology, sites: list[str]) -> None:
         raise typer.Exit(2) from None
     clients = {site: await connect(topology.sites[site]) for site in sites}
     try:
-        for site, client in clients.items():  # every stream first, so no source waits for a peer's stream
-            await provision_site(client, site, topology.site_ids, tuning=tuning)
+        await provision_sites(clients, topology.site_ids, tuning=tuning)  # every OUTBOX first: no source waits for a peer
         for site, client in clients.items():
             await verify_site(client.jetstream(), site, topology.site_ids, tuning=tuning)
             typer.echo(f"{site}: streams, sources and consumers ready (max_deliver {tuning.max_deliver}, ack_wait {tuning.ack_wait_s} s)")
     finally:
         for client in clients.values():
             await client.close()
+    _install_search_views(topology, sites)
+
+
+def _install_search_views(topology: Topology, sites: list[str]) -> None:
+    """Templates, indexes and aliases of each site's search views, as the operator: search_sync's own user may not."""
+    from connectors.elastic import elastic_client
+    from connectors.settings import ElasticSettings
+    from dataflows.search_sync import indexes
+
+    es = elastic_client(topology.elastic())
+    try:
+        for site in sites:
+            indexes.install(es, indexes.SearchIndexes.for_site(ElasticSettings(), site))
+    finally:
+        es.close()
 
 
 @app.command()
 def bootstrap(
     site: list[str] = typer.Option([], "--site", "-s", help="Only these sites (default: every configured site)."),
 ) -> None:
-    """Create or update every stream, source and durable consumer, then verify them (idempotent)."""
+    """Create or update every stream, source and durable consumer, then verify them; install the search views (idempotent)."""
     topology = load_topology()
     chosen = site or topology.site_ids
     unknown = [s for s in chosen if s not in topology.sites]
@@ -233,9 +248,8 @@ app.add_typer(user_app, name="user")
 
 def _elastic(topology: Topology) -> Elasticsearch:
     from connectors.elastic import elastic_client
-    from connectors.settings import ElasticSettings
 
-    return elastic_client(ElasticSettings(url=topology.es_url))
+    return elastic_client(topology.elastic())
 
 
 @search_app.command("rooms")
@@ -279,13 +293,13 @@ def user_rooms(
 def rebuild(
     site: str = typer.Option(..., "--site", "-s"),
     keep_old: bool = typer.Option(False, help="Keep the old indexes after the swap."),
+    method: str = typer.Option("bulk", help="bulk: fold the stream in memory and bulk-load; replay: the guarded flow replays it (slower)."),
 ) -> None:
     """Rebuild a site's search views from its INBOX stream into new indexes, then swap the aliases atomically."""
     from rich.progress import Progress
 
     from chatfed_cli.flows import flow_env
     from chatfed_cli.rebuild import rebuild_site
-    from connectors.settings import ElasticSettings
 
     topology = load_topology()
     info = _site(topology, site)
@@ -294,10 +308,11 @@ def rebuild(
         report = rebuild_site(
             site=site,
             nats_settings=info.operator(),
-            elastic_settings=ElasticSettings(url=topology.es_url),
+            elastic_settings=topology.elastic(),
             flow_env=flow_env(topology, site),
             progress=lambda done, total: bar.update(task, completed=done, total=total),
             keep_old=keep_old,
+            method=method,
         )
     typer.echo(
         f"rebuilt {site}: {report.events} events -> {report.documents} documents in {report.fill_seconds:.1f}s "

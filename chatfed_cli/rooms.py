@@ -54,11 +54,11 @@ class Role(StrEnum):
     MEMBER = "member"
 
 
-def _site(site: str) -> tuple[SiteInfo, str]:
+def _site(site: str) -> tuple[SiteInfo, MongoSettings]:
     topology = load_topology()
     if site not in topology.sites:
         raise typer.BadParameter(f"unknown site {site}; configured: {', '.join(topology.site_ids)}", param_hint="--site")
-    return topology.sites[site], topology.mongo_uri
+    return topology.sites[site], topology.mongo(site)
 
 
 def channel_refs(values: list[str], default_site: str) -> list[ChannelRef]:
@@ -78,9 +78,9 @@ def _channel_id() -> str:
     return "".join(secrets.choice(_BASE62) for _ in range(17))
 
 
-def _dm_id(mongo_uri: str, info: SiteInfo, requester: str, other: str) -> str:
+def _dm_id(mongo: MongoSettings, requester: str, other: str) -> str:
     """dm / botDM room id from the two users' ids in the site's `users` collection."""
-    db = mongo_client(MongoSettings(uri=mongo_uri, database=info.mongo_db))[info.mongo_db]
+    db = mongo_client(mongo)[mongo.database]
     found = RoomStore(db).users_by_accounts([requester, other])
     missing = [a for a in (requester, other) if a not in found]
     if missing:
@@ -143,8 +143,8 @@ def create(
         if room_type_of(body) == "channel":
             room_id = _channel_id()
         else:
-            info, mongo_uri = _site(site)
-            room_id = _dm_id(mongo_uri, info, requester, user[0])
+            info, mongo = _site(site)
+            room_id = _dm_id(mongo, requester, user[0])
     body.room_id = room_id
     _run(site, subjects.RoomOp.CREATE.value, body, requester, timeout)
 

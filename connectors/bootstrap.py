@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 
 from nats.aio.client import Client
 from nats.js.api import (
@@ -15,6 +16,7 @@ from nats.js.api import (
     RetentionPolicy,
     StorageType,
     StreamConfig,
+    StreamConsumerSource,
     StreamInfo,
     StreamSource,
     SubjectTransform,
@@ -24,7 +26,16 @@ from nats.js.errors import NotFoundError
 
 from connectors.errors import ConfigError
 from connectors.settings import Tuning, tuning_variable
-from schemas.streams import ConsumerSpec, SourceSpec, StreamSpec, site_consumers, site_streams
+from schemas.names import outbox_stream as outbox_name
+from schemas.streams import (
+    ConsumerSpec,
+    SourceConsumerSpec,
+    SourceSpec,
+    StreamSpec,
+    outbox_source_consumers,
+    site_consumers,
+    site_streams,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +77,33 @@ async def check_durable(js: JetStreamContext, stream: str, durable: str, tuning:
 
 
 def _source_config(spec: SourceSpec, federated: bool) -> StreamSource:
-    # the transform's source is the filter: a separate filter_subject is rejected (err 10144, FINDINGS)
+    # bound to the origin's durable (ADR-60 durable sourcing, nats-server 2.14+): the destination only resets it, so its
+    # filter and deliver subject are the origin's choice; the transform renames the lane (no filter_subject with it)
     external = federated and bool(spec.external_api_prefix)
     return StreamSource(
         name=spec.name,
-        external=ExternalStream(api=spec.external_api_prefix, deliver=spec.external_deliver_prefix or None) if external else None,
+        external=ExternalStream(api=spec.external_api_prefix) if external else None,
         subject_transforms=[SubjectTransform(src=spec.transform_src, dest=spec.transform_dest)],
+        consumer=StreamConsumerSource(name=spec.durable, deliver_subject=spec.deliver_subject),
+    )
+
+
+# a source durable acks through flow control: heartbeat exactly 1 s, no ack wait or max deliver (the server checks)
+SOURCE_HEARTBEAT_S = 1.0
+SOURCE_MAX_ACK_PENDING = 10_000
+
+
+def source_consumer_config(spec: SourceConsumerSpec) -> ConsumerConfig:
+    """The push durable a destination's INBOX sources through: everything from the start, the destination's lane only."""
+    return ConsumerConfig(
+        durable_name=spec.durable,
+        deliver_subject=spec.deliver_subject,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.FLOW_CONTROL,
+        flow_control=True,
+        idle_heartbeat=SOURCE_HEARTBEAT_S,
+        max_ack_pending=SOURCE_MAX_ACK_PENDING,
+        filter_subject=spec.filter_subject,
     )
 
 
@@ -117,6 +149,10 @@ async def ensure_consumer(js: JetStreamContext, spec: ConsumerSpec) -> None:
     await js.add_consumer(spec.stream, consumer_config(spec))
 
 
+async def ensure_source_consumer(js: JetStreamContext, spec: SourceConsumerSpec) -> None:
+    await js.add_consumer(spec.stream, source_consumer_config(spec))
+
+
 async def verify_site(js: JetStreamContext, site: str, all_sites: list[str], *, tuning: Tuning | None = None, wait_s: float = 30) -> None:
     """Every stream present, every INBOX source present and not in error (sources may take a moment), every durable
     present with the flows' delivery contract. `wait_s`: a source is reported late on a loaded machine (seen past 10 s)."""
@@ -131,6 +167,12 @@ async def verify_site(js: JetStreamContext, site: str, all_sites: list[str], *, 
                 problems.append(f"stream {spec.name} missing")
                 continue
             present = {source.name: source for source in info.sources or []}
+            if spec.name == outbox_name(site):
+                for durable in outbox_source_consumers(site, all_sites):
+                    try:
+                        await js.consumer_info(durable.stream, durable.durable)
+                    except NotFoundError:
+                        problems.append(f"{spec.name}: source durable {durable.durable} missing")
             for source in spec.sources:
                 found = present.get(source.name)
                 if found is None:
@@ -151,16 +193,37 @@ async def verify_site(js: JetStreamContext, site: str, all_sites: list[str], *, 
         await asyncio.sleep(0.25)
 
 
+async def provision_sites(
+    clients: Mapping[str, Client], all_sites: list[str], *, federated: bool = True, tuning: Tuning | None = None
+) -> None:
+    """Create or update the streams and durables of every site of `clients` (site -> a client of its server) without
+    waiting for their sources (see `bootstrap_site`).
+
+    Every site's OUTBOX and its source durables first, the INBOXes that bind to them last: a source bound before its
+    durable exists stays in error until the server's next retry (10 s and more), longer than a verification waits.
+    """
+    tuning = tuning or Tuning()
+    for site, client in clients.items():
+        js = client.jetstream()
+        for spec in site_streams(site, all_sites):
+            if not spec.sources:
+                await ensure_stream(js, spec, federated=federated)
+        for durable in outbox_source_consumers(site, all_sites):
+            await ensure_source_consumer(js, durable)
+    for site, client in clients.items():
+        js = client.jetstream()
+        for spec in site_streams(site, all_sites):
+            if spec.sources:
+                await ensure_stream(js, spec, federated=federated)
+        for consumer in tuned_consumers(site, tuning):
+            await ensure_consumer(js, consumer)  # create or update: max_deliver and ack_wait may be edited in place
+
+
 async def provision_site(
     client: Client, site: str, all_sites: list[str], *, federated: bool = True, tuning: Tuning | None = None
 ) -> None:
-    """Create or update `site`'s streams and durables without waiting for its sources (see `bootstrap_site`)."""
-    tuning = tuning or Tuning()
-    js = client.jetstream()
-    for spec in site_streams(site, all_sites):
-        await ensure_stream(js, spec, federated=federated)
-    for consumer in tuned_consumers(site, tuning):
-        await ensure_consumer(js, consumer)  # create or update: max_deliver and ack_wait may be edited in place
+    """`provision_sites` for one site."""
+    await provision_sites({site: client}, all_sites, federated=federated, tuning=tuning)
 
 
 async def bootstrap_site(

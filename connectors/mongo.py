@@ -44,8 +44,9 @@ def insert_missing(collection: Collection[Document], docs: Sequence[Document]) -
     return set()
 
 
-def client(settings: MongoSettings) -> MongoClient[Document]:
-    """A client for `settings`; credentials come from settings, never from a logged URI."""
+def client(settings: MongoSettings, **overrides: Any) -> MongoClient[Document]:
+    """A client for `settings`; credentials come from settings, never from a logged URI. `overrides`: MongoClient options
+    (a tool's shorter timeouts)."""
     options: dict[str, Any] = {
         "serverSelectionTimeoutMS": 5_000,
         "connectTimeoutMS": 5_000,
@@ -58,7 +59,7 @@ def client(settings: MongoSettings) -> MongoClient[Document]:
     if settings.tls_ca_file:
         options["tls"] = True
         options["tlsCAFile"] = settings.tls_ca_file
-    return MongoClient(settings.uri, **options)
+    return MongoClient(settings.uri, **{**options, **overrides})
 
 
 _clients: dict[MongoSettings, MongoClient[Document]] = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Coroutine
@@ -18,6 +19,17 @@ from nats.js.errors import ServiceUnavailableError
 from connectors.settings import NatsSettings, redact_url
 
 log = logging.getLogger(__name__)
+
+
+class _QuietTlsEof(logging.Filter):
+    """nats-py's protocol returns True from eof_received, which asyncio's TLS transport warns about at every close of a
+    TLS connection: harmless, and noise in every log and CLI output."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "eof_received() has no effect when using ssl" not in record.getMessage()
+
+
+logging.getLogger("asyncio").addFilter(_QuietTlsEof())
 
 T = TypeVar("T")
 
@@ -58,6 +70,14 @@ def check_permissions(settings: NatsSettings) -> None:
         raise NotPermitted(msg)
 
 
+def _certificate_refused(exc: BaseException) -> bool:
+    """The server's certificate failed our check, or the server refused ours (a TLS alert about a certificate); not a
+    handshake cut short by a server going away, which is transient."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return True
+    return isinstance(exc, ssl.SSLError) and "CERTIFICATE" in str(getattr(exc, "reason", None) or "").upper()
+
+
 def loop() -> asyncio.AbstractEventLoop:
     """The process's NATS event loop, started on first use in a daemon thread."""
     global _loop
@@ -75,6 +95,17 @@ def run(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
     return asyncio.run_coroutine_threadsafe(coro, loop()).result(timeout)
 
 
+def tls_context(settings: NatsSettings) -> ssl.SSLContext | None:
+    """The TLS context for `settings`: verify the server against `tls_ca` (else the system's CAs) and present the
+    client certificate if there is one; None for a plaintext `nats://` URL without any TLS setting."""
+    if not (settings.url.startswith("tls://") or settings.tls_ca or settings.tls_cert):
+        return None
+    context = ssl.create_default_context(cafile=settings.tls_ca or None)
+    if settings.tls_cert:
+        context.load_cert_chain(settings.tls_cert, settings.tls_key or None)
+    return context
+
+
 def connect_options(settings: NatsSettings, *, name: str, keep_trying: bool) -> dict[str, Any]:
     """nats-py options for `settings`: a flow reconnects forever, a command-line tool gives up quickly."""
     options: dict[str, Any] = {"servers": [settings.url], "name": name, "connect_timeout": 5}
@@ -86,6 +117,9 @@ def connect_options(settings: NatsSettings, *, name: str, keep_trying: bool) -> 
         options |= {"user": settings.user, "password": settings.password}
     if settings.creds:
         options["user_credentials"] = settings.creds
+    context = tls_context(settings)
+    if context is not None:
+        options["tls"] = context
     return options
 
 
@@ -100,8 +134,8 @@ async def _connect(settings: NatsSettings) -> Client:
         text = str(exc).lower()
         if "permissions violation" in text:  # the flow would wait forever: stop it loudly instead
             _violations.setdefault(settings, []).append(str(exc))
-        if "authorization violation" in text or "authentication" in text:
-            _refusals[settings] = str(exc)
+        if "authorization violation" in text or "authentication" in text or _certificate_refused(exc):
+            _refusals[settings] = str(exc)  # a refused login or certificate: retrying cannot help
 
     return await nats.connect(error_cb=on_error, **connect_options(settings, name="chatfed", keep_trying=True))
 
@@ -110,7 +144,8 @@ def connection(settings: NatsSettings, timeout: float = 30) -> Client:
     """The shared connection for `settings`, opened on first use.
 
     Raises TimeoutError when the server stays away for `timeout` (the attempt is cancelled, not left running),
-    NotPermitted at once when it refuses the credentials (nats-py alone would retry them forever).
+    NotPermitted at once when it refuses the credentials or a TLS handshake fails on a certificate (nats-py alone
+    would retry them forever).
     """
     with _lock:
         existing = _connections.get(settings)

@@ -17,10 +17,13 @@ PositiveInt = Annotated[int, Meta(gt=0)]
 
 
 class NatsSettings(msgspec.Struct, frozen=True, kw_only=True):
-    url: str
+    url: str  # tls://host:port: TLS from the start of the session
     user: str = ""
     password: str = ""
     creds: str = ""  # path to a .creds file
+    tls_ca: str = ""  # CA file the server's certificate must chain to (empty: the system's CAs)
+    tls_cert: str = ""  # client certificate and key, for servers that verify clients (ours do)
+    tls_key: str = ""
 
 
 class MongoSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -84,7 +87,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "nats_user": self.nats.user or "-",
             "mongo": redact_url(self.mongo.uri) or "-",
             "mongo_db": self.mongo.database or "-",
+            "mongo_user": self.mongo.username or "-",
             "es": redact_url(self.elastic.url) or "-",
+            "es_user": self.elastic.username or "-",
         }
 
 
@@ -147,6 +152,45 @@ def tuning_variable(field: str) -> str:
     return _TUNING_VARS[field]
 
 
+def nats_variables(nats: NatsSettings) -> dict[str, str]:
+    """The CHATFED_NATS_* variables that `load_settings` reads back as `nats` (the empty ones left out)."""
+    values = {
+        "CHATFED_NATS_URL": nats.url,
+        "CHATFED_NATS_USER": nats.user,
+        "CHATFED_NATS_PASSWORD": nats.password,
+        "CHATFED_NATS_CREDS": nats.creds,
+        "CHATFED_NATS_TLS_CA": nats.tls_ca,
+        "CHATFED_NATS_TLS_CERT": nats.tls_cert,
+        "CHATFED_NATS_TLS_KEY": nats.tls_key,
+    }
+    return {k: v for k, v in values.items() if v}
+
+
+def mongo_variables(mongo: MongoSettings) -> dict[str, str]:
+    """The CHATFED_MONGO_* variables that `load_settings` reads back as `mongo` (the empty ones left out)."""
+    values = {
+        "CHATFED_MONGO_URI": mongo.uri,
+        "CHATFED_MONGO_DB": mongo.database,
+        "CHATFED_MONGO_USER": mongo.username,
+        "CHATFED_MONGO_PASSWORD": mongo.password,
+        "CHATFED_MONGO_TLS_CA_FILE": mongo.tls_ca_file,
+    }
+    return {k: v for k, v in values.items() if v}
+
+
+def elastic_variables(elastic: ElasticSettings) -> dict[str, str]:
+    """The CHATFED_ES_* connection variables that `load_settings` reads back as `elastic` (the empty ones left out)."""
+    values = {
+        "CHATFED_ES_URL": elastic.url,
+        "CHATFED_ES_USER": elastic.username,
+        "CHATFED_ES_PASSWORD": elastic.password,
+        "CHATFED_ES_API_KEY": elastic.api_key,
+        "CHATFED_ES_CA_CERTS": elastic.ca_certs,
+        "CHATFED_ES_VERIFY_CERTS": "" if elastic.verify_certs else "false",
+    }
+    return {k: v for k, v in values.items() if v}
+
+
 def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
     """Read the settings; raise ConfigError naming the variable at fault."""
     site = _required(env, "CHATFED_SITE_ID")
@@ -161,6 +205,9 @@ def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
             user=env.get("CHATFED_NATS_USER", ""),
             password=env.get("CHATFED_NATS_PASSWORD", ""),
             creds=env.get("CHATFED_NATS_CREDS", ""),
+            tls_ca=env.get("CHATFED_NATS_TLS_CA", ""),
+            tls_cert=env.get("CHATFED_NATS_TLS_CERT", ""),
+            tls_key=env.get("CHATFED_NATS_TLS_KEY", ""),
         ),
         mongo=MongoSettings(
             uri=env.get("CHATFED_MONGO_URI", ""),

@@ -105,6 +105,8 @@ rooms_stream: Final = PerSite("ROOMS_{}")  # room commands, read by room_worker
 outbox_stream: Final = PerSite("OUTBOX_{}")  # what the site publishes for the others (they source it)
 inbox_stream: Final = PerSite("INBOX_{}")  # the site's events, local and aggregate lanes: inbox_mirror, search_sync
 dlq_stream: Final = PerSite("DLQ_{}")  # dead letters of every flow of the site
+# on OUTBOX_{origin}, the durable that INBOX_{dest} sources through: created by the origin, only bound by the destination
+outbox_source_durable: Final = PerSite("fed-to-{}")
 
 _FLOW_STREAMS: Final = {ROOM_WORKER_FLOW: rooms_stream, INBOX_MIRROR_FLOW: inbox_stream, SEARCH_SYNC_FLOW: inbox_stream}
 

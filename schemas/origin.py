@@ -14,9 +14,9 @@ _OUTBOX_PREFIX: Final = "OUTBOX_"
 def sourced_from(headers: Mapping[str, str] | None) -> str | None:
     """The origin site of a sourced message: `OUTBOX_{origin}` as named by the header the server adds, else None.
 
-    The header reads `OUTBOX_s1:<hash> <seq> <filter> <dest> <subject> <hash>` (the `:<hash>` part only
-    for a source in another domain). A dead letter replayed by the site's operator carries the original
-    header as `Chatfed-Replayed-Stream-Source`.
+    The header reads `OUTBOX_s1:<hash>:C=<hash> <seq> <filter> <dest> <subject> <hash>` (the `:<hash>` part only
+    for a source in another domain, `:C=<hash>` for one bound to the origin's durable, as ours are). A dead letter
+    replayed by the site's operator carries the original header as `Chatfed-Replayed-Stream-Source`.
     """
     found = headers or {}
     value = found.get(STREAM_SOURCE) or found.get(REPLAYED_STREAM_SOURCE, "")

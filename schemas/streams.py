@@ -42,15 +42,26 @@ SEARCH_SYNC_EVENT_TYPES: Final = (
 
 
 class SourceSpec(msgspec.Struct, frozen=True, kw_only=True):
-    """One stream source with a subject transform (which also acts as its filter: FINDINGS)."""
+    """One stream source bound to the origin's durable `durable` (which filters), with a subject transform."""
 
     name: str
     external_api_prefix: str  # `$JS.{origin}.API`; a one-server test layout may ignore it
     transform_src: str
     transform_dest: str
-    # where the origin delivers: `fed.deliver.{origin}.to.{dest}`, so that the leafnode permissions
-    # (scripts/localservers/permissions.py) let only the origin publish deliveries a destination accepts as sourced
-    external_deliver_prefix: str = ""
+    # the origin's durable on its OUTBOX and where it delivers (`fed.deliver.{origin}.to.{dest}.durable`): the
+    # destination only binds to it (a consumer reset), so it never chooses a filter or a deliver subject itself,
+    # and the leafnode permissions let only the origin publish deliveries a destination accepts as sourced
+    durable: str
+    deliver_subject: str
+
+
+class SourceConsumerSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """The durable a site creates on its own OUTBOX for one destination to source through (flow-control acks)."""
+
+    stream: str
+    durable: str
+    filter_subject: str
+    deliver_subject: str
 
 
 class StreamSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -89,10 +100,26 @@ def inbox_sources(site: str, all_sites: Iterable[str]) -> list[SourceSpec]:
                 external_api_prefix=subjects.jetstream_api_prefix(origin),
                 transform_src=subjects.outbox_to_filter(origin=origin, dest=site),
                 transform_dest=subjects.inbox_aggregate_filter(site),
-                external_deliver_prefix=subjects.source_deliver_prefix(origin=origin, dest=site),
+                durable=names.outbox_source_durable(site),
+                deliver_subject=subjects.source_deliver_subject(origin=origin, dest=site),
             )
         )
     return sources
+
+
+def outbox_source_consumers(site: str, all_sites: Iterable[str]) -> list[SourceConsumerSpec]:
+    """The durables `site` keeps on its OUTBOX, one per other site, each filtered to that site's lane: what
+    `inbox_sources` of the other sites bind to."""
+    dests = [d for d in dict.fromkeys(all_sites) if d != site]
+    return [
+        SourceConsumerSpec(
+            stream=names.outbox_stream(site),
+            durable=names.outbox_source_durable(dest),
+            filter_subject=subjects.outbox_to_filter(origin=site, dest=dest),
+            deliver_subject=subjects.source_deliver_subject(origin=site, dest=dest),
+        )
+        for dest in dests
+    ]
 
 
 def site_streams(site: str, all_sites: Iterable[str]) -> list[StreamSpec]:

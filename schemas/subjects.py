@@ -176,6 +176,11 @@ def source_deliver_prefix(*, origin: str, dest: str) -> str:
     return f"{SOURCE_DELIVER_ROOT}.{site_id(origin)}.to.{site_id(dest)}"
 
 
+def source_deliver_subject(*, origin: str, dest: str) -> str:
+    """`fed.deliver.{origin}.to.{dest}.durable`: the deliver subject of the origin's source durable for `dest`."""
+    return f"{source_deliver_prefix(origin=origin, dest=dest)}.durable"
+
+
 def source_deliver_filter(*, origin: str, dest: str) -> str:
     """`fed.deliver.{origin}.to.{dest}.>`: every delivery of that source."""
     return f"{source_deliver_prefix(origin=origin, dest=dest)}.>"

@@ -112,3 +112,5 @@ install_ferretdb() {
 install_python
 install_elasticsearch
 install_ferretdb
+# the private CA and the servers' certificates (silent when they exist; see scripts/localservers/pki.py)
+.venv/bin/python scripts/services.py tls

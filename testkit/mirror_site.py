@@ -29,6 +29,7 @@ from schemas.events import (
     RoleUser,
     RoomRenamedEvent,
 )
+from testkit.clients import mongo_client
 from testkit.support import (
     FlowProcess,
     bootstrap_local_sites,
@@ -120,7 +121,7 @@ class MirrorSite:
         self.third = unique_site() if third else ""  # a second peer whose OUTBOX is sourced too
         self.peers = [p for p in (self.other, self.third) if p]
         self.url = servers["sites"]["s1"]["nats_url"]
-        self.mongo: MongoClient[Document] = MongoClient(servers["mongo_uri"], serverSelectionTimeoutMS=10_000)
+        self.mongo: MongoClient[Document] = mongo_client(servers, serverSelectionTimeoutMS=10_000)
         self.db = self.mongo[names.mongo_database(self.site)]
         self.loop = asyncio.new_event_loop()
         self.nc: Client = self.run(connect_site(servers, "s1"))

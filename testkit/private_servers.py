@@ -44,13 +44,25 @@ def _ephemeral_low() -> int:
         return 32_768
 
 
+# the shared servers' default ports (NATS 14220-14262, ES 19200 and 19300, FerretDB 37017-37018) and those this
+# checkout's own shared servers use (CHATFED_PORT_BASE, CHATFED_ES_PORT, CHATFED_FERRET_PORT): never picked even while
+# one of them is down (an outage test of another run)
+def _reserved() -> set[int]:
+    base = int(os.environ.get("CHATFED_PORT_BASE") or 14220)
+    es = int(os.environ.get("CHATFED_ES_PORT") or 19200)
+    ferret = int(os.environ.get("CHATFED_FERRET_PORT") or 37017)
+    ports = {*range(14220, 14263), 19200, 19300, 37017, 37018}
+    return ports | set(range(base, base + 50)) | {es, es + 100, ferret, ferret + 1}
+
+
 def _free_block(offsets: tuple[int, ...], rnd: random.Random) -> int:
     """A base port whose `base + offset` ports are all free, below the ephemeral range: while a server is down, a
     client reconnecting to it from an ephemeral port that equals the server's can connect to itself and hold the port."""
     high = min(_ephemeral_low(), 60_000) - max(offsets) - 1
+    reserved = _reserved()
     for _ in range(200):
         base = rnd.randrange(20_000, high)
-        if all(_free(base + offset) for offset in offsets):
+        if all(base + offset not in reserved and _free(base + offset) for offset in offsets):
             return base
     raise RuntimeError(f"no free ports for offsets {offsets}")
 
@@ -78,10 +90,15 @@ class PrivateServers:
         )
         if "nats" not in own or set(own) - set(KINDS) or (set(own) != set(KINDS) and shared is None):
             raise ValueError(f"own={own}: nats and any of {KINDS[1:]}; the shared servers' info for the others")
-        if "ferretdb" not in own:
+        if "ferretdb" not in own:  # the shared one, as its user (services.py info passes these on)
             env["CHATFED_MONGO_URI"] = shared["mongo_uri"]  # type: ignore[index]
-        if "es" not in own:
+            env["CHATFED_MONGO_USER"] = shared["mongo_user"]  # type: ignore[index]
+            env["CHATFED_MONGO_PASSWORD"] = shared["mongo_password"]  # type: ignore[index]
+        if "es" not in own:  # the shared one, as its operator (services.py info passes these on)
             env["CHATFED_ES_URL"] = shared["es_url"]  # type: ignore[index]
+            env["CHATFED_ES_USER"] = shared["es_user"]  # type: ignore[index]
+            env["CHATFED_ES_PASSWORD"] = shared["es_password"]  # type: ignore[index]
+            env["CHATFED_ES_CA_CERTS"] = shared["es_ca"]  # type: ignore[index]
         self.names = ["nats-hub", *(f"nats-{site}" for site in SITES), *(k for k in own if k != "nats")]
         self.env = env
         self.info: dict[str, Any] = {}

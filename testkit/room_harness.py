@@ -17,6 +17,7 @@ from pymongo import MongoClient
 
 from connectors.mongo import Document, ensure_indexes
 from schemas import names, subjects
+from testkit.clients import mongo_client
 from testkit.support import (
     FlowProcess,
     bootstrap_local_sites,
@@ -53,7 +54,7 @@ class RoomHarness:
     flow: FlowProcess | None = None
 
     def __post_init__(self) -> None:
-        self.mongo: MongoClient[Document] = MongoClient(self.servers["mongo_uri"], retryWrites=False)
+        self.mongo: MongoClient[Document] = mongo_client(self.servers, retryWrites=False)
         self.db = self.mongo[names.mongo_database(self.site)]
 
     @property

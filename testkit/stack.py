@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import nats.js.errors
-from elasticsearch import Elasticsearch, NotFoundError
+from elasticsearch import NotFoundError
 from nats.aio.client import Client
 from nats.js.api import StreamConfig
 from pymongo import MongoClient
@@ -23,6 +23,7 @@ from connectors.mongo import Document, ensure_indexes
 from schemas import names, subjects
 from schemas.names import FLOWS
 from schemas.streams import site_streams
+from testkit.clients import es_client, mongo_client
 from testkit.search_site import cleanup_indexes
 from testkit.support import FlowProcess, bootstrap_local_sites, connect_site, flow_env, unique_site, wait_drained
 
@@ -53,8 +54,8 @@ class Stack:
     nc: Client | None = None
 
     def __post_init__(self) -> None:
-        self.mongo: MongoClient[Document] = MongoClient(self.servers["mongo_uri"], retryWrites=False)
-        self.es = Elasticsearch(self.servers["es_url"])
+        self.mongo: MongoClient[Document] = mongo_client(self.servers, retryWrites=False)
+        self.es = es_client(self.servers)
 
     @property
     def client(self) -> Client:

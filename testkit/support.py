@@ -13,15 +13,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import nats
 from nats.aio.client import Client
 from nats.js.client import JetStreamContext
 
-from connectors.bootstrap import provision_site, verify_site
-from connectors.settings import Tuning
+from connectors.bootstrap import provision_sites, verify_site
+from connectors.settings import ElasticSettings, Tuning, elastic_variables, mongo_variables, nats_variables
+from dataflows.search_sync.indexes import SearchIndexes, install
 from schemas import names
 from schemas.envelope import OutboxEvent, encode_envelope
 from schemas.events import InnerEvent, encode_event
+from testkit.clients import connect_nats, es_client, es_search_sync_settings, es_settings, mongo_settings, nats_settings
 
 REPO = Path(__file__).resolve().parents[1]
 LOGS = REPO / ".local" / "logs" / "tests"
@@ -32,16 +33,9 @@ def unique_site(prefix: str = "t") -> str:
     return f"{prefix}{uuid.uuid4().hex[:8]}"
 
 
-async def connect(url: str, *, user: str = "", password: str = "") -> Client:
-    credentials = {"user": user, "password": password} if user else {}
-    return await nats.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.5, **credentials)
-
-
 async def connect_site(servers: Mapping[str, Any], site: str, *, role: str = "operator") -> Client:
     """Connect to `site`'s NATS as its operator (manages the site) or, with role="service", as the flows' user."""
-    desc = servers["sites"][site]
-    prefix = "nats" if role == "operator" else "service"
-    return await connect(desc["nats_url"], user=desc.get(f"{prefix}_user", ""), password=desc.get(f"{prefix}_password", ""))
+    return await connect_nats(nats_settings(servers, site, role=role))
 
 
 async def bootstrap_local_sites(client: Client, sites: list[str], *, tuning: Tuning | None = None) -> None:
@@ -49,26 +43,31 @@ async def bootstrap_local_sites(client: Client, sites: list[str], *, tuning: Tun
 
     `tuning`: the flows' settings the durables must match (`max_deliver`, `ack_wait`); the defaults without it.
     """
-    # every stream first: a source naming a stream that does not exist yet stays in error until the server's
-    # next retry, which a loaded machine may not reach within the verification's wait
-    for site in sites:
-        await provision_site(client, site, sites, federated=False, tuning=tuning)
+    # every OUTBOX and source durable first: a source naming one that does not exist yet stays in error until the
+    # server's next retry, which a loaded machine may not reach within the verification's wait
+    await provision_sites({site: client for site in sites}, sites, federated=False, tuning=tuning)
     for site in sites:
         await verify_site(client.jetstream(), site, sites, tuning=tuning)
 
 
 async def bootstrap_federated(servers: Mapping[str, Any]) -> None:
-    """Every site of `servers` on its own server, bootstrapped federated (its own domain, sourcing over leafnodes)."""
+    """Every site of `servers` on its own server, bootstrapped federated (its own domain, sourcing over leafnodes), and
+    its search views installed (as `chatfed bootstrap` does: search_sync's own user may not create them)."""
     sites = list(servers["sites"])
     clients = {site: await connect_site(servers, site) for site in sites}
     try:
-        for site, client in clients.items():
-            await provision_site(client, site, sites)
+        await provision_sites(clients, sites)
         for site, client in clients.items():
             await verify_site(client.jetstream(), site, sites)
     finally:
         for client in clients.values():
             await client.close()
+    es = es_client(servers)
+    try:
+        for site in sites:
+            install(es, SearchIndexes.for_site(ElasticSettings(), site))
+    finally:
+        es.close()
 
 
 async def retune(js: JetStreamContext, stream: str, durable: str, tuning: Tuning) -> None:
@@ -125,18 +124,12 @@ def flow_env(servers: Mapping[str, Any], site: str, *, nats_site: str = "s1", **
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHATFED_")}
     env.update(
         CHATFED_SITE_ID=site,
-        CHATFED_NATS_URL=servers["sites"][nats_site]["nats_url"],
-        CHATFED_MONGO_URI=servers["mongo_uri"],
-        CHATFED_MONGO_DB=names.mongo_database(site),
-        CHATFED_ES_URL=servers["es_url"],
         PYTHONPATH=str(REPO),
         PYTHONUNBUFFERED="1",
+        **mongo_variables(mongo_settings(servers, names.mongo_database(site))),
+        **nats_variables(nats_settings(servers, nats_site, role="service" if site == nats_site else "operator")),
+        **elastic_variables(es_search_sync_settings(servers, site) if site == nats_site else es_settings(servers)),
     )
-    prefix = "service" if site == nats_site else "nats"
-    for key in ("user", "password"):
-        value = servers["sites"][nats_site].get(f"{prefix}_{key}")
-        if value:
-            env[f"CHATFED_NATS_{key.upper()}"] = value
     env.update(overrides)
     return env
 

@@ -8,14 +8,12 @@ import json
 import socket
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from pymongo import uri_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,12 +26,33 @@ def _tcp_open(host: str, port: int) -> bool:
         return False
 
 
-def _http_open(url: str) -> bool:
+def _mongo_answers(info: dict[str, Any]) -> bool:
+    """MongoDB lets its user in (FerretDB: a unix socket)."""
+    from pymongo.errors import PyMongoError
+
+    from testkit.clients import mongo_client
+
     try:
-        with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 (configured server)
-            return resp.status == 200
-    except OSError:
+        with mongo_client(info, serverSelectionTimeoutMS=5_000) as client:
+            client.list_database_names()
+    except PyMongoError:
         return False
+    return True
+
+
+def _es_answers(info: dict[str, Any]) -> bool:
+    """Elasticsearch answers its operator (HTTPS, our CA)."""
+    from elastic_transport import TransportError
+    from elasticsearch import ApiError
+
+    from testkit.clients import es_client
+
+    try:
+        with es_client(info, request_timeout=5) as es:
+            es.cluster.health()
+    except (ApiError, TransportError):
+        return False
+    return True
 
 
 def _unreachable(what: str, address: str, log: str) -> None:
@@ -60,10 +79,9 @@ def servers() -> dict[str, Any]:
         url = urlsplit(desc["nats_url"])
         if not _tcp_open(url.hostname or "127.0.0.1", url.port or 4222):
             _unreachable(f"NATS of site {site}", desc["nats_url"], f".local/logs/nats-{site}.log")
-    for host, port in uri_parser.parse_uri(info["mongo_uri"])["nodelist"]:
-        if not _tcp_open(host, port):
-            _unreachable("MongoDB (FerretDB)", info["mongo_uri"], ".local/logs/ferretdb.log")
-    if not _http_open(info["es_url"].rstrip("/") + "/_cluster/health"):
+    if not _mongo_answers(info):
+        _unreachable("MongoDB (FerretDB)", info["mongo_uri"], ".local/logs/ferretdb.log")
+    if not _es_answers(info):
         _unreachable("Elasticsearch", info["es_url"], ".local/logs/es.log and .local/logs/es/")
     return info
 

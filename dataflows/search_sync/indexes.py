@@ -10,8 +10,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 import msgspec
-from elasticsearch import BadRequestError, Elasticsearch
+from elasticsearch import AuthorizationException, BadRequestError, Elasticsearch
 
+from connectors.errors import ConfigError
 from connectors.settings import ElasticSettings
 from schemas import names
 
@@ -89,12 +90,11 @@ def templates(indexes: SearchIndexes) -> dict[str, dict[str, Any]]:
 def install(es: Elasticsearch, indexes: SearchIndexes) -> None:
     """Put the templates and create `{alias}-v1` behind each alias that does not exist yet (idempotent)."""
     for alias, mappings in templates(indexes).items():
-        settings = _SETTINGS | _SPOTLIGHT_SETTINGS if alias == indexes.spotlight else _SETTINGS
         es.indices.put_index_template(
             name=template_name(alias),
             index_patterns=[f"{alias}-v*"],
             priority=200,
-            template={"settings": settings, "mappings": mappings},
+            template={"settings": template_settings(indexes, alias), "mappings": mappings},
         )
         if es.indices.exists_alias(name=alias):
             continue
@@ -105,14 +105,55 @@ def install(es: Elasticsearch, indexes: SearchIndexes) -> None:
                 raise
 
 
+def ensure_installed(es: Elasticsearch, indexes: SearchIndexes) -> None:
+    """What search_sync does at start: nothing when every alias exists (all its own user may check), else `install`.
+
+    A site's search_sync user may not create indexes or aliases (`chatfed bootstrap` does that, as the operator): its
+    refusal becomes a ConfigError naming the fix instead of a retry loop.
+    """
+    if all(es.indices.exists_alias(name=alias) for alias in indexes.aliases):
+        return
+    try:
+        install(es, indexes)
+    except AuthorizationException:
+        missing = ", ".join(indexes.aliases)
+        raise ConfigError(f"search views {missing} missing and this user may not create them: run `chatfed bootstrap`") from None
+
+
 def template_name(alias: str) -> str:
     return f"chatfed-{alias}"
 
 
-def create_version(es: Elasticsearch, alias: str, version: str, *, write_alias: str) -> str:
-    """Create `{alias}-v{version}` (shaped by the alias's template), reached for writes through `write_alias`."""
+def template_settings(indexes: SearchIndexes, alias: str) -> dict[str, Any]:
+    """The index settings the template of `alias` gives its concrete indexes."""
+    return _SETTINGS | _SPOTLIGHT_SETTINGS if alias == indexes.spotlight else dict(_SETTINGS)
+
+
+# A bulk fill (chatfed rebuild): no refresh and no replica to keep in step until the index is complete.
+FILL_SETTINGS: Final = {"refresh_interval": "-1", "number_of_replicas": 0, "auto_expand_replicas": False}
+
+
+def restore_settings(es: Elasticsearch, indexes: SearchIndexes, targets: Mapping[str, str]) -> None:
+    """Give each index of `targets` (alias -> index, filled with `FILL_SETTINGS`) its template's settings back.
+
+    A key the template lacks is reset. Indexes wanting the same settings share a request (each is a cluster-state update).
+    """
+    groups: dict[tuple[tuple[str, Any], ...], list[str]] = {}
+    for alias, index in targets.items():
+        wanted = template_settings(indexes, alias)
+        groups.setdefault(tuple((key, wanted.get(key)) for key in FILL_SETTINGS), []).append(index)
+    for settings, group in groups.items():
+        es.indices.put_settings(index=",".join(group), settings=dict(settings))
+
+
+def create_version(
+    es: Elasticsearch, alias: str, version: str, *, write_alias: str | None, settings: Mapping[str, Any] | None = None
+) -> str:
+    """Create `{alias}-v{version}` (shaped by the alias's template, `settings` on top), written through `write_alias` if any."""
     index = f"{alias}-v{version}"
-    es.indices.create(index=index, aliases={write_alias: {"is_write_index": True}})
+    es.indices.create(
+        index=index, aliases={write_alias: {"is_write_index": True}} if write_alias else None, settings=dict(settings) if settings else None
+    )
     return index
 
 

@@ -1,8 +1,9 @@
-"""The commands of scripts/services.py: up, down, start, release, status, info, rotate-secrets."""
+"""The commands of scripts/services.py: up, down, start, release, status, info, rotate-secrets, tls."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import time
@@ -10,9 +11,10 @@ from pathlib import Path
 
 from schemas.names import mongo_database
 
-from .credentials import nats_credentials
-from .layout import CONF, DATA, HUB, LEASES, ROOT, RUN, SECRETS, Layout, ServiceError, W
+from .credentials import MONGO_AUTH_DB, es_operator, es_search_sync, mongo_service, nats_credentials, rotate_all
+from .layout import CONF, DATA, HOST, HUB, LEASES, ROOT, RUN, SECRETS, Layout, ServiceError, W
 from .lifecycle import adopt, start, started_as_now, terminate, wait_for_leafnodes
+from .pki import ca_file, cert_file, client_name, describe, ensure_pki, key_file, rotate_pki
 from .processes import cmdline, own_processes, pid_alive, read_pid
 from .servers import all_servers
 
@@ -21,6 +23,7 @@ def cmd_up(layout: Layout, lease: str | None) -> None:
     if lease:
         LEASES.mkdir(parents=True, exist_ok=True)
         (LEASES / lease).touch()
+    ensure_pki(layout)
     for server in all_servers(layout):
         if server.external:
             print(f"{server.name:<{W}} external  {server.address}  (from ${server.external})")
@@ -50,6 +53,7 @@ def cmd_start(layout: Layout, names: list[str]) -> None:
     unknown = set(names) - set(servers)
     if unknown:
         raise ServiceError(f"unknown or external server(s): {', '.join(sorted(unknown))}")
+    ensure_pki(layout)
     for name in names:
         if servers[name].pid() is None:
             start(servers[name])
@@ -130,42 +134,97 @@ def cmd_status(layout: Layout) -> int:
 
 
 def site_info(layout: Layout, site: str) -> dict[str, str]:
-    """How to reach a site: NATS as its operator (nats_user) or service user, its database and domain.
+    """How to reach a site: NATS as its operator (nats_user) or service user, with the site's client certificate
+    (tls_cert, tls_key), its database and domain, and its search_sync user on Elasticsearch (es_service_user).
 
-    A site whose NATS is external (CHATFED_NATS_URL_<SITE>) gets empty credentials: we do not manage them.
+    A site whose NATS is external (CHATFED_NATS_URL_<SITE>) gets empty credentials: we do not manage them; likewise
+    the search_sync user of an external Elasticsearch (its flows use es_user).
     """
     info = {"nats_url": layout.nats_url(site)}
     if site in layout.local_sites:
         creds = nats_credentials(site)
         operator, service = creds["operator"], creds["service"]
+        tls = {"tls_cert": str(cert_file(client_name(site))), "tls_key": str(key_file(client_name(site)))}
     else:
         operator = service = {"user": "", "password": ""}
+        tls = {"tls_cert": "", "tls_key": ""}
     info.update(
         nats_user=operator["user"],
         nats_password=operator["password"],
         service_user=service["user"],
         service_password=service["password"],
+        **tls,
         mongo_db=mongo_database(site),
         domain=site,
     )
+    search_sync = es_search_sync(site) if "es" not in layout.overrides else {"user": "", "password": ""}
+    info.update(es_service_user=search_sync["user"], es_service_password=search_sync["password"])
     return info
 
 
+def mongo_info(layout: Layout) -> dict[str, str]:
+    """FerretDB's user; for an external MongoDB (CHATFED_MONGO_URI), what CHATFED_MONGO_USER, CHATFED_MONGO_PASSWORD and
+    CHATFED_MONGO_TLS_CA_FILE say (the URI may carry any other option: authSource, tls, tlsCertificateKeyFile, ...)."""
+    if "ferretdb" in layout.overrides:
+        env = os.environ
+        return {
+            "mongo_user": env.get("CHATFED_MONGO_USER", ""),
+            "mongo_password": env.get("CHATFED_MONGO_PASSWORD", ""),
+            "mongo_tls_ca": env.get("CHATFED_MONGO_TLS_CA_FILE", ""),
+        }
+    user = mongo_service()
+    return {"mongo_user": user["user"], "mongo_password": user["password"], "mongo_tls_ca": ""}
+
+
+def es_info(layout: Layout) -> dict[str, str]:
+    """Elasticsearch as its operator (the CLI's user) and the CA its certificate chains to; for an external one
+    (CHATFED_ES_URL), what CHATFED_ES_USER, CHATFED_ES_PASSWORD and CHATFED_ES_CA_CERTS say."""
+    if "es" in layout.overrides:
+        env = os.environ
+        return {"es_user": env.get("CHATFED_ES_USER", ""), "es_password": env.get("CHATFED_ES_PASSWORD", ""), "es_ca": env.get("CHATFED_ES_CA_CERTS", "")}
+    operator = es_operator()
+    return {"es_user": operator["user"], "es_password": operator["password"], "es_ca": str(ca_file())}
+
+
 def cmd_info(layout: Layout) -> int:
+    """Where everything is, as JSON; `tls_ca` is the CA every local server's certificate chains to."""
     sites = {s: site_info(layout, s) for s in layout.sites}
-    print(json.dumps({"sites": sites, "mongo_uri": layout.mongo_uri, "es_url": layout.es_url}))
+    info: dict[str, object] = {"sites": sites, "tls_ca": str(ca_file()), "mongo_uri": layout.mongo_uri, **mongo_info(layout), "es_url": layout.es_url, **es_info(layout)}
+    if layout.local_sites:  # where the hub listens (the TLS tests knock on every port)
+        info["hub"] = {
+            "nats_url": f"tls://{HOST}:{layout.port_base}",
+            "leafnode_url": f"tls://{HOST}:{layout.hub_leaf_port}",
+            "monitor_url": f"https://{HOST}:{layout.hub_monitor_port}",
+        }
+    print(json.dumps(info))
     return 0
 
 
+def cmd_tls(layout: Layout) -> None:
+    """Create the CA and the certificates if missing (install runs this); silent when there is nothing to do."""
+    ensure_pki(layout)
+
+
 def cmd_rotate_secrets(layout: Layout) -> None:
-    """Replace every NATS password of this checkout; the NATS servers must be down (they read them at start)."""
-    running = [s.name for s in all_servers(layout) if s.name.startswith("nats-") and not s.external and s.pid()]
+    """Replace every password, the CA and every certificate of this checkout; the servers must be down (they read
+    them at start)."""
+    running = [s.name for s in all_servers(layout) if not s.external and s.pid()]
     strays = own_processes({"nats": str(CONF / "nats-")})
     if running or strays:
         names = ", ".join(running) or "nats-server processes of this checkout"
         raise ServiceError(f"{names} running: stop them first (./run.sh services down), then rotate, then up")
-    for path in SECRETS.glob("nats-*.json"):  # also those of sites no longer in CHATFED_SITES
-        path.unlink()
+    rotate_all()  # also those of sites no longer in CHATFED_SITES
     for server in (HUB, *layout.local_sites):
         nats_credentials(server)
-    print(f"{'secrets':<{W}} new NATS passwords in {SECRETS.relative_to(ROOT)}/; clients need the new ones (services info)")
+    es_operator()
+    for site in layout.sites:
+        es_search_sync(site)
+    mongo_service()
+    for old_users in (DATA / "ferretdb" / "sqlite").glob(f"{MONGO_AUTH_DB}.sqlite*"):  # its next start creates the user anew
+        old_users.unlink()
+    print(f"{'secrets':<{W}} new passwords in {SECRETS.relative_to(ROOT)}/; clients need the new ones (services info)")
+    if rotate_pki():
+        ensure_pki(layout)
+        print(f"{'tls':<{W}} new CA and certificates in {describe()}/; clients need the new CA (services info: tls_ca)")
+    else:
+        print(f"{'tls':<{W}} your own certificates (CHATFED_PKI_DIR) are left as they are: renew them in your PKI")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 from schemas import names
 
@@ -53,19 +56,28 @@ class Layout:
         return self.overrides[server][1] if server in self.overrides else default
 
     def nats_url(self, site: str) -> str:
-        return self.url(f"nats-{site}", f"nats://{HOST}:{self.site_port(site)}")
+        return self.url(f"nats-{site}", f"tls://{HOST}:{self.site_port(site)}")
 
     @property
     def local_sites(self) -> list[str]:
         return [s for s in self.sites if f"nats-{s}" not in self.overrides]
 
     @property
+    def ferret_socket(self) -> Path:
+        """FerretDB's unix socket, in a folder only this OS user may enter: under the state dir, or, when that path is too
+        long for a socket address (108 bytes), in a folder of /tmp named after the state dir."""
+        inside = RUN / "ferretdb" / "db.sock"
+        if len(str(inside).encode()) <= 100:
+            return inside
+        return Path(tempfile.gettempdir()) / f"chatfed-{hashlib.sha256(str(STATE).encode()).hexdigest()[:16]}" / "db.sock"
+
+    @property
     def mongo_uri(self) -> str:
-        return self.url("ferretdb", f"mongodb://{HOST}:{self.ferret_port}/")
+        return self.url("ferretdb", f"mongodb://{quote(str(self.ferret_socket), safe='')}/")
 
     @property
     def es_url(self) -> str:
-        return self.url("es", f"http://{HOST}:{self.es_port}")
+        return self.url("es", f"https://{HOST}:{self.es_port}")
 
 
 def _port(env: dict[str, str], name: str, default: int) -> int:

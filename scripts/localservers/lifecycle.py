@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .credentials import write_private
 from .layout import CONF, HOST, LOGS, RUN, Layout, ServiceError, W
+from .pki import client_context
 from .processes import http_get, own_processes, pid_alive, read_pid, tcp_open
 from .servers import Server, es_java_home
 
@@ -78,7 +79,7 @@ def wait_for_leafnodes(layout: Layout, timeout: float = 30.0) -> None:
     want = set(layout.local_sites)
     deadline = time.monotonic() + timeout
     while True:
-        status, body = http_get(f"http://{HOST}:{layout.hub_monitor_port}/leafz")
+        status, body = http_get(f"https://{HOST}:{layout.hub_monitor_port}/leafz", context=client_context())
         have = {leaf.get("name") for leaf in json.loads(body).get("leafs") or []} if status == 200 else set()
         if want <= have:
             return

@@ -61,12 +61,10 @@ def nats_service_permissions(site: str) -> Permissions:
 
 
 def _source_api(origin: str, dest: str) -> list[str]:
-    """Creating `INBOX_{dest}`'s source consumer on `OUTBOX_{origin}` (its filter is part of the subject), and its info."""
+    """Binding `INBOX_{dest}`'s source to the durable `origin` keeps for it on `OUTBOX_{origin}`: a consumer reset of that
+    one durable, nothing else (no consumer creation, so no filter or deliver subject of the destination's choosing)."""
     api, outbox = subjects.jetstream_api_prefix(origin), names.outbox_stream(origin)
-    return [
-        f"{api}.CONSUMER.CREATE.{outbox}.*.{subjects.outbox_to_filter(origin=origin, dest=dest)}",
-        f"{api}.CONSUMER.INFO.{outbox}.*",
-    ]
+    return [f"{api}.CONSUMER.RESET.{outbox}.{names.outbox_source_durable(dest)}"]
 
 
 def _flow_control(origin: str) -> list[str]:
@@ -80,18 +78,15 @@ def nats_leaf_permissions(site: str, sites: Iterable[str]) -> Permissions:
     On a leafnode, `publish` is what the site may send into the hub and `subscribe` what the hub may
     send to the site; the hub enforces both and also hands them to the site, which applies them
     locally. For each other site `o`, `site` may:
-      - ask o's JetStream (through $JS.{o}.API) to create a source consumer on OUTBOX_{o} filtered to
-        `outbox.{o}.to.{site}.>`: the filter is part of the create subject and the server rejects a
-        request whose body asks for another one;
-      - read the info of consumers on OUTBOX_{o}. Sourcing does not need it, but the hub propagates a
-        site's `$JS.{o}.API.CONSUMER.>` interest only if some allowed subject lies under it that its
-        reverse matcher can find, and it does not find entries with a `*` in the middle (nats-server
-        2.15, Sublist.ReverseMatch), like the create subject above;
-      - answer the flow-control requests of those consumers ($JS.FC.OUTBOX_{o}.…, two forms);
+      - ask o's JetStream (through $JS.{o}.API) to reset the durable `fed-to-{site}` that o keeps on
+        OUTBOX_{o}, filtered to `outbox.{o}.to.{site}.>` (bootstrap creates it on o's side): that is how a
+        source binds to an origin-created consumer (durable sourcing, nats-server 2.14+). It may create no
+        consumer at all, so no filter or deliver subject of its own choosing, on any stream of o;
+      - answer the flow-control requests of that durable ($JS.FC.OUTBOX_{o}.…, two forms): its acks;
       - deliver its own OUTBOX to o on `fed.deliver.{site}.to.{o}.…` (messages, heartbeats and
-        flow-control requests of o's source consumer) and answer o's API requests ($JSC.R.…);
+        flow-control requests of the durable it keeps for o) and answer o's API requests ($JSC.R.…);
     and receive the same from the others. Nothing else crosses: room commands, INBOX/OUTBOX/DLQ
-    subjects, stream management, pulls, acks, consumer deletion, _INBOX, $SYS.
+    subjects, stream management, consumer creation or deletion, pulls, acks, _INBOX, $SYS.
     """
     others = [o for o in sites if o != site]
     send: list[str] = []

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import socket
+import ssl
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -16,9 +18,23 @@ def tcp_open(host: str, port: int, timeout: float = 1.0) -> bool:
         return False
 
 
-def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
+def unix_open(path: Path, timeout: float = 1.0) -> bool:
+    """Whether a server accepts connections on the unix socket `path`."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+def http_get(url: str, timeout: float = 5.0, context: ssl.SSLContext | None = None, auth: tuple[str, str] | None = None) -> tuple[int, str]:
+    request = urllib.request.Request(url)  # noqa: S310 (our loopback servers)
+    if auth is not None:
+        request.add_header("Authorization", "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode())
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (our loopback servers)
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as resp:  # noqa: S310
             return resp.status, resp.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode(errors="replace")

@@ -6,15 +6,18 @@ import json
 import os
 import pwd
 import shutil
+import ssl
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .credentials import write_private
+from .credentials import MONGO_AUTH_DB, es_operator, mongo_service, write_private
+from .esconf import security_settings, write_conf
 from .layout import CONF, DATA, HOST, LOCAL, LOGS, ROOT, RUN, Layout, ServiceError
 from .natsconf import nats_hub_conf, nats_site_conf
-from .processes import http_get, log_tail, pid_alive, read_pid, tcp_open
+from .pki import ca_file, client_context
+from .processes import http_get, log_tail, pid_alive, read_pid, unix_open
 
 ES_VERSION = "8.19.21"
 ES_HOME = LOCAL / "opt" / f"elasticsearch-{ES_VERSION}"
@@ -79,13 +82,13 @@ def nats_hub(layout: Layout) -> Server:
     conf = CONF / "nats-hub.conf"
     return Server(
         name="nats-hub",
-        address=f"nats://{HOST}:{layout.port_base} (leafnodes :{layout.hub_leaf_port})",
+        address=f"tls://{HOST}:{layout.port_base} (leafnodes :{layout.hub_leaf_port})",
         port=layout.port_base,
         marker=str(conf),
         argv=lambda: [nats_bin(), "-c", str(conf)],
         config=lambda: nats_hub_conf(layout),
         prepare=lambda: write_private(conf, nats_hub_conf(layout)),
-        ready=lambda: http_get(f"http://{HOST}:{layout.hub_monitor_port}/healthz")[0] == 200,
+        ready=lambda: http_get(f"https://{HOST}:{layout.hub_monitor_port}/healthz", context=client_context())[0] == 200,
     )
 
 
@@ -94,9 +97,10 @@ def nats_site(layout: Layout, site: str) -> Server:
 
     def prepare() -> None:
         (DATA / f"nats-{site}").mkdir(parents=True, exist_ok=True)
+        (DATA / f"nats-{site}").chmod(0o700)  # the streams: this OS user's alone
         write_private(conf, nats_site_conf(layout, site))
 
-    health = f"http://{HOST}:{layout.site_monitor_port(site)}/healthz?js-enabled-only=true"
+    health = f"https://{HOST}:{layout.site_monitor_port(site)}/healthz?js-enabled-only=true"
     return Server(
         name=f"nats-{site}",
         address=f"{layout.nats_url(site)} (domain {site})",
@@ -105,7 +109,7 @@ def nats_site(layout: Layout, site: str) -> Server:
         argv=lambda: [nats_bin(), "-c", str(conf)],
         config=lambda: nats_site_conf(layout, site),
         prepare=prepare,
-        ready=lambda: http_get(health)[0] == 200,
+        ready=lambda: http_get(health, context=client_context())[0] == 200,
     )
 
 
@@ -117,7 +121,7 @@ def es_java_home() -> str:
 
 
 def es(layout: Layout) -> Server:
-    data, logs, run = DATA / "es", LOGS / "es", RUN / "es"
+    data, logs, run, conf = DATA / "es", LOGS / "es", RUN / "es", CONF / "es"
     as_root = os.geteuid() == 0
 
     def prepare() -> None:
@@ -126,6 +130,7 @@ def es(layout: Layout) -> Server:
         for d in (data, logs, run / "tmp"):
             d.mkdir(parents=True, exist_ok=True)
         (run / "jvm.pid").unlink(missing_ok=True)
+        write_conf(layout, conf, ES_HOME)  # its own config folder: security, TLS, users (esconf.py)
         if as_root:  # ES refuses root: ES_USER runs it and needs its own dirs and a path to them
             try:
                 uid = pwd.getpwnam(ES_USER).pw_uid
@@ -135,7 +140,9 @@ def es(layout: Layout) -> Server:
                 raise ServiceError(f"{ES_HOME.relative_to(ROOT)} not owned by {ES_USER}: run ./run.sh install")
             for d in (data, logs, run, run / "tmp"):
                 shutil.chown(d, ES_USER, ES_USER)
-            for parent in (*reversed(LOCAL.parents), LOCAL, LOCAL / "opt", DATA, LOGS, RUN):
+            for path in (conf, *conf.rglob("*")):  # its config, keys and users: readable by it alone
+                shutil.chown(path, ES_USER, ES_USER)
+            for parent in (*reversed(LOCAL.parents), LOCAL, LOCAL / "opt", DATA, LOGS, RUN, CONF):
                 mode = parent.stat().st_mode
                 if not mode & stat.S_IXOTH:
                     parent.chmod(mode | stat.S_IXOTH)
@@ -147,12 +154,18 @@ def es(layout: Layout) -> Server:
         "discovery.type": "single-node",
         "path.data": data,
         "path.logs": logs,
-        "xpack.security.enabled": "false",
         "cluster.routing.allocation.disk.threshold_enabled": "false",
         "action.destructive_requires_name": "false",
+        **security_settings(),
     }
     flags = [arg for k, v in settings.items() for arg in ("-E", f"{k}={v}")]
     health = f"{layout.es_url}/_cluster/health?wait_for_status=yellow&timeout=5s"
+
+    def ready() -> bool:
+        operator = es_operator()
+        context = ssl.create_default_context(cafile=str(ca_file()))
+        return http_get(health, timeout=10, context=context, auth=(operator["user"], operator["password"]))[0] == 200
+
     return Server(
         name="es",
         address=layout.es_url,
@@ -160,8 +173,8 @@ def es(layout: Layout) -> Server:
         marker=f"-Djava.io.tmpdir={run / 'tmp'}",  # ES_TMPDIR: one per state dir (path.home is shared)
         argv=lambda: [str(ES_HOME / "bin" / "elasticsearch"), *flags, "-d", "-p", str(run / "jvm.pid")],
         prepare=prepare,
-        ready=lambda: http_get(health, timeout=10)[0] == 200,
-        env={"ES_JAVA_OPTS": "-Xms1g -Xmx1g", "ES_TMPDIR": str(run / "tmp"), "HOME": str(run)},
+        ready=ready,
+        env={"ES_JAVA_OPTS": "-Xms1g -Xmx1g", "ES_TMPDIR": str(run / "tmp"), "HOME": str(run), "ES_PATH_CONF": str(conf)},
         user=ES_USER if as_root else None,
         cwd=ES_HOME,
         daemon_pid_file=run / "jvm.pid",
@@ -171,33 +184,47 @@ def es(layout: Layout) -> Server:
 
 
 def ferretdb(layout: Layout) -> Server:
-    data = DATA / "ferretdb"
+    """FerretDB with authentication (SCRAM-SHA-256; `--test-enable-new-auth` works on any backend) on a unix socket in
+    a 0700 folder instead of a TCP port: FerretDB checks who logs in but not what they may do (roles are ignored), so
+    only this OS user may even reach it. Its user is created at the first start (`--setup-*`); the password goes in
+    through the environment, never on the command line (`ps` shows that to every user)."""
+    data, sock = DATA / "ferretdb", layout.ferret_socket
 
     def prepare() -> None:
         if not FERRET_BIN.exists():
             raise ServiceError(f"{FERRET_BIN.relative_to(ROOT)} missing: run ./run.sh install")
-        for d in (data / "sqlite", data / "state"):
+        for d in (data, data / "sqlite", data / "state", sock.parent):
             d.mkdir(parents=True, exist_ok=True)
+        for d in (data, sock.parent):  # the databases and the socket: this OS user's alone
+            if d.stat().st_uid != os.geteuid():
+                raise ServiceError(f"{d} belongs to another user: remove it, or start the servers as its owner")
+            d.chmod(0o700)
+        sock.unlink(missing_ok=True)  # left by a killed server (start() runs only when none is running)
 
     port = layout.ferret_port
     argv = [
         str(FERRET_BIN),
         "--handler=sqlite",
         f"--sqlite-url=file:{data / 'sqlite'}/",
-        f"--listen-addr={HOST}:{port}",
-        f"--debug-addr={HOST}:{port + 1}",
+        "--listen-addr=",  # no TCP listener
+        f"--listen-unix={sock}",
+        f"--debug-addr={HOST}:{port + 1}",  # metrics and probes only, no data
         "--telemetry=disable",
         f"--state-dir={data / 'state'}",
         "--log-level=WARN",
+        "--test-enable-new-auth",
+        f"--setup-database={MONGO_AUTH_DB}",
+        f"--setup-username={mongo_service()['user']}",
     ]
     return Server(
         name="ferretdb",
         address=layout.mongo_uri,
-        port=port,
+        port=port + 1,
         marker=f"--state-dir={data / 'state'}",
         argv=lambda: argv,
         prepare=prepare,
-        ready=lambda: tcp_open(HOST, port),  # stdlib only: no MongoDB ping
+        ready=lambda: unix_open(sock),  # stdlib only: no MongoDB ping
+        env={"FERRETDB_SETUP_PASSWORD": mongo_service()["password"]},
     )
 
 

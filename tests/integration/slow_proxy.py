@@ -10,8 +10,10 @@ from types import TracebackType
 class SlowProxy:
     """Listens on 127.0.0.1:`port`; forwards to `upstream`, holding each client→server chunk `delay_s` first."""
 
-    def __init__(self, upstream_host: str, upstream_port: int, delay_s: float) -> None:
+    def __init__(self, upstream_host: str, upstream_port: int, delay_s: float, *, upstream_unix: str = "") -> None:
+        """`upstream_unix`: a unix socket path to forward to instead of host and port (FerretDB)."""
         self.upstream = (upstream_host, upstream_port)
+        self.upstream_unix = upstream_unix
         self.delay_s = delay_s
         self.port = 0
         self._loop = asyncio.new_event_loop()
@@ -27,7 +29,10 @@ class SlowProxy:
         self._loop.run_forever()
 
     async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        server_r, server_w = await asyncio.open_connection(*self.upstream)
+        if self.upstream_unix:
+            server_r, server_w = await asyncio.open_unix_connection(self.upstream_unix)
+        else:
+            server_r, server_w = await asyncio.open_connection(*self.upstream)
 
         async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float) -> None:
             try:

@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from elasticsearch import Elasticsearch
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from dataflows.room_worker.commands import Publish
@@ -21,6 +20,7 @@ from dataflows.room_worker.events import dedup_id, member_added_publishes, membe
 from schemas import names, subjects
 from schemas.documents import Room, User
 from schemas.streams import MAX_DELIVER
+from testkit.clients import es_client
 from testkit.mirror_site import BASE_MS, mirror_site
 from testkit.room_harness import RoomHarness, run, user, with_harness
 from testkit.search_site import SearchSite, close_site, open_site
@@ -80,8 +80,8 @@ def _local(site: str, publish: Publish) -> str:
 
 
 @pytest.fixture
-async def search_site(servers: dict[str, Any], es_url: str) -> AsyncIterator[SearchSite]:
-    site = await open_site(servers, Elasticsearch(es_url))
+async def search_site(servers: dict[str, Any]) -> AsyncIterator[SearchSite]:
+    site = await open_site(servers, es_client(servers))
     yield site
     await close_site(site)
 

@@ -19,6 +19,7 @@ from schemas import names, subjects
 from schemas.commands import CreateRoom, encode_command
 from schemas.events import MemberAddEvent
 from schemas.streams import ACK_WAIT_S, MAX_DELIVER
+from testkit.clients import info_of_test_site, mongo_client
 from testkit.mirror_site import add, mirror_site
 from testkit.support import (
     FlowProcess,
@@ -40,13 +41,10 @@ class CliSite:
     def __init__(self, servers: dict[str, Any], tmp: Path) -> None:
         self.servers = servers
         self.site, self.other = unique_site(), unique_site()
-        self.mongo: MongoClient[dict[str, Any]] = MongoClient(servers["mongo_uri"])
+        self.mongo: MongoClient[dict[str, Any]] = mongo_client(servers)
         self.db = self.mongo[f"chat_{self.site}"]
         self.flows: list[FlowProcess] = []
-        s1 = servers["sites"]["s1"]
-        # a test site lives on s1's server, outside the subjects s1's service user may use: its flows run as the operator
-        desc = {**s1, "mongo_db": f"chat_{self.site}", "service_user": s1["nats_user"], "service_password": s1["nats_password"]}
-        info = {"sites": {self.site: desc}, "mongo_uri": servers["mongo_uri"], "es_url": servers["es_url"]}
+        info = {**servers, "sites": {self.site: info_of_test_site(servers, self.site)}}
         self.info = tmp / "info.json"
         self.info.write_text(json.dumps(info))
         self.run(self._bootstrap())
@@ -170,7 +168,7 @@ def test_bad_arguments_get_a_usage_message(cli_site: CliSite) -> None:
 def test_dlq_replay_of_an_unknown_account_succeeds_once_the_user_exists(servers: dict[str, Any], tmp_path: Path) -> None:
     with mirror_site(servers) as s, s.flow(CHATFED_MAX_DELIVER="2", CHATFED_BACKOFF_BASE_MS="50", CHATFED_BACKOFF_MAX_MS="100"):
         info = tmp_path / "info.json"
-        info.write_text(json.dumps({"sites": {s.site: {**servers["sites"]["s1"], "mongo_db": s.db.name}}, "mongo_uri": servers["mongo_uri"], "es_url": servers["es_url"]}))
+        info.write_text(json.dumps({**servers, "sites": {s.site: {**servers["sites"]["s1"], "mongo_db": s.db.name}}}))
         env = {"CHATFED_INFO": str(info)}
         s.users(["alice"])
         s.publish([add("r1", ["alice", "ghost"], 10)])

@@ -11,16 +11,16 @@ import pytest
 from elasticsearch import Elasticsearch
 
 from chatfed_cli.rebuild import rebuild_site
-from connectors.settings import ElasticSettings, NatsSettings
 from dataflows.search_sync.queries import rooms_for, typeahead
+from testkit.clients import es_client, es_settings, nats_settings
 from testkit.search_oracle import Event, oracle
 from testkit.search_site import SearchSite, close_site, open_site, publishable, random_history
 from testkit.support import flow_env
 
 
 @pytest.fixture
-async def search_site(servers: dict[str, Any], es_url: str) -> AsyncIterator[SearchSite]:
-    site = await open_site(servers, Elasticsearch(es_url))
+async def search_site(servers: dict[str, Any]) -> AsyncIterator[SearchSite]:
+    site = await open_site(servers, es_client(servers))
     yield site
     await close_site(site)
 
@@ -53,7 +53,8 @@ class Reader(threading.Thread):
                     self.problems.append(f"{account}: rooms={None if doc is None else doc.rooms} hits={len(hits)}")
 
 
-async def test_rebuild_under_live_traffic_swaps_in_views_equal_to_the_oracle(search_site: SearchSite, servers: dict[str, Any], es_url: str) -> None:
+@pytest.mark.parametrize("method", ["replay", "bulk"])
+async def test_rebuild_under_live_traffic_swaps_in_views_equal_to_the_oracle(search_site: SearchSite, servers: dict[str, Any], method: str) -> None:
     site = search_site.site
     history, order = random_history(3_000, accounts=40, rooms=30, seed=11)
     # live traffic touches other accounts, so the steady users' answers must never change
@@ -70,17 +71,17 @@ async def test_rebuild_under_live_traffic_swaps_in_views_equal_to_the_oracle(sea
     assert steady, "the history gives some users rooms"
 
     search_site.es.indices.refresh(index=f"spotlight-{site}")  # searches are near-real-time; gets are not
-    reader = Reader(Elasticsearch(es_url), site, steady)
+    reader = Reader(es_client(servers), site, steady)
     reader.start()
-    s1 = servers["sites"]["s1"]
     rebuild = asyncio.create_task(
         asyncio.to_thread(
             rebuild_site,
             site=site,
-            nats_settings=NatsSettings(url=s1["nats_url"], user=s1["nats_user"], password=s1["nats_password"]),
-            elastic_settings=ElasticSettings(url=es_url),
+            nats_settings=nats_settings(servers, "s1"),
+            elastic_settings=es_settings(servers),
             flow_env=flow_env(servers, site),
             timeout=300,
+            method=method,
         )
     )
     items = publishable(site, traffic_order)
@@ -103,3 +104,63 @@ async def test_rebuild_under_live_traffic_swaps_in_views_equal_to_the_oracle(sea
     aliases = search_site.es.indices.get_alias(name=f"user-room-{site}")
     assert list(aliases) == [report.new_indexes[f"user-room-{site}"]]
     assert report.documents > 0 and report.events >= len(order)
+
+
+def _fill_sensitive_settings(es: Elasticsearch, index: str) -> dict[str, Any]:
+    flat = es.indices.get_settings(index=index, flat_settings=True)[index]["settings"]
+    keys = ("index.refresh_interval", "index.number_of_replicas", "index.auto_expand_replicas", "index.number_of_shards")
+    return {key: flat.get(key) for key in keys}
+
+
+
+# bulk:1 decodes on a worker process (by default only streams of 100k+ messages do)
+@pytest.mark.parametrize("method", ["bulk", "bulk:1", "replay"])
+async def test_rebuild_with_traffic_on_the_same_documents_loses_nothing_and_restores_template_settings(
+    search_site: SearchSite, servers: dict[str, Any], method: str
+) -> None:
+    """Live traffic on the very accounts and rooms being rebuilt (the post-swap tail matters); settings back to the template's."""
+    site = search_site.site
+    history, order = random_history(2_000, accounts=25, rooms=15, seed=21)
+    later, _ = random_history(1_500, accounts=25, rooms=15, seed=22)
+    later = [Event(e.account, e.room, e.ts + 1_000_000, e.added, e.hss + 1_000_000 if e.hss else 0, e.joined + 1_000_000 if e.joined else 0, e.name)
+             for e in later]
+    search_site.start_flow()
+    await search_site.publish(publishable(site, order))
+    await search_site.drain()
+    rebuild = asyncio.create_task(
+        asyncio.to_thread(
+            rebuild_site,
+            site=site,
+            nats_settings=nats_settings(servers, "s1"),
+            elastic_settings=es_settings(servers),
+            flow_env=flow_env(servers, site),
+            timeout=300,
+            method=method.partition(":")[0],
+            parse_workers=int(method.partition(":")[2]) if ":" in method else None,
+        )
+    )
+    items = publishable(site, later)
+    while not rebuild.done() or items:
+        chunk, items = items[:25], items[25:]
+        if chunk:
+            await search_site.publish(chunk)
+        await asyncio.sleep(0.02)
+    report = await rebuild
+    await search_site.drain()
+    user_rooms, spotlight = search_site.views()
+    expected_rooms, expected_spotlight = oracle(history + later)
+    assert _normalised(user_rooms) == _normalised(expected_rooms)
+    assert set(spotlight) == set(expected_spotlight)
+    assert {doc_id: {k: doc[k] for k in ("roomName", "joinedAt")} for doc_id, doc in spotlight.items()} == expected_spotlight
+
+    es = search_site.es
+    if method == "replay":
+        return  # the replay path fills through the template's own settings
+    for alias, index in report.new_indexes.items():
+        probe = f"{alias}-vprobe"  # a fresh index shaped by the same template
+        es.indices.create(index=probe)
+        try:
+            assert _fill_sensitive_settings(es, index) == _fill_sensitive_settings(es, probe), alias
+        finally:
+            es.indices.delete(index=probe)
+    assert _fill_sensitive_settings(es, report.new_indexes[f"spotlight-{site}"])["index.refresh_interval"] == "250ms"

@@ -17,16 +17,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
-from elasticsearch import Elasticsearch
 from pymongo import MongoClient
 
 from chatfed_cli import flows as flow_procs
-from chatfed_cli.topology import Topology
+from chatfed_cli.topology import topology_of
 from connectors.mongo import ensure_indexes
 from dataflows.room_worker.plans import direct_room_id
 from schemas import names
+from testkit.clients import es_client, info_of_test_site, mongo_client
 from testkit.search_site import cleanup_indexes
 from testkit.support import REPO, bootstrap_local_sites, connect_site, unique_site
 
@@ -46,16 +45,9 @@ class DemoSites:
     def __init__(self, servers: dict[str, Any], tmp: Path) -> None:
         self.servers = servers
         self.home, self.remote = unique_site("demo"), unique_site("demo")
-        self.mongo: MongoClient[dict[str, Any]] = MongoClient(servers["mongo_uri"], retryWrites=False)
+        self.mongo: MongoClient[dict[str, Any]] = mongo_client(servers, retryWrites=False)
         self.dbs = {site: self.mongo[f"chat_{site}"] for site in (self.home, self.remote)}
-        s1 = servers["sites"]["s1"]
-        # a test site lives on s1's server, outside the subjects s1's service user may use: its flows run as the operator
-        desc = {**s1, "service_user": s1["nats_user"], "service_password": s1["nats_password"]}
-        self.raw = {
-            "sites": {site: {**desc, "mongo_db": f"chat_{site}", "domain": site} for site in (self.home, self.remote)},
-            "mongo_uri": servers["mongo_uri"],
-            "es_url": servers["es_url"],
-        }
+        self.raw = {**servers, "sites": {site: info_of_test_site(servers, site) for site in (self.home, self.remote)}}
         self.info = tmp / "info.json"
         self.info.write_text(json.dumps(self.raw))
         self.started: list[flow_procs.FlowProc] = []
@@ -81,7 +73,7 @@ class DemoSites:
 
     def flows_up(self, timeout: float = 120) -> None:
         """What `chatfed flows up` does after its (federated) bootstrap: start the six flows, wait until each pulls."""
-        self.started = flow_procs.start(msgspec.convert(self.raw, Topology))
+        self.started = flow_procs.start(topology_of(self.raw))
         deadline = time.monotonic() + timeout
         while True:
             status = _chatfed(self.info, "status", "--json", timeout=60)
@@ -98,7 +90,7 @@ class DemoSites:
     def close(self) -> None:
         flow_procs.terminate(self.started)  # only the flows this test started
         asyncio.run(self._streams(create=False))
-        es = Elasticsearch(self.servers["es_url"])
+        es = es_client(self.servers)
         for site in (self.home, self.remote):
             cleanup_indexes(es, site)
             self.mongo.drop_database(f"chat_{site}")
@@ -152,7 +144,7 @@ def test_demo_adopts_accounts_that_exist_under_other_ids(demo_sites: DemoSites) 
 def test_demo_without_two_sites_or_a_reachable_store_says_so_in_one_line(servers: dict[str, Any], tmp_path: Path) -> None:
     s1 = servers["sites"]["s1"]
     one = tmp_path / "one.json"
-    one.write_text(json.dumps({"sites": {"s1": s1}, "mongo_uri": servers["mongo_uri"], "es_url": servers["es_url"]}))
+    one.write_text(json.dumps({**servers, "sites": {"s1": s1}}))
     lonely = _chatfed(one, "demo", timeout=60)
     assert lonely.returncode == 1
     assert lonely.stdout.strip() == "demo failed: the demo needs two sites, the topology has 1: s1", lonely.stdout + lonely.stderr
@@ -160,7 +152,7 @@ def test_demo_without_two_sites_or_a_reachable_store_says_so_in_one_line(servers
 
     nowhere = tmp_path / "nowhere.json"  # a MongoDB that does not answer: seeding fails after the client's 5 s selection
     sites = {site: {**s1, "mongo_db": f"chat_{unique_site('none')}"} for site in ("a", "b")}
-    nowhere.write_text(json.dumps({"sites": sites, "mongo_uri": "mongodb://127.0.0.1:9/", "es_url": servers["es_url"]}))
+    nowhere.write_text(json.dumps({**servers, "sites": sites, "mongo_uri": "mongodb://127.0.0.1:9/"}))
     down = _chatfed(nowhere, "demo", timeout=60)
     assert down.returncode == 1
     [line] = down.stdout.strip().splitlines()

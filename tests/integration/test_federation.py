@@ -103,3 +103,48 @@ async def test_events_published_while_destination_is_down_all_arrive(own_servers
         assert numbers == list(range(count))
     finally:
         await s2.close()
+
+
+@pytest.mark.slow
+async def test_sourcing_through_the_origins_durable_survives_restarts_of_either_server(own_servers: PrivateServers) -> None:
+    """INBOX_s2 binds to the durable s1 keeps for it on OUTBOX_s1: it resumes after the origin's restart (the durable is
+    kept on disk) and after the destination's (the source resets the durable to where it left), each event once."""
+    federated_sites = own_servers.info
+    await bootstrap_federated(federated_sites)
+    marker = uuid.uuid4().hex
+    subject = subjects.outbox(origin="s1", dest="s2", event_type="member_added")
+    sent = 0
+
+    async def publish(count: int) -> None:
+        nonlocal sent
+        s1 = await connect_site(federated_sites, "s1")
+        try:
+            js1 = s1.jetstream()
+            for _ in range(count):
+                await js1.publish(subject, f'{{"marker":"{marker}","n":{sent}}}'.encode(), headers={"Nats-Msg-Id": f"{marker}-{sent}:s2"})
+                sent += 1
+        finally:
+            await s1.close()
+
+    async def all_arrived_once() -> None:
+        s2 = await connect_site(federated_sites, "s2")
+        try:
+            arrived = await _aggregate_messages(s2.jetstream(), "s2", marker, expect=sent, timeout=90)
+            assert sorted(int(msg.data.split(b'"n":')[1].rstrip(b"}")) for msg in arrived) == list(range(sent))
+        finally:
+            await s2.close()
+
+    await publish(50)
+    await all_arrived_once()
+    for server in ("nats-s1", "nats-s2"):
+        await asyncio.to_thread(own_servers.stop, server)
+        await asyncio.to_thread(own_servers.start_again, server)
+        await publish(50)
+        await all_arrived_once()
+    s1 = await connect_site(federated_sites, "s1")
+    try:
+        durable = await s1.jetstream().consumer_info(names.outbox_stream("s1"), names.outbox_source_durable("s2"))
+        assert durable.config.filter_subject == subjects.outbox_to_filter(origin="s1", dest="s2")
+        assert durable.config.ack_policy == "flow_control"
+    finally:
+        await s1.close()

@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 from nats.aio.client import Client
-from pymongo import MongoClient
 
 from connectors.bootstrap import bootstrap_site
 from connectors.settings import Tuning
 from schemas import names
 from schemas.streams import ACK_WAIT_S, MAX_DELIVER
+from testkit.clients import mongo_client
 from testkit.support import LOGS, FlowProcess, bootstrap_local_sites, connect_site, flow_env, unique_site, wait_for
 
 MODULE = "dataflows.inbox_mirror"
@@ -74,7 +74,7 @@ async def site(servers: dict[str, Any]) -> AsyncIterator[Site]:
         for stream in (names.rooms_stream, names.outbox_stream, names.inbox_stream, names.dlq_stream):
             await js.delete_stream(stream(test_site.site))
         await nc.close()
-        with MongoClient(servers["mongo_uri"]) as mongo:
+        with mongo_client(servers) as mongo:
             mongo.drop_database(f"chat_{test_site.site}")
 
 

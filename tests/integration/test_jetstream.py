@@ -11,12 +11,12 @@ from connectors.settings import NatsSettings, Tuning
 from schemas import carriers, names, subjects
 from schemas.carriers import Delivery, done, poison, retry
 from schemas.origin import sourced_from
+from testkit.clients import nats_settings
 from testkit.support import bootstrap_local_sites, connect_site, unique_site, wait_drained, wait_for
 
 
 def _operator(servers: dict[str, Any]) -> NatsSettings:
-    desc = servers["sites"]["s1"]
-    return NatsSettings(url=desc["nats_url"], user=desc.get("nats_user", ""), password=desc.get("nats_password", ""))
+    return nats_settings(servers, "s1")
 
 
 def _poll(partition: Any, count: int, timeout: float = 20) -> list[Delivery]:
@@ -117,8 +117,7 @@ def test_a_refused_pull_stops_the_flow_loudly(servers: dict[str, Any]) -> None:
 
     from connectors.natsio import NotPermitted
 
-    desc = servers["sites"]["s1"]
-    service = NatsSettings(url=desc["nats_url"], user=desc["service_user"], password=desc["service_password"])
+    service = nats_settings(servers, "s1", role="service")
     partition = JetStreamSource(service, Tuning(), stream="INBOX_elsewhere", durable=names.SEARCH_SYNC_DURABLE).build("pull", 0, 1)
     try:
         deadline = time.monotonic() + 10

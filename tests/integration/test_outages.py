@@ -16,10 +16,10 @@ from typing import Any, TypeVar
 
 import nats.errors
 import pytest
-from elasticsearch import Elasticsearch
 
 from connectors.mongo import ensure_indexes
 from schemas import names, subjects
+from testkit.clients import es_client
 from testkit.mirror_site import (
     MirrorSite,
     history,
@@ -271,7 +271,7 @@ def test_room_worker_and_inbox_mirror_started_while_mongo_is_down_wait_and_catch
 
 
 async def test_search_sync_started_while_elasticsearch_is_down_waits_and_catches_up(own_servers: PrivateServers) -> None:
-    site = await open_site(own_servers.info, Elasticsearch(own_servers.info["es_url"]))
+    site = await open_site(own_servers.info, es_client(own_servers.info))
     try:
         accounts = [f"a{i}" for i in range(20)]
         with own_servers.outage("es", STARTING_OUTAGE_S):

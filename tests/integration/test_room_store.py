@@ -25,6 +25,7 @@ from dataflows.room_worker.store import Claim, IntentPending, Member, StoreUnava
 from dataflows.room_worker.store_mongo import RECORDS, RoomStore
 from schemas.carriers import Delivery
 from schemas.documents import User, to_mongo
+from testkit.clients import mongo_client
 from testkit.support import unique_site
 
 T0 = 1767225600000
@@ -40,7 +41,7 @@ PEOPLE = [
 @pytest.fixture
 def db(servers: dict[str, Any]) -> Iterator[Database[Document]]:
     """A database of its own, with the flow's indexes and PEOPLE; dropped afterwards."""
-    client: MongoClient[Document] = MongoClient(servers["mongo_uri"], retryWrites=False)
+    client: MongoClient[Document] = mongo_client(servers, retryWrites=False)
     database = client[f"chat_{unique_site()}"]
     try:
         ensure_indexes(database)

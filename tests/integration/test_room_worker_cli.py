@@ -26,7 +26,7 @@ def test_cli_creates_a_room_and_reports_errors(servers: dict[str, Any], tmp_path
 
     async def scenario(h: RoomHarness) -> None:
         s1 = servers["sites"]["s1"]
-        info = {"sites": {h.site: {**s1, "mongo_db": h.db.name}}, "mongo_uri": servers["mongo_uri"], "es_url": servers["es_url"]}
+        info = {**servers, "sites": {h.site: {**s1, "mongo_db": h.db.name}}}
         (tmp_path / "info.json").write_text(json.dumps(info))
         monkeypatch.setenv("CHATFED_INFO", str(tmp_path / "info.json"))
 
@@ -61,7 +61,7 @@ def test_cli_times_out_without_a_worker(servers: dict[str, Any], tmp_path: Path,
     async def scenario(h: RoomHarness) -> None:
         assert h.flow is not None
         h.flow.stop()
-        info = {"sites": {h.site: servers["sites"]["s1"]}, "mongo_uri": servers["mongo_uri"], "es_url": servers["es_url"]}
+        info = {**servers, "sites": {h.site: servers["sites"]["s1"]}}
         (tmp_path / "info.json").write_text(json.dumps(info))
         monkeypatch.setenv("CHATFED_INFO", str(tmp_path / "info.json"))
         args = ["create", "--site", h.site, "-r", "alice", "--name", "eng", "-u", "bob", "--timeout", "0.5"]

@@ -15,6 +15,7 @@ from pymongo import MongoClient
 
 from connectors.mongo import ensure_indexes
 from schemas import names, subjects
+from testkit.clients import mongo_client
 from testkit.support import FlowProcess, connect_site, flow_env, wait_drained, wait_for
 
 
@@ -69,7 +70,7 @@ def test_channel_created_on_s1_reaches_inbox_s2_exactly_once(federated_sites: di
     tag = uuid.uuid4().hex[:8]
     alice, bob, carol = f"alice-{tag}", f"bob-{tag}", f"carol-{tag}"
     room_id = f"r-{tag}"
-    mongo: MongoClient[Any] = MongoClient(servers["mongo_uri"], retryWrites=False)
+    mongo: MongoClient[Any] = mongo_client(servers, retryWrites=False)
     db = mongo["chat_s1"]
     ensure_indexes(db)
     db.users.insert_many([{"_id": f"u-{a}", "account": a, "siteId": s} for a, s in ((alice, "s1"), (bob, "s1"), (carol, "s2"))])

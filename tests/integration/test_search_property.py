@@ -8,11 +8,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from elasticsearch import Elasticsearch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dataflows.search_sync.indexes import install
+from testkit.clients import es_client
 from testkit.search_oracle import Event, oracle
 from testkit.search_site import (
     SearchSite,
@@ -29,7 +29,7 @@ _examples = itertools.count()
 def prop_site(servers: dict[str, Any]) -> Iterator[SearchSite]:
     """One flow for every example (examples use their own accounts and rooms); spotlight keeps no delete tombstones."""
     async def open_() -> SearchSite:
-        opened = await open_site(servers, Elasticsearch(servers["es_url"]))
+        opened = await open_site(servers, es_client(servers))
         await opened.nc.close()  # each round connects on its own event loop
         return opened
 

@@ -13,6 +13,7 @@ import pytest
 from elasticsearch import Elasticsearch
 
 from schemas import names
+from testkit.clients import es_client
 from testkit.private_servers import PrivateServers
 from testkit.search_oracle import oracle
 from testkit.search_site import (
@@ -29,8 +30,8 @@ OWN_SERVERS = ("nats", "es")  # the outages stop these; search_sync uses no Mong
 
 
 @pytest.fixture
-async def search_site(servers: dict[str, Any], es_url: str) -> AsyncIterator[SearchSite]:
-    site = await open_site(servers, Elasticsearch(es_url))
+async def search_site(servers: dict[str, Any]) -> AsyncIterator[SearchSite]:
+    site = await open_site(servers, es_client(servers))
     yield site
     await close_site(site)
 
@@ -38,14 +39,14 @@ async def search_site(servers: dict[str, Any], es_url: str) -> AsyncIterator[Sea
 @pytest.fixture
 async def own_search_site(own_servers: PrivateServers) -> AsyncIterator[SearchSite]:
     """A search site on this module's own servers, for the tests that stop them."""
-    site = await open_site(own_servers.info, Elasticsearch(own_servers.info["es_url"]))
+    site = await open_site(own_servers.info, es_client(own_servers.info))
     yield site
     await close_site(site)
 
 
 @pytest.fixture
-async def second_site(servers: dict[str, Any], es_url: str) -> AsyncIterator[SearchSite]:
-    site = await open_site(servers, Elasticsearch(es_url))
+async def second_site(servers: dict[str, Any]) -> AsyncIterator[SearchSite]:
+    site = await open_site(servers, es_client(servers))
     yield site
     await close_site(site)
 

@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from elasticsearch import Elasticsearch
 
+from testkit.clients import es_client
 from testkit.search_oracle import Event, oracle
 from testkit.search_site import SearchSite, close_site, open_site, publishable
 
@@ -65,8 +65,8 @@ def _scenarios(prefix: str) -> tuple[list[Event], list[list[Event]]]:
 
 
 @pytest.fixture
-async def search_site(servers: dict[str, Any], es_url: str) -> AsyncIterator[SearchSite]:
-    site = await open_site(servers, Elasticsearch(es_url))
+async def search_site(servers: dict[str, Any]) -> AsyncIterator[SearchSite]:
+    site = await open_site(servers, es_client(servers))
     yield site
     await close_site(site)
 

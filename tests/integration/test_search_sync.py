@@ -7,10 +7,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from elasticsearch import Elasticsearch
 
 from dataflows.search_sync.queries import rooms_for, typeahead
 from schemas import carriers, names, subjects
+from testkit.clients import es_client
 from testkit.search_oracle import added, removed, renamed
 from testkit.search_site import HOME, SearchSite, close_site, open_site
 from testkit.support import wait_for
@@ -18,8 +18,8 @@ from tests.unit.test_search_views import SEARCH_VECTORS, check_vector_expectatio
 
 
 @pytest.fixture
-async def search_site(servers: dict[str, Any], es_url: str) -> AsyncIterator[SearchSite]:
-    site = await open_site(servers, Elasticsearch(es_url))
+async def search_site(servers: dict[str, Any]) -> AsyncIterator[SearchSite]:
+    site = await open_site(servers, es_client(servers))
     yield site
     await close_site(site)
 

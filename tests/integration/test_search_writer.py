@@ -11,6 +11,7 @@ import socket
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import msgspec
 import pytest
 from elasticsearch import Elasticsearch
 
@@ -20,6 +21,7 @@ from dataflows.search_sync import parts as search_parts
 from dataflows.search_sync.indexes import SearchIndexes, install
 from dataflows.search_sync.renames import MAX_ROUNDS
 from dataflows.search_sync.writer import SearchViewsWriter
+from testkit.clients import es_client, es_settings
 from testkit.search_oracle import Event, added, delivery, event_bytes, oracle, renamed
 from testkit.search_site import cleanup_indexes, documents, random_history, read_views
 from testkit.support import unique_site
@@ -44,8 +46,8 @@ class Hooked(SearchViewsWriter):
 class Views:
     """Fresh indexes per test, and writers pointed at them."""
 
-    def __init__(self, es: Elasticsearch, es_url: str) -> None:
-        self.es, self.settings, self.site = es, ElasticSettings(url=es_url), unique_site("w")
+    def __init__(self, es: Elasticsearch, servers: dict[str, Any]) -> None:
+        self.es, self.settings, self.site = es, es_settings(servers), unique_site("w")
         self.indexes = SearchIndexes.for_site(self.settings, self.site)
         install(es, self.indexes)
 
@@ -70,9 +72,9 @@ class Views:
 
 
 @pytest.fixture
-def site(es_url: str) -> Iterator[Views]:
-    es = Elasticsearch(es_url)
-    opened = Views(es, es_url)
+def site(servers: dict[str, Any]) -> Iterator[Views]:
+    es = es_client(servers)
+    opened = Views(es, servers)
     yield opened
     cleanup_indexes(es, opened.site)
     es.close()
@@ -230,9 +232,9 @@ def test_a_removal_older_than_the_add_changes_no_view_but_outranks_older_adds(si
 # --- the writer's cache
 
 
-def test_warm_and_cold_writers_write_the_same_documents(es_url: str, site: Views) -> None:
+def test_warm_and_cold_writers_write_the_same_documents(servers: dict[str, Any], site: Views) -> None:
     events, order = random_history(400, accounts=6, rooms=5, seed=7)
-    cold_site = Views(site.es, es_url)
+    cold_site = Views(site.es, servers)
     try:
         warm = site.writer()
         for start in range(0, len(order), 20):
@@ -270,7 +272,7 @@ def test_an_unreachable_elasticsearch_fails_every_part_with_a_reason(site: Views
     with socket.socket() as probe:  # a port nobody listens on once closed
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    down = SearchViewsWriter(ElasticSettings(url=f"http://127.0.0.1:{port}"), site.indexes, flow="test_writer")
+    down = SearchViewsWriter(msgspec.structs.replace(site.settings, url=f"https://127.0.0.1:{port}"), site.indexes, flow="test_writer")
     for _ in range(2):  # and again, after the failure emptied its cache
         outcomes = write(down, added("r1", ["u1", "u2"], 100), remove("u3", "r2", 101), renamed("r1", "new", 200))
         assert len(outcomes) == 4

@@ -1,7 +1,8 @@
-"""No password reaches a log line (issue 7): flows and the CLI run with NATS, MongoDB and Elasticsearch secrets set.
+"""No password, token or private key reaches a log line or the CLI's output (issues 7 and 14): flows and the CLI run with
+the real NATS, MongoDB and Elasticsearch credentials (some in URLs), unused ones set on top, and with wrong ones.
 
-FerretDB (SQLite backend) has no users: it accepts any credentials with `authMechanism=PLAIN` (SCRAM is refused),
-and Elasticsearch runs without security, so it ignores them. That is enough: what is tested is what we log.
+The secrets looked for: every password `services info` hands out, the fake ones set here, and the base64 body of every
+private key of the servers' PKI.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from testkit.support import (
     wait_drained,
 )
 
-MONGO_PASSWORD = f"s3cret-mongo-{uuid.uuid4().hex[:8]}"
 ES_PASSWORD = f"s3cret-es-{uuid.uuid4().hex[:8]}"
 ES_API_KEY = f"s3cret-apikey-{uuid.uuid4().hex[:8]}"
 
@@ -43,6 +43,19 @@ def with_userinfo(url: str, user: str, password: str, query: str = "") -> str:
 
 def nats_passwords(servers: Mapping[str, Any]) -> list[str]:
     return [v for desc in servers["sites"].values() for k, v in desc.items() if k.endswith("password") and v]
+
+
+def all_secrets(servers: Mapping[str, Any]) -> list[str]:
+    """Every password of `services info` and the first line of every private key's base64 body."""
+    passwords = [*nats_passwords(servers), *es_passwords(servers), servers["mongo_password"]]
+    keys = [line for path in Path(servers["tls_ca"]).parent.glob("*.key") for line in path.read_text().splitlines()[1:2]]
+    assert len(keys) >= 5, keys
+    return [*passwords, *keys]
+
+
+def es_passwords(servers: Mapping[str, Any]) -> list[str]:
+    """Elasticsearch's operator and every site's search_sync user."""
+    return [servers["es_password"], *(d["es_service_password"] for d in servers["sites"].values() if d.get("es_service_password"))]
 
 
 def assert_no_secret(text: str, secrets: list[str], where: str) -> None:
@@ -64,18 +77,18 @@ def _publish_mirror_work(s: MirrorSite) -> None:
 
 
 def test_flow_logs_carry_no_password(servers: dict[str, Any]) -> None:
-    secrets = [*nats_passwords(servers), MONGO_PASSWORD, ES_PASSWORD, ES_API_KEY]
-    mongo_in_uri = with_userinfo(servers["mongo_uri"], "chatfed", MONGO_PASSWORD, "authMechanism=PLAIN")
-    es_in_url = with_userinfo(servers["es_url"], "elastic", ES_PASSWORD)
+    secrets = [*all_secrets(servers), ES_PASSWORD, ES_API_KEY]
+    # the store's real user in the URI (inbox_mirror) or in CHATFED_MONGO_USER / _PASSWORD (room_worker): both must work
+    mongo_in_uri = with_userinfo(servers["mongo_uri"], servers["mongo_user"], servers["mongo_password"])
+    es_in_url = with_userinfo(servers["es_url"], "elastic", ES_PASSWORD)  # unused by these two flows: still not logged
     with mirror_site(servers) as s:
         nats_in_url = with_userinfo(servers["sites"]["s1"]["nats_url"], servers["sites"]["s1"]["nats_user"], servers["sites"]["s1"]["nats_password"])
-        mirror_env = flow_env(servers, s.site, CHATFED_MONGO_URI=mongo_in_uri, CHATFED_ES_URL=es_in_url, CHATFED_MAX_DELIVER="2")
+        mirror_env = flow_env(
+            servers, s.site, CHATFED_MONGO_URI=mongo_in_uri, CHATFED_MONGO_USER="", CHATFED_MONGO_PASSWORD="", CHATFED_ES_URL=es_in_url, CHATFED_MAX_DELIVER="2"
+        )
         room_env = flow_env(
             servers,
             s.site,
-            CHATFED_MONGO_URI=f"{servers['mongo_uri']}?authMechanism=PLAIN",
-            CHATFED_MONGO_USER="chatfed",
-            CHATFED_MONGO_PASSWORD=MONGO_PASSWORD,
             CHATFED_ES_URL=servers["es_url"],
             CHATFED_ES_USER="elastic",
             CHATFED_ES_PASSWORD=ES_PASSWORD,
@@ -84,7 +97,7 @@ def test_flow_logs_carry_no_password(servers: dict[str, Any]) -> None:
             CHATFED_NATS_USER="",
             CHATFED_NATS_PASSWORD="",
         )
-        assert mirror_env["CHATFED_NATS_PASSWORD"] in secrets
+        assert mirror_env["CHATFED_NATS_PASSWORD"] in secrets and room_env["CHATFED_MONGO_PASSWORD"] in secrets
         s.run(retune(s.js, names.inbox_stream(s.site), names.INBOX_WORKER_DURABLE, load_tuning(mirror_env)))
         mirror = FlowProcess("dataflows.inbox_mirror", mirror_env)
         rooms = FlowProcess("dataflows.room_worker", room_env)
@@ -108,9 +121,11 @@ def test_flow_logs_carry_no_password(servers: dict[str, Any]) -> None:
 
 
 def test_search_sync_log_carries_no_password(servers: dict[str, Any]) -> None:
-    secrets = [*nats_passwords(servers), ES_PASSWORD]
+    secrets = all_secrets(servers)
     with mirror_site(servers) as s:
-        env = flow_env(servers, s.site, CHATFED_ES_URL=with_userinfo(servers["es_url"], "elastic", ES_PASSWORD))
+        # the operator's real credentials in the URL instead of CHATFED_ES_USER / _PASSWORD: the flow must work with them
+        in_url = with_userinfo(servers["es_url"], servers["es_user"], servers["es_password"])
+        env = flow_env(servers, s.site, CHATFED_ES_URL=in_url, CHATFED_ES_USER="", CHATFED_ES_PASSWORD="")
         flow = FlowProcess("dataflows.search_sync", env)
         with flow:
             ts = int(time.time() * 1000)
@@ -141,26 +156,34 @@ def _text(out: str | bytes | None) -> str:
 
 
 def test_cli_output_carries_no_password(servers: dict[str, Any], tmp_path: Path) -> None:
-    topology = {**servers, "mongo_uri": with_userinfo(servers["mongo_uri"], "chatfed", MONGO_PASSWORD, "authMechanism=PLAIN")}
-    topology["es_url"] = with_userinfo(servers["es_url"], "elastic", ES_PASSWORD)
+    topology = {**servers, "mongo_uri": with_userinfo(servers["mongo_uri"], servers["mongo_user"], servers["mongo_password"])}
     info = tmp_path / "info.json"
     info.write_text(json.dumps(topology))
     wrong = f"wrong-s3cret-{uuid.uuid4().hex[:8]}"
-    bad = json.loads(json.dumps(topology))
-    bad["sites"]["s1"]["nats_password"] = wrong
-    bad_info = tmp_path / "bad.json"
-    bad_info.write_text(json.dumps(bad))
-    secrets = [*nats_passwords(servers), MONGO_PASSWORD, ES_PASSWORD, wrong]
+
+    def broken(**changes: Any) -> Path:
+        bad = {**json.loads(json.dumps(topology)), **changes}
+        path = tmp_path / f"bad-{uuid.uuid4().hex[:6]}.json"
+        path.write_text(json.dumps(bad))
+        return path
+
+    bad_nats = json.loads(json.dumps(topology))["sites"]
+    bad_nats["s1"]["nats_password"] = wrong
+    secrets = [*all_secrets(servers), wrong]
     runs = {
         "status": _cli(["status"], info),
         "status --json": _cli(["status", "--json"], info),
         "dlq list": _cli(["dlq", "list", "--site", "s1", "--limit", "5"], info),
         "dlq list --json": _cli(["dlq", "list", "--site", "s2", "--limit", "5", "--json"], info),
+        "search rooms": _cli(["search", "rooms", "gen", "--site", "s1", "--user", "nobody"], info),  # Elasticsearch, as the operator
     }
     for name, (code, text) in runs.items():
         assert code == 0, (name, code, text[-2000:])
         assert_no_secret(text, secrets, f"`chatfed {name}` output")
     assert "site s1" in runs["status"][1]
-    _, refused = _cli(["status"], bad_info, timeout=8)  # a refused login is logged (and retried)
+    _, refused = _cli(["status"], broken(sites=bad_nats), timeout=8)  # a refused login is logged (and retried)
     assert "Authorization Violation" in refused
     assert_no_secret(refused, secrets, "`chatfed status` output with a wrong password")
+    code, refused = _cli(["user", "rooms", "--site", "s1", "--user", "nobody"], broken(es_password=wrong), timeout=60)
+    assert code != 0 and "401" in refused, refused[-2000:]
+    assert_no_secret(refused, secrets, "`chatfed user rooms` output with a wrong Elasticsearch password")

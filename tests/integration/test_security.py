@@ -23,6 +23,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import NoStreamResponseError, NotFoundError
 
 from schemas import names, subjects
+from testkit.clients import connect_nats, nats_settings, nats_tls
 from testkit.support import connect_site, wait_for
 
 S1_STREAMS = ("ROOMS_s1", "INBOX_s1", "OUTBOX_s1", "DLQ_s1")
@@ -60,16 +61,8 @@ class Recorder:
 
 
 async def _connect_as(servers: dict[str, Any], site: str, role: str, recorder: Recorder) -> Client:
-    desc = servers["sites"][site]
-    prefix = "nats" if role == "operator" else "service"
-    return await nats.connect(
-        desc["nats_url"],
-        user=desc[f"{prefix}_user"],
-        password=desc[f"{prefix}_password"],
-        error_cb=recorder.record,
-        max_reconnect_attempts=0,
-        connect_timeout=5,
-    )
+    settings = nats_settings(servers, site, role=role)
+    return await connect_nats(settings, error_cb=recorder.record, max_reconnect_attempts=0, connect_timeout=5)
 
 
 @pytest.fixture
@@ -148,7 +141,7 @@ async def _refused(attempt: Any) -> str:
 
 
 def test_site_servers_refuse_connections_without_valid_credentials(servers: dict[str, Any]) -> None:
-    async def attempt(url: str, **credentials: str) -> str:
+    async def attempt(url: str, **credentials: Any) -> str:
         try:
             client = await nats.connect(url, max_reconnect_attempts=0, allow_reconnect=False, connect_timeout=5, **credentials)
         except NatsError as exc:
@@ -159,13 +152,14 @@ def test_site_servers_refuse_connections_without_valid_credentials(servers: dict
     async def all_attempts() -> None:
         for site, desc in servers["sites"].items():
             assert desc["nats_user"] and desc["service_user"] and desc["nats_user"] != desc["service_user"]
-            anonymous = await attempt(desc["nats_url"])
-            wrong = await attempt(desc["nats_url"], user=desc["nats_user"], password=desc["nats_password"] + "x")
+            tls = nats_tls(servers, site)  # a certificate of ours: only the password is wrong or missing
+            anonymous = await attempt(desc["nats_url"], **tls)
+            wrong = await attempt(desc["nats_url"], user=desc["nats_user"], password=desc["nats_password"] + "x", **tls)
             for outcome in (anonymous, wrong):
                 assert "authorization violation" in outcome.lower(), f"{site}: {outcome}"
             # and the right credentials do get in (both users)
             for user, password in ((desc["nats_user"], desc["nats_password"]), (desc["service_user"], desc["service_password"])):
-                assert await attempt(desc["nats_url"], user=user, password=password) == "connected", f"{site}: {user}"
+                assert await attempt(desc["nats_url"], user=user, password=password, **tls) == "connected", f"{site}: {user}"
 
     asyncio.run(all_attempts())
 
@@ -177,7 +171,9 @@ def test_credentials_are_not_shared_between_sites(servers: dict[str, Any]) -> No
     async def attempt() -> None:
         for user, password in ((s2["nats_user"], s2["nats_password"]), (s2["service_user"], s2["service_password"])):
             with pytest.raises(NatsError, match="(?i)authorization violation"):
-                await nats.connect(s1["nats_url"], user=user, password=password, max_reconnect_attempts=0, allow_reconnect=False)
+                await nats.connect(
+                    s1["nats_url"], user=user, password=password, max_reconnect_attempts=0, allow_reconnect=False, **nats_tls(servers, "s2")
+                )
 
     asyncio.run(attempt())
 
@@ -236,35 +232,46 @@ async def test_s2_cannot_manage_streams_of_domain_s1(federated_sites: dict[str, 
     assert outbox.config.subjects == [subjects.outbox_filter("s1")]
 
 
-async def test_s2_cannot_create_consumers_on_s1_streams_beyond_its_own_outbox_lane(
-    federated_sites: dict[str, Any], s1_operator: Client
-) -> None:
-    """The leafnodes let s2 ask for a consumer on OUTBOX_s1 filtered to `outbox.s1.to.s2.>` only."""
+async def test_s2_cannot_create_any_consumer_on_s1_streams(federated_sites: dict[str, Any], s1_operator: Client) -> None:
+    """s2 sources OUTBOX_s1 through the durable s1 created for it (bound by a reset); it may create no consumer of its own,
+    not even on its own lane: its filter or deliver subject (e.g. s1's own ROOMS subjects) would be its choice."""
     recorder = Recorder()
     s2 = await _connect_as(federated_sites, "s2", "operator", recorder)
     tag = uuid.uuid4().hex[:8]
+    own_lane = subjects.outbox_to_filter(origin="s1", dest="s2")
     attempts = {
+        # its own lane, with a filter of its choosing (the extended create subject, then the plain one)
+        f"own-{tag}": ("OUTBOX_s1", own_lane, own_lane, f"fed.deliver.s1.to.s2.{tag}"),
+        f"own-plain-{tag}": ("OUTBOX_s1", "", own_lane, f"fed.deliver.s1.to.s2.{tag}"),
+        # its own lane, delivered into s1's own room commands: s1 would feed its OUTBOX into ROOMS_s1
+        f"inject-{tag}": ("OUTBOX_s1", own_lane, own_lane, subjects.rooms_command("s1", "create")),
         # another destination's lane of OUTBOX_s1
-        f"to-s3-{tag}": ("OUTBOX_s1", "outbox.s1.to.s3.>", "outbox.s1.to.s3.>"),
-        # the allowed subject, but a body asking for another lane: the server rejects the mismatch
-        f"mismatch-{tag}": ("OUTBOX_s1", "outbox.s1.to.s2.>", "outbox.s1.to.s3.>"),
+        f"to-s3-{tag}": ("OUTBOX_s1", "outbox.s1.to.s3.>", "outbox.s1.to.s3.>", f"fed.deliver.s1.to.s2.{tag}"),
         # the whole stream
-        f"all-{tag}": ("OUTBOX_s1", "outbox.s1.>", "outbox.s1.>"),
+        f"all-{tag}": ("OUTBOX_s1", "outbox.s1.>", "outbox.s1.>", f"fed.deliver.s1.to.s2.{tag}"),
         # another stream
-        f"rooms-{tag}": ("ROOMS_s1", "chat.room.canonical.s1.>", "chat.room.canonical.s1.>"),
+        f"rooms-{tag}": ("ROOMS_s1", "chat.room.canonical.s1.>", "chat.room.canonical.s1.>", f"fed.deliver.s1.to.s2.{tag}"),
     }
     try:
-        for name, (stream, subject_filter, body_filter) in attempts.items():
-            subject = f"$JS.s1.API.CONSUMER.CREATE.{stream}.{name}.{subject_filter}"
-            config = {"name": name, "durable_name": name, "filter_subject": body_filter, "deliver_subject": f"fed.deliver.s1.to.s2.{name}"}
+        for name, (stream, subject_filter, body_filter, deliver) in attempts.items():
+            subject = f"$JS.s1.API.CONSUMER.CREATE.{stream}.{name}" + (f".{subject_filter}" if subject_filter else "")
+            config = {"name": name, "durable_name": name, "filter_subject": body_filter, "deliver_subject": deliver}
             await _refused(s2.request(subject, json.dumps({"stream_name": stream, "config": config}).encode(), timeout=2))
+            durable = f"$JS.s1.API.CONSUMER.DURABLE.CREATE.{stream}.{name}"
+            await _refused(s2.request(durable, json.dumps({"stream_name": stream, "config": config}).encode(), timeout=2))
+        # nor reset, delete or pull the durable s1 keeps for s2 in any other way than a reset
+        durable_for_s2 = names.outbox_source_durable("s2")
+        for verb in ("DELETE", "MSG.NEXT", "INFO"):
+            await _refused(s2.request(f"$JS.s1.API.CONSUMER.{verb}.OUTBOX_s1.{durable_for_s2}", b"", timeout=2))
         await _came_through(federated_sites, s1_operator, s2)
     finally:
         await s2.close()
     js1 = s1_operator.jetstream()
     for stream in ("OUTBOX_s1", "ROOMS_s1"):
-        names = {c.name for c in await js1.consumers_info(stream)}
-        assert not names & set(attempts), f"{stream}: {names & set(attempts)}"
+        present = {c.name for c in await js1.consumers_info(stream)}
+        assert not present & set(attempts), f"{stream}: {present & set(attempts)}"
+    outbox = {c.name: c for c in await js1.consumers_info("OUTBOX_s1")}
+    assert durable_for_s2 in outbox and outbox[durable_for_s2].config.filter_subject == own_lane
 
 
 async def test_s2_does_not_see_s1_traffic(federated_sites: dict[str, Any], s1_operator: Client) -> None:

@@ -6,19 +6,19 @@ import asyncio
 import uuid
 from typing import Any
 
-import nats
 import pytest
-from elasticsearch import Elasticsearch
 from nats.aio.client import Client
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import ServiceUnavailableError
-from pymongo import ASCENDING, MongoClient
+from pymongo import ASCENDING
 from pymongo.errors import DuplicateKeyError
 
+from testkit.clients import connect_nats, es_client, mongo_client, nats_settings
 
-def test_elasticsearch_index_search_delete(es_url: str) -> None:
-    es = Elasticsearch(es_url, request_timeout=30)
+
+def test_elasticsearch_index_search_delete(servers: dict[str, Any]) -> None:
+    es = es_client(servers, request_timeout=30)
     index = f"chatfed-test-{uuid.uuid4().hex[:12]}"
     es.indices.create(index=index, mappings={"properties": {"name": {"type": "text"}}})
     try:
@@ -30,8 +30,8 @@ def test_elasticsearch_index_search_delete(es_url: str) -> None:
     assert not es.indices.exists(index=index)
 
 
-def test_mongo_unique_index_rejects_duplicate(mongo_uri: str) -> None:
-    client: MongoClient = MongoClient(mongo_uri, serverSelectionTimeoutMS=10_000)
+def test_mongo_unique_index_rejects_duplicate(servers: dict[str, Any]) -> None:
+    client = mongo_client(servers, serverSelectionTimeoutMS=10_000)
     db_name = f"chatfed_test_{uuid.uuid4().hex[:12]}"
     try:
         subs = client[db_name]["subscriptions"]
@@ -47,10 +47,7 @@ def test_mongo_unique_index_rejects_duplicate(mongo_uri: str) -> None:
 
 
 async def _operator(servers: dict[str, Any], site: str) -> Client:
-    desc = servers["sites"][site]
-    return await nats.connect(
-        desc["nats_url"], user=desc["nats_user"], password=desc["nats_password"], connect_timeout=5, max_reconnect_attempts=0
-    )
+    return await connect_nats(nats_settings(servers, site), connect_timeout=5, max_reconnect_attempts=0)
 
 
 def test_each_site_has_jetstream_in_its_own_domain(servers: dict[str, Any]) -> None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from elasticsearch import Elasticsearch
 from nats.js.api import ConsumerConfig
 from pymongo import uri_parser
 
 from connectors.settings import Tuning
 from schemas import names
+from testkit.clients import es_client
 from testkit.room_harness import RoomHarness, run, user
 from testkit.search_site import close_site, open_site, publishable, random_history
 from testkit.support import retune
@@ -22,7 +22,8 @@ ADDS = 15
 
 
 def test_a_store_slower_than_the_ack_wait_causes_no_redelivery(servers: dict[str, Any]) -> None:
-    [(host, port)] = uri_parser.parse_uri(servers["mongo_uri"])["nodelist"]
+    [(host, port)] = uri_parser.parse_uri(servers["mongo_uri"])["nodelist"]  # FerretDB: (socket path, None)
+    unix = host if host.endswith(".sock") else ""
     accounts = [f"m{i:02d}" for i in range(ADDS)]
 
     async def scenario(h: RoomHarness, proxy: SlowProxy) -> None:
@@ -52,7 +53,7 @@ def test_a_store_slower_than_the_ack_wait_causes_no_redelivery(servers: dict[str
 
     async def go() -> None:
         harness = RoomHarness(servers)
-        with SlowProxy(host, port, delay_s=0.05) as proxy:
+        with SlowProxy(host, port or 27017, delay_s=0.05, upstream_unix=unix) as proxy:
             try:
                 await harness.start([user("alice", harness.site), *(user(a, harness.site) for a in accounts)], flow=False)
                 await scenario(harness, proxy)
@@ -62,19 +63,19 @@ def test_a_store_slower_than_the_ack_wait_causes_no_redelivery(servers: dict[str
     run(go())
 
 
-def test_an_elasticsearch_slower_than_the_ack_wait_causes_no_redelivery(servers: dict[str, Any], es_url: str) -> None:
+def test_an_elasticsearch_slower_than_the_ack_wait_causes_no_redelivery(servers: dict[str, Any]) -> None:
     """search_sync's bulk writes through a proxy that holds every request: its messages get +WPI, not redelivered."""
-    url = urlsplit(es_url)
+    url = urlsplit(servers["es_url"])
 
     async def go() -> None:
-        site = await open_site(servers, Elasticsearch(es_url))
+        site = await open_site(servers, es_client(servers))
         try:
             js = site.nc.jetstream()
             await retune(js, names.inbox_stream(site.site), names.SEARCH_SYNC_DURABLE, Tuning(ack_wait_s=ACK_WAIT_S))
             _, order = random_history(400, accounts=40, rooms=10, seed=7, prefix="slow")
             await site.publish(publishable(site.site, order))
             with SlowProxy(url.hostname or "127.0.0.1", url.port or 9200, delay_s=0.4) as proxy:
-                site.start_flow(CHATFED_ES_URL=f"http://127.0.0.1:{proxy.port}", CHATFED_ACK_WAIT_S=str(ACK_WAIT_S))
+                site.start_flow(CHATFED_ES_URL=f"{url.scheme}://127.0.0.1:{proxy.port}", CHATFED_ACK_WAIT_S=str(ACK_WAIT_S))
                 await site.drain(timeout=300)
             info = await js.consumer_info(names.inbox_stream(site.site), names.SEARCH_SYNC_DURABLE)
             assert info.delivered.consumer_seq == info.delivered.stream_seq == len(order), (

@@ -36,6 +36,7 @@ from schemas.carriers import Delivery
 from schemas.documents import to_mongo
 from schemas.events import MemberAddEvent, MemberRemoveEvent, RoomType
 from schemas.origin import STREAM_SOURCE
+from testkit.clients import mongo_client
 from testkit.mirror_site import BASE_MS, Item, add, remove, rename, roles
 from testkit.support import envelope_bytes, unique_site
 
@@ -52,8 +53,8 @@ class Crash(Exception):
 
 
 @pytest.fixture
-def db(mongo_uri: str) -> Iterator[Database[Document]]:
-    client: MongoClient[Document] = MongoClient(mongo_uri, serverSelectionTimeoutMS=10_000)
+def db(servers: dict[str, Any]) -> Iterator[Database[Document]]:
+    client = mongo_client(servers, serverSelectionTimeoutMS=10_000)
     database = client[names.mongo_database(unique_site('w'))]
     try:
         ensure_indexes(database)

@@ -107,9 +107,9 @@ def test_service_user_subscribes_to_reply_inboxes_only() -> None:
     assert not any(allowed(permissions, "subscribe", s) for s in [subjects.inbox_local(SITE, "member_added"), "chat.user.alice.response.q", ">"])
 
 
-def _create_source(spec: streams.SourceSpec) -> str:
-    """What `INBOX_{dest}` asks of the origin's JetStream to source it: the filter is part of the subject."""
-    return f"{spec.external_api_prefix}.CONSUMER.CREATE.{spec.name}.source-x.{spec.transform_src}"
+def _bind_source(spec: streams.SourceSpec) -> str:
+    """What `INBOX_{dest}` asks of the origin's JetStream to source it: a reset of the durable the origin keeps for it."""
+    return f"{spec.external_api_prefix}.CONSUMER.RESET.{spec.name}.{spec.durable}"
 
 
 def test_leafnode_carries_exactly_the_sourcing_of_the_stream_configs() -> None:
@@ -119,10 +119,10 @@ def test_leafnode_carries_exactly_the_sourcing_of_the_stream_configs() -> None:
         assert {source.name for source in inbox.sources} == {names.outbox_stream(o) for o in SITES if o != dest}
         for source in inbox.sources:
             origin = source.name.removeprefix("OUTBOX_")
-            # dest asks origin for its source consumer; origin answers and delivers
-            assert allowed(nats_leaf_permissions(dest, SITES), "publish", _create_source(source))
-            assert allowed(nats_leaf_permissions(origin, SITES), "subscribe", _create_source(source))
-            delivery = f"{source.external_deliver_prefix}.x.1"
+            # dest binds to the durable origin keeps for it; origin answers and delivers
+            assert allowed(nats_leaf_permissions(dest, SITES), "publish", _bind_source(source))
+            assert allowed(nats_leaf_permissions(origin, SITES), "subscribe", _bind_source(source))
+            delivery = source.deliver_subject
             assert allowed(nats_leaf_permissions(origin, SITES), "publish", delivery)
             assert allowed(nats_leaf_permissions(dest, SITES), "subscribe", delivery)
 
@@ -130,10 +130,22 @@ def test_leafnode_carries_exactly_the_sourcing_of_the_stream_configs() -> None:
 def test_leafnode_refuses_another_sites_share_and_forged_deliveries() -> None:
     mine = nats_leaf_permissions(SITE, SITES)
     # s1 may not source what s2 sends to s3, nor deliver as s2, nor pass any chat subject
-    stolen = f"{subjects.jetstream_api_prefix(OTHER)}.CONSUMER.CREATE.{names.outbox_stream(OTHER)}.x.{subjects.outbox_to_filter(origin=OTHER, dest=THIRD)}"
+    api, outbox = subjects.jetstream_api_prefix(OTHER), names.outbox_stream(OTHER)
+    stolen = f"{api}.CONSUMER.RESET.{outbox}.{names.outbox_source_durable(THIRD)}"
     forged = f"{subjects.source_deliver_prefix(origin=OTHER, dest=THIRD)}.x"
     assert not allowed(mine, "publish", stolen)
     assert not allowed(mine, "publish", forged)
+    # no consumer of its own on another site's OUTBOX, not even on its own lane: its filter and deliver subject would be its choice
+    own_lane = subjects.outbox_to_filter(origin=OTHER, dest=SITE)
+    for subject in [
+        f"{api}.CONSUMER.CREATE.{outbox}.x.{own_lane}",
+        f"{api}.CONSUMER.CREATE.{outbox}.x",
+        f"{api}.CONSUMER.CREATE.{outbox}",
+        f"{api}.CONSUMER.DURABLE.CREATE.{outbox}.x",
+        f"{api}.CONSUMER.DELETE.{outbox}.{names.outbox_source_durable(SITE)}",
+        f"{api}.CONSUMER.MSG.NEXT.{outbox}.{names.outbox_source_durable(SITE)}",
+    ]:
+        assert not allowed(mine, "publish", subject), subject
     for subject in [*_site_publishes(SITE, OTHER), *_site_publishes(OTHER, SITE), "_INBOX.x", "$SYS.REQ.SERVER.PING"]:
         assert not allowed(mine, "publish", subject), subject
         assert not allowed(mine, "subscribe", subject), subject

@@ -146,19 +146,35 @@ def test_site_streams() -> None:
             external_api_prefix="$JS.s1.API",
             transform_src="outbox.s1.to.s2.>",
             transform_dest="chat.inbox.s2.aggregate.>",
-            external_deliver_prefix="fed.deliver.s1.to.s2",
+            durable="fed-to-s2",
+            deliver_subject="fed.deliver.s1.to.s2.durable",
         ),
         streams.SourceSpec(
             name="OUTBOX_s3",
             external_api_prefix="$JS.s3.API",
             transform_src="outbox.s3.to.s2.>",
             transform_dest="chat.inbox.s2.aggregate.>",
-            external_deliver_prefix="fed.deliver.s3.to.s2",
+            durable="fed-to-s2",
+            deliver_subject="fed.deliver.s3.to.s2.durable",
         ),
     ]
     assert not rooms.sources and not outbox.sources and not dlq.sources
     with pytest.raises(ValueError, match="invalid site id"):
         streams.site_streams("s1", ["S2"])
+
+
+def test_each_site_keeps_one_source_durable_per_destination_on_its_outbox() -> None:
+    """What the other sites' INBOX sources bind to: same names, same deliver subjects, filtered to their own lane."""
+    specs = streams.outbox_source_consumers("s1", ["s1", "s2", "s3"])
+    assert [(c.stream, c.durable, c.filter_subject, c.deliver_subject) for c in specs] == [
+        ("OUTBOX_s1", "fed-to-s2", "outbox.s1.to.s2.>", "fed.deliver.s1.to.s2.durable"),
+        ("OUTBOX_s1", "fed-to-s3", "outbox.s1.to.s3.>", "fed.deliver.s1.to.s3.durable"),
+    ]
+    for dest in ("s2", "s3"):
+        (inbox,) = [spec for spec in streams.site_streams(dest, ["s1", "s2", "s3"]) if spec.sources]
+        (source,) = [src for src in inbox.sources if src.name == "OUTBOX_s1"]
+        (durable,) = [c for c in specs if c.durable == source.durable]
+        assert (source.deliver_subject, source.transform_src) == (durable.deliver_subject, durable.filter_subject)
 
 
 def test_site_consumers() -> None:
