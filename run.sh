@@ -12,7 +12,7 @@ usage: ./run.sh [--keep]               the main job: two federated sites end to 
        ./run.sh <command> [args]
   install                       install the venv, Elasticsearch and FerretDB under .venv/ and .local/
   services up|down|status|info  manage the local servers (down --purge also deletes their data)
-  services rotate-secrets       new NATS passwords (servers down; see README, Security model)
+  services rotate-secrets       new passwords, CA and certificates (servers down; see README, Security model)
   test [pytest args]            install, start the servers, run pytest, stop the servers it started
   bootstrap                     create or update every site's streams, sources and consumers
   flows up|down|status          run the three dataflows of every site in the background

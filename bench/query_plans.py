@@ -15,7 +15,7 @@ from typing import Any
 
 from pymongo import MongoClient
 
-from bench.realistic_data import mongo_uri
+from bench.realistic_data import dev_mongo
 
 SUB_ID = f"{5:032x}"
 QUERIES: list[tuple[str, str, dict[str, Any]]] = [
@@ -54,9 +54,9 @@ def main() -> None:
     parser.add_argument("database", help="a database loaded by `python -m bench.realistic_data DBNAME`")
     parser.add_argument("uri", nargs="?", default=None, help="MongoDB URI (default: the dev FerretDB)")
     args = parser.parse_args()
-    uri = args.uri or mongo_uri()
-    db = MongoClient(uri)[args.database]
-    print(f"{uri} {db.name}: " + ", ".join(f"{c} {db[c].estimated_document_count()}" for c in ("users", "rooms", "subscriptions", "room_members")))
+    client = MongoClient(args.uri) if args.uri else dev_mongo()
+    db = client[args.database]
+    print(f"{args.uri or 'dev FerretDB'} {db.name}: " + ", ".join(f"{c} {db[c].estimated_document_count()}" for c in ("users", "rooms", "subscriptions", "room_members")))
     print()
     print("| used by | collection | filter | ms (one run) | filterPushdown | plan |")
     print("|---|---|---|---|---|---|")

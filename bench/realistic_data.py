@@ -21,6 +21,7 @@ from pymongo import MongoClient
 from pymongo.database import Database
 
 from connectors.mongo import Document, ensure_indexes
+from testkit.clients import mongo_client
 from testkit.support import REPO
 
 USERS = 20_000
@@ -87,14 +88,15 @@ def load(db: Database[Document], site: str = "home") -> dict[str, tuple[int, flo
     return took
 
 
-def mongo_uri() -> str:
+def dev_mongo() -> MongoClient[Document]:
+    """The dev FerretDB (services.py info), as its user."""
     out = subprocess.run([sys.executable, str(REPO / "scripts" / "services.py"), "info"], capture_output=True, text=True, check=True)
     info: dict[str, Any] = json.loads(out.stdout)
-    return str(info["mongo_uri"])
+    return mongo_client(info)
 
 
 if __name__ == "__main__":
-    client: MongoClient[Document] = MongoClient(mongo_uri())
+    client = dev_mongo()
     name = sys.argv[1] if len(sys.argv) > 1 else f"bench_real_{int(time.time())}"
     for coll, (n, s) in load(client[name]).items():
         print(f"{name}.{coll}: {n} docs in {s:.1f} s ({n / s:,.0f} docs/s)")

@@ -153,6 +153,13 @@ async def ensure_source_consumer(js: JetStreamContext, spec: SourceConsumerSpec)
     await js.add_consumer(spec.stream, source_consumer_config(spec))
 
 
+async def ensure_source_consumers(js: JetStreamContext, origin: str, dests: list[str]) -> None:
+    """The durables `origin` keeps on its OUTBOX for `dests` only: a site joining a federation needs them on every peer
+    (which is why bootstrap runs for every site of a federation)."""
+    for spec in outbox_source_consumers(origin, [origin, *dests]):
+        await ensure_source_consumer(js, spec)
+
+
 async def verify_site(js: JetStreamContext, site: str, all_sites: list[str], *, tuning: Tuning | None = None, wait_s: float = 30) -> None:
     """Every stream present, every INBOX source present and not in error (sources may take a moment), every durable
     present with the flows' delivery contract. `wait_s`: a source is reported late on a loaded machine (seen past 10 s)."""

@@ -103,7 +103,7 @@ class PrivateServers:
         self.env = env
         self.info: dict[str, Any] = {}
 
-    def _run(self, *args: str, timeout: float = 300) -> str:
+    def _run(self, *args: str, timeout: float = 600) -> str:  # Elasticsearch may take 6 minutes to start (servers.py)
         out = subprocess.run(args, cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout, check=False)
         if out.returncode != 0:
             raise AssertionError(f"{' '.join(args[1:])} ({self.state}): exit {out.returncode}\n{out.stdout}\n{out.stderr}")

@@ -12,7 +12,7 @@ import nats.js.errors
 from elasticsearch import Elasticsearch, NotFoundError
 from nats.aio.client import Client
 
-from connectors.bootstrap import bootstrap_site, ensure_stream
+from connectors.bootstrap import bootstrap_site, ensure_source_consumers, ensure_stream
 from dataflows.search_sync.indexes import SearchIndexes
 from schemas import names, subjects
 from schemas.streams import site_streams
@@ -147,6 +147,8 @@ async def open_site(servers: Mapping[str, Any], es: Elasticsearch) -> SearchSite
     # the real OUTBOX_s1, as s1's bootstrap makes it (idempotent): a fresh server may not have it yet
     await ensure_stream(nc.jetstream(), next(spec for spec in site_streams(HOME, [HOME]) if spec.name == names.outbox_stream(HOME)))
     await bootstrap_local_sites(nc, [other])
+    for origin in (HOME, other):  # the durables the test site's INBOX sources through, on OUTBOX_s1 and OUTBOX_{other}
+        await ensure_source_consumers(nc.jetstream(), origin, [site])
     await bootstrap_site(nc, site, [site, other, HOME], federated=False)
     test_site = SearchSite(servers=servers, site=site, nc=nc, es=es)
     test_site.others.append(other)
@@ -159,6 +161,10 @@ async def close_site(test_site: SearchSite) -> None:
         flow.stop()
     cleanup_indexes(test_site.es, test_site.site)
     js = test_site.nc.jetstream()
+    try:  # the durable the real OUTBOX_s1 kept for it
+        await js.delete_consumer(names.outbox_stream(HOME), names.outbox_source_durable(test_site.site))
+    except nats.js.errors.NotFoundError:
+        pass
     for site in [test_site.site, *test_site.others]:
         for spec in site_streams(site, [test_site.site, *test_site.others]):
             try:

@@ -50,13 +50,22 @@ def start(server: Server) -> None:
             cwd=server.cwd,
             **as_user,  # type: ignore[arg-type]
         )
+    try:
+        _wait_ready(server, proc)
+    except ServiceError:
+        # stopped, not left booting: a retried start would find it holding its data (Elasticsearch's node lock)
+        proc.kill()
+        terminate(own_processes({server.name: server.marker}), {server.name: server.marker})
+        raise
+
+
+def _wait_ready(server: Server, proc: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + server.ready_timeout
     if server.daemon_pid_file:
         # `elasticsearch -d` returns once the node has started (or failed), leaving the JVM's pid behind
         try:
             code = proc.wait(timeout=server.ready_timeout)
         except subprocess.TimeoutExpired:
-            proc.kill()
             code = None
         pid = read_pid(server.daemon_pid_file)
         if code != 0 or pid is None:
@@ -70,7 +79,7 @@ def start(server: Server) -> None:
         if exited():
             raise server.failure("exited during start-up")
         if time.monotonic() > deadline:
-            raise server.failure(f"not ready after {server.ready_timeout:.0f} s")
+            raise server.failure(f"not ready after {server.ready_timeout:.0f} s (stopped)")
         time.sleep(0.2)
 
 

@@ -178,7 +178,7 @@ def es(layout: Layout) -> Server:
         user=ES_USER if as_root else None,
         cwd=ES_HOME,
         daemon_pid_file=run / "jvm.pid",
-        ready_timeout=180.0,
+        ready_timeout=360.0,  # security and TLS add to a start that takes minutes on a loaded 2-core machine
         extra_logs=(logs / "elasticsearch.log",),
     )
 

@@ -187,3 +187,17 @@ def test_cli_output_carries_no_password(servers: dict[str, Any], tmp_path: Path)
     code, refused = _cli(["user", "rooms", "--site", "s1", "--user", "nobody"], broken(es_password=wrong), timeout=60)
     assert code != 0 and "401" in refused, refused[-2000:]
     assert_no_secret(refused, secrets, "`chatfed user rooms` output with a wrong Elasticsearch password")
+
+
+def test_no_log_file_of_the_servers_flows_or_tests_carries_a_secret(servers: dict[str, Any]) -> None:
+    """Every log under .local/logs (NATS, FerretDB, Elasticsearch, the flows `./run.sh` and the tests started), at the
+    end of whatever ran before this test in the session."""
+    secrets = all_secrets(servers)
+    scanned = 0
+    for path in sorted((REPO / ".local" / "logs").rglob("*")):
+        if not path.is_file() or path.name.startswith("gc.log") or path.stat().st_size > 200 * 1024 * 1024:
+            continue
+        text = path.read_text(errors="replace")
+        scanned += 1
+        assert_no_secret(text, secrets, str(path.relative_to(REPO)))
+    assert scanned >= 5, scanned
