@@ -110,6 +110,12 @@ def _run(site: str, op: str, body: RoomCommand, account: str, timeout: float) ->
     except nats.errors.TimeoutError:
         typer.echo(f"no result within {timeout}s", err=True)
         raise typer.Exit(3) from None
+    except natsio.NotPermitted as exc:  # a refused login or certificate
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except TimeoutError as exc:  # NATS not reachable
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(3) from None
     typer.echo(json.dumps(result))
     if result.get("status") != "ok":
         raise typer.Exit(1)

@@ -123,18 +123,43 @@ def connect_options(settings: NatsSettings, *, name: str, keep_trying: bool) -> 
     return options
 
 
-async def connect(settings: NatsSettings, *, name: str = "chatfed-cli") -> Client:
-    """A short-lived connection for a tool: fails fast when the server refuses or is away."""
-    return await nats.connect(**connect_options(settings, name=name, keep_trying=False))
+def _refusal(exc: BaseException) -> bool:
+    """A refused login or certificate: retrying cannot help."""
+    text = str(exc).lower()
+    return "authorization violation" in text or "authentication" in text or _certificate_refused(exc)
+
+
+async def connect(settings: NatsSettings, *, name: str = "chatfed-cli", timeout: float = 15) -> Client:
+    """A short-lived connection for a tool: fails fast when the server refuses or is away.
+
+    Raises NotPermitted on a refused login or certificate and TimeoutError after `timeout`: nats-py alone retries a
+    failed TLS handshake forever, whatever `max_reconnect_attempts` says.
+    """
+    refused: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def on_error(exc: Exception) -> None:
+        if _refusal(exc) and not refused.done():
+            refused.set_result(str(exc))
+
+    attempt = asyncio.ensure_future(nats.connect(error_cb=on_error, **connect_options(settings, name=name, keep_trying=False)))
+    done, _ = await asyncio.wait({attempt, refused}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    if attempt in done:
+        refused.cancel()
+        return attempt.result()
+    attempt.cancel()
+    await asyncio.gather(attempt, return_exceptions=True)
+    where = f"NATS at {redact_url(settings.url)}"
+    if refused.done():
+        raise NotPermitted(f"{where} refused user {settings.user or '(none)'!r}: {refused.result()}")
+    raise TimeoutError(f"{where} not reachable within {timeout:g} s")
 
 
 async def _connect(settings: NatsSettings) -> Client:
     async def on_error(exc: Exception) -> None:
         log.warning("nats %s: %s", redact_url(settings.url), exc)
-        text = str(exc).lower()
-        if "permissions violation" in text:  # the flow would wait forever: stop it loudly instead
+        if "permissions violation" in str(exc).lower():  # the flow would wait forever: stop it loudly instead
             _violations.setdefault(settings, []).append(str(exc))
-        if "authorization violation" in text or "authentication" in text or _certificate_refused(exc):
+        if _refusal(exc):
             _refusals[settings] = str(exc)  # a refused login or certificate: retrying cannot help
 
     return await nats.connect(error_cb=on_error, **connect_options(settings, name="chatfed", keep_trying=True))

@@ -33,7 +33,7 @@ def test_cli_role_rename_and_add_by_channel(servers: dict[str, Any], tmp_path: P
 
     async def scenario(h: RoomHarness) -> None:
         s1 = servers["sites"]["s1"]
-        info = {"sites": {h.site: {**s1, "mongo_db": h.db.name}}, "mongo_uri": servers["mongo_uri"], "es_url": servers["es_url"]}
+        info = {**servers, "sites": {h.site: {**s1, "mongo_db": h.db.name}}}  # with the CA and the stores' logins
         (tmp_path / "info.json").write_text(json.dumps(info))
         monkeypatch.setenv("CHATFED_INFO", str(tmp_path / "info.json"))
         as_alice = ["--site", h.site, "-r", "alice"]

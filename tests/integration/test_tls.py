@@ -14,11 +14,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import msgspec
 import nats
 import pytest
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 
+from connectors import natsio
+from connectors.settings import NatsSettings
 from testkit.clients import connect_nats, nats_settings, nats_tls
 from testkit.support import wait_for
 from testkit.tls import RogueLeaf, foreign_client_cert, pki_file, plaintext_login
@@ -79,6 +82,24 @@ def test_clients_check_the_server_certificate(servers: dict[str, Any], tmp_path:
     context.load_cert_chain(str(pki_file(servers, "client-s1.crt")), str(pki_file(servers, "client-s1.key")))
     outcome = asyncio.run(_attempt(desc["nats_url"], tls=context, user=desc["nats_user"], password=desc["nats_password"]))
     assert outcome.startswith("refused") and "certificate verify failed" in outcome, outcome
+
+
+def test_a_tool_that_does_not_trust_the_server_stops_at_once_with_the_reason(servers: dict[str, Any]) -> None:
+    """nats-py retries a failed TLS handshake forever; the CLI's connection (natsio.connect) and `chatfed room` give up
+    at the first refusal instead of hanging (seen: a room command waiting for ever on a missing CA)."""
+    desc = servers["sites"]["s1"]
+    untrusting = NatsSettings(url=desc["nats_url"], user=desc["nats_user"], password=desc["nats_password"], tls_cert=desc["tls_cert"], tls_key=desc["tls_key"])
+
+    async def attempt() -> None:
+        with pytest.raises(natsio.NotPermitted, match="certificate verify failed"):
+            await asyncio.wait_for(natsio.connect(untrusting, timeout=60), 30)  # the refusal, well before the timeout
+
+    async def control() -> None:
+        client = await natsio.connect(msgspec.structs.replace(untrusting, tls_ca=servers["tls_ca"]))
+        await client.close()
+
+    asyncio.run(attempt())
+    asyncio.run(control())
 
 
 # ----------------------------------------------------------------------------- leafnodes
