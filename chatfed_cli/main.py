@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from enum import StrEnum
 
 import msgspec
 import nats
@@ -289,11 +290,18 @@ def user_rooms(
     typer.echo(msgspec.json.encode({"rooms": doc.rooms, "restrictedRooms": doc.restricted_rooms}).decode())
 
 
+class RebuildMethod(StrEnum):
+    BULK = "bulk"
+    REPLAY = "replay"
+
+
 @app.command()
 def rebuild(
     site: str = typer.Option(..., "--site", "-s"),
     keep_old: bool = typer.Option(False, help="Keep the old indexes after the swap."),
-    method: str = typer.Option("bulk", help="bulk: fold the stream in memory and bulk-load; replay: the guarded flow replays it (slower)."),
+    method: RebuildMethod = typer.Option(
+        RebuildMethod.BULK, help="bulk: fold the stream in memory and bulk-load; replay: the guarded flow replays it (slower)."
+    ),
 ) -> None:
     """Rebuild a site's search views from its INBOX stream into new indexes, then swap the aliases atomically."""
     from rich.progress import Progress
@@ -312,7 +320,7 @@ def rebuild(
             flow_env=flow_env(topology, site),
             progress=lambda done, total: bar.update(task, completed=done, total=total),
             keep_old=keep_old,
-            method=method,
+            method=method.value,
         )
     typer.echo(
         f"rebuilt {site}: {report.events} events -> {report.documents} documents in {report.fill_seconds:.1f}s "
