@@ -11,6 +11,7 @@ from pymongo import MongoClient
 from connectors.mongo import Document, ensure_indexes
 from dataflows.room_worker.outcomes import Rename, SetRoles
 from dataflows.room_worker.store_mongo import RoomStore
+from testkit.clients import mongo_client
 from testkit.room_harness import RoomHarness, run, user, with_harness
 from testkit.support import unique_site
 
@@ -156,7 +157,7 @@ def test_add_by_channel_adds_individuals_and_org_members_without_bots_once_each(
 
 def test_the_store_writes_roles_and_names_only_over_older_ones(servers: dict[str, Any]) -> None:
     """The guards themselves, on FerretDB: a replay or an older write changes nothing (`rolesUpdatedAt`, `nameUpdatedAt`)."""
-    client: MongoClient[Document] = MongoClient(servers["mongo_uri"], retryWrites=False)
+    client: MongoClient[Document] = mongo_client(servers, retryWrites=False)
     db = client[f"chat_{unique_site()}"]
     try:
         ensure_indexes(db)
