@@ -211,9 +211,12 @@ async def run(store: Store, n: int, loaded: bool, paced: int, with_baseline: boo
 def report(r: RoomRun) -> str:
     data = "loaded (20k users, 5k rooms, 100k subscriptions)" if r.loaded else "empty"
     stores = " | ".join(f"{k} CPU-s per 10k" for k in r.store_cpu)
+    flush = f"CHATFED_FLUSH_MS={r.flush_ms or 'default (100)'}"
+    if not r.n:  # paced commands only
+        return "\n".join([f"room_worker bench on FerretDB/{r.backend}, {data} collections, no backlog; {flush}", "", *([r.paced.table()] if r.paced else [])])
     lines = [
         f"room_worker bench on FerretDB/{r.backend}: {r.n} channel creates (3 members: 1 remote) on {data} collections, "
-        f"backlog published before the consumer starts; CHATFED_FLUSH_MS={r.flush_ms or 'default (100)'}",
+        f"backlog published before the consumer starts; {flush}",
         "",
         f"load average {r.load:.2f}; CPU: the consumer's own process, and the store's",
         "",
