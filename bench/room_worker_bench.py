@@ -1,9 +1,11 @@
 """Commands per second of room_worker on a backlog of channel creates, beside a sequential consumer in the same run.
 
-Run with the servers up: `.venv/bin/python -m bench.room_worker_bench [N] [--loaded] [--paced M] [--no-baseline]`
-(N creates, default 500). `--loaded` first fills each site's database with bench/realistic_data.py (20k users,
-5k rooms, 100k subscriptions and room_members rows); `--paced M` then sends M more creates at 100 commands/s to
-the running flow and reports command -> result latency p50/p95/p99 (bench/room_worker_paced.py).
+Run with the servers up: `.venv/bin/python -m bench.room_worker_bench [N] [--loaded] [--paced M] [--no-baseline]
+[--backend sqlite|postgresql] [--flush-ms MS]` (N creates, default 500). `--loaded` first fills each site's database
+with bench/realistic_data.py (20k users, 5k rooms, 100k subscriptions and room_members rows); `--paced M` then sends M
+more creates at 100 commands/s to the running flow and reports command -> result latency p50/p95/p99
+(bench/room_worker_paced.py). `--backend`: on a private NATS + FerretDB with that backend (bench/stores.py) instead of
+the dev servers; `--flush-ms`: the flow's CHATFED_FLUSH_MS. CPU: of the flow process, FerretDB and PostgreSQL.
 
 Each create names 3 members (the requester, a home user, a remote user), so it writes a room and 3
 subscriptions and publishes a local `member_added`, one OUTBOX event and the requester's result. The
@@ -19,10 +21,9 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
-import sys
 import time
 import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -30,9 +31,10 @@ from nats.aio.msg import Msg
 
 from bench.cpu import per_10k, process_cpu_s
 from bench.realistic_data import load
-from bench.room_worker_paced import paced_latency
+from bench.room_worker_paced import Paced, paced_latency
+from bench.stores import Store, cpu_delta, store_servers
 from connectors.jetstream import parse_ack_reply
-from connectors.mongo import ensure_indexes
+from connectors.mongo import ensure_indexes, find_in
 from dataflows.room_worker import commands as rc
 from dataflows.room_worker import events as room_events
 from dataflows.room_worker import plans as plans
@@ -42,17 +44,11 @@ from schemas import names, subjects
 from schemas.carriers import Delivery
 from schemas.commands import CreateRoom, encode_command
 from testkit.room_harness import RoomHarness, user
-from testkit.support import REPO, bootstrap_local_sites, connect_site
+from testkit.support import bootstrap_local_sites, connect_site
 
 HOME_USERS = 100
 REMOTE_USERS = 50
 TS = 1767225600000
-
-
-def _servers() -> dict[str, Any]:
-    out = subprocess.run([sys.executable, str(REPO / "scripts" / "services.py"), "info"], capture_output=True, text=True, check=True)
-    info: dict[str, Any] = json.loads(out.stdout)
-    return info
 
 
 def _people(home: str, remote: str) -> list[dict[str, Any]]:
@@ -81,10 +77,11 @@ async def _prepare(servers: dict[str, Any], n: int, loaded: bool = False) -> Roo
 
 
 def _check(h: RoomHarness, n: int) -> None:
-    bench = {"_id": {"$regex": "^r-bench-"}}
-    assert h.db.rooms.count_documents(bench) == n, "every room written"
-    assert h.db.subscriptions.count_documents({"roomId": {"$regex": "^r-bench-"}}) == 3 * n, "every subscription written"
-    assert h.db.rooms.count_documents({**bench, "userCount": 3}) == n, "every room counted"
+    ids = [f"r-bench-{i}" for i in range(n)]  # by id, not by regex: FerretDB scans for a regex
+    rooms = find_in(h.db.rooms, "_id", ids, projection={"userCount": 1})
+    assert len(rooms) == n, "every room written"
+    assert len(find_in(h.db.subscriptions, "roomId", ids, projection={"_id": 1})) == 3 * n, "every subscription written"
+    assert all(r["userCount"] == 3 for r in rooms), "every room counted"
 
 
 async def _events(h: RoomHarness) -> tuple[int, int]:
@@ -94,27 +91,27 @@ async def _events(h: RoomHarness) -> tuple[int, int]:
     return local, outbox
 
 
-async def _run_flow(h: RoomHarness, n: int) -> tuple[float, float, float]:
-    """(start-up seconds, drain seconds after the first delivery, the flow process's CPU seconds meanwhile)."""
+async def _run_flow(h: RoomHarness, store: Store, **env: str) -> tuple[float, float, float, dict[str, float]]:
+    """(start-up seconds, drain seconds after the first delivery, CPU seconds meanwhile of the flow process and the store's)."""
     js = h.client.jetstream()
     stream = names.rooms_stream(h.site)
     launched = time.perf_counter()
-    h.start_flow()
-    while (await js.consumer_info(stream, names.ROOM_WORKER_DURABLE)).delivered.consumer_seq == 0:
+    h.start_flow(**env)
+    while not (info := await js.consumer_info(stream, names.ROOM_WORKER_DURABLE)).delivered.consumer_seq and not (info.num_pending == 0 and info.num_waiting):
         assert h.flow is not None
         h.flow.assert_alive()
         await asyncio.sleep(0.01)
     first = time.perf_counter()
     assert h.flow is not None
     pid = h.flow.procs[0].pid
-    cpu_before = process_cpu_s(pid)
+    cpu_before, store_before = process_cpu_s(pid), store.cpu()
     while True:
         info = await js.consumer_info(stream, names.ROOM_WORKER_DURABLE)
         if info.num_pending == 0 and info.num_ack_pending == 0:
             break
         await asyncio.sleep(0.02)
     done = time.perf_counter()
-    return first - launched, done - first, process_cpu_s(pid) - cpu_before
+    return first - launched, done - first, process_cpu_s(pid) - cpu_before, cpu_delta(store_before, store.cpu())
 
 
 def _delivery(msg: Msg) -> Delivery:
@@ -161,45 +158,88 @@ async def _run_baseline(h: RoomHarness, n: int) -> float:
     return time.perf_counter() - started
 
 
-async def main(n: int, loaded: bool, paced: int, with_baseline: bool) -> None:
-    servers = _servers()
+@dataclass
+class RoomRun:
+    backend: str
+    n: int
+    loaded: bool
+    flush_ms: int | None = None
+    startup: float = 0.0
+    flow_s: float = 0.0
+    flow_cpu: float = 0.0
+    store_cpu: dict[str, float] = field(default_factory=dict)
+    base_s: float = 0.0
+    base_cpu: float = 0.0
+    paced: Paced | None = None
+    load: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return self.n / self.flow_s if self.flow_s else 0.0
+
+
+async def run(store: Store, n: int, loaded: bool, paced: int, with_baseline: bool, flush_ms: int | None = None) -> RoomRun:
+    """The backlog of `n` creates drained by the flow (and the baseline), then `paced` creates at 100/s.
+
+    `flush_ms`: the flow's CHATFED_FLUSH_MS (how long a room's commands are gathered; default 100 ms).
+    """
+    servers = store.servers
+    out = RoomRun(store.backend, n, loaded, flush_ms)
     flow_site = await _prepare(servers, n, loaded)
     base_site = await _prepare(servers, n, loaded) if with_baseline else None
-    latency = ""
     try:
-        startup, flow_s, flow_cpu = await _run_flow(flow_site, n)
+        env = {} if flush_ms is None else {"CHATFED_FLUSH_MS": str(flush_ms)}
+        out.startup, out.flow_s, out.flow_cpu, out.store_cpu = await _run_flow(flow_site, store, **env)
         _check(flow_site, n)
         assert await _events(flow_site) == (n, n), "one local and one OUTBOX event per create"
+        out.load = os.getloadavg()[0]
         if paced:
-            latency = await paced_latency(flow_site, [_create(i) for i in range(n, n + paced)], rate=100)
-        base_s, base_cpu = flow_s, flow_cpu
+            out.paced = await paced_latency(flow_site, store, [_create(i) for i in range(n, n + paced)], rate=100)
         if base_site is not None:
             cpu_before = time.process_time()
-            base_s = await _run_baseline(base_site, n)
-            base_cpu = time.process_time() - cpu_before
+            out.base_s = await _run_baseline(base_site, n)
+            out.base_cpu = time.process_time() - cpu_before
             _check(base_site, n)
             assert await _events(base_site) == (n, n), "one local and one OUTBOX event per create"
     finally:
         await flow_site.close()
         if base_site is not None:
             await base_site.close()
-    flow_rate, base_rate = n / flow_s, n / base_s
-    data = "loaded (20k users, 5k rooms, 100k subscriptions)" if loaded else "empty"
-    print(f"room_worker bench: {n} channel creates (3 members: 1 remote) on {data} collections, backlog published before the consumer starts")
-    print()
-    print(f"load average {os.getloadavg()[0]:.2f}; CPU: the consumer's own process (not the stores')")
-    print()
-    print("| consumer | commands | seconds | commands/s | ratio to baseline | CPU-s per 10k | CPU ratio |")
-    print("|---|---|---|---|---|---|---|")
-    print(
-        f"| room_worker flow (1 process, 1 worker; start-up {startup:.2f} s excluded) | {n} | {flow_s:.2f} | {flow_rate:,.1f} "
-        f"| {flow_rate / base_rate:.2f}x | {per_10k(flow_cpu, n):.1f} | {flow_cpu / base_cpu:.2f}x |"
-    )
-    if base_site is not None:
-        print(f"| baseline: fetch + apply one at a time + publish + ack | {n} | {base_s:.2f} | {base_rate:,.1f} | 1.00x | {per_10k(base_cpu, n):.1f} | 1.00x |")
-    if latency:
-        print()
-        print(latency)
+    return out
+
+
+def report(r: RoomRun) -> str:
+    data = "loaded (20k users, 5k rooms, 100k subscriptions)" if r.loaded else "empty"
+    stores = " | ".join(f"{k} CPU-s per 10k" for k in r.store_cpu)
+    flush = f"CHATFED_FLUSH_MS={r.flush_ms or 'default (100)'}"
+    if not r.n:  # paced commands only
+        return "\n".join([f"room_worker bench on FerretDB/{r.backend}, {data} collections, no backlog; {flush}", "", *([r.paced.table()] if r.paced else [])])
+    lines = [
+        f"room_worker bench on FerretDB/{r.backend}: {r.n} channel creates (3 members: 1 remote) on {data} collections, "
+        f"backlog published before the consumer starts; {flush}",
+        "",
+        f"load average {r.load:.2f}; CPU: the consumer's own process, and the store's",
+        "",
+        f"| consumer | commands | seconds | commands/s | ratio to baseline | CPU-s per 10k | {stores} |",
+        "|---|---|---|---|---|---|" + "---|" * len(r.store_cpu),
+    ]
+    if r.n:
+        ratio = f"{r.rate / (r.n / r.base_s):.2f}x" if r.base_s else "-"
+        cells = " | ".join(f"{per_10k(v, r.n):.1f}" for v in r.store_cpu.values())
+        lines.append(
+            f"| room_worker flow (1 process, 1 worker; start-up {r.startup:.2f} s excluded) | {r.n} | {r.flow_s:.2f} | {r.rate:,.1f} "
+            f"| {ratio} | {per_10k(r.flow_cpu, r.n):.1f} | {cells} |"
+        )
+    if r.base_s:
+        lines.append(f"| baseline: fetch + apply one at a time + publish + ack | {r.n} | {r.base_s:.2f} | {r.n / r.base_s:,.1f} | 1.00x | {per_10k(r.base_cpu, r.n):.1f} |")
+    if r.paced:
+        lines += ["", r.paced.table()]
+    return "\n".join(lines)
+
+
+async def main(n: int, loaded: bool, paced: int, with_baseline: bool, backend: str | None, flush_ms: int | None) -> None:
+    with store_servers(backend) as store:
+        print(report(await run(store, n, loaded, paced, with_baseline, flush_ms)))
 
 
 if __name__ == "__main__":
@@ -208,5 +248,7 @@ if __name__ == "__main__":
     parser.add_argument("--loaded", action="store_true")
     parser.add_argument("--paced", type=int, default=0, help="creates sent at 100/s after the backlog, for latency")
     parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--backend", choices=("sqlite", "postgresql"), help="a private NATS + FerretDB on this backend (default: the dev servers)")
+    parser.add_argument("--flush-ms", type=int, help="the flow's CHATFED_FLUSH_MS (default: its own, 100)")
     args = parser.parse_args()
-    asyncio.run(main(args.n, args.loaded, args.paced, not args.no_baseline))
+    asyncio.run(main(args.n, args.loaded, args.paced, not args.no_baseline, args.backend, args.flush_ms))

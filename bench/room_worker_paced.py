@@ -7,12 +7,13 @@ import json
 import os
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from bench.cpu import per_10k, process_cpu_s
+from bench.stores import Store, cpu_delta
 from schemas import subjects
 from testkit.room_harness import RoomHarness
-from testkit.support import REPO
 
 
 def _pct(values: list[float], p: float) -> float:
@@ -20,8 +21,36 @@ def _pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
 
 
-async def paced_latency(h: RoomHarness, bodies: list[dict[str, Any]], *, rate: float, timeout: float = 600) -> str:
-    """Send `bodies` as creates at `rate`/s to `h`'s running flow; a table of publish -> result latency (ms)."""
+@dataclass(frozen=True)
+class Paced:
+    n: int
+    rate: float
+    achieved: float  # commands/s
+    ms: list[float]  # publish -> result, per command
+    flow_cpu: float
+    store_cpu: dict[str, float]  # ferretdb, postgres
+    load: float
+
+    def pct(self, p: float) -> float:
+        return _pct(self.ms, p)
+
+    def table(self) -> str:
+        stores = " | ".join(f"{k} CPU-s per 10k" for k in self.store_cpu)
+        cells = " | ".join(f"{per_10k(v, self.n):.1f}" for v in self.store_cpu.values())
+        return "\n".join(
+            [
+                f"paced: {self.n} creates at {self.rate:.0f}/s, load average {self.load:.2f}",
+                "",
+                f"| commands | achieved commands/s | p50 ms | p95 ms | p99 ms | max ms | flow CPU-s per 10k | {stores} |",
+                "|---|---|---|---|---|---|---|" + "---|" * len(self.store_cpu),
+                f"| {self.n} | {self.achieved:,.1f} | {self.pct(0.5):,.0f} | {self.pct(0.95):,.0f} | {self.pct(0.99):,.0f} | {max(self.ms):,.0f} "
+                f"| {per_10k(self.flow_cpu, self.n):.1f} | {cells} |",
+            ]
+        )
+
+
+async def paced_latency(h: RoomHarness, store: Store, bodies: list[dict[str, Any]], *, rate: float, timeout: float = 600) -> Paced:
+    """Send `bodies` as creates at `rate`/s to `h`'s running flow; publish -> result latency and CPU."""
     assert h.flow is not None
     nc, js = h.client, h.client.jetstream()
     sent: dict[str, float] = {}
@@ -36,9 +65,8 @@ async def paced_latency(h: RoomHarness, bodies: list[dict[str, Any]], *, rate: f
                 done.set()
 
     sub = await nc.subscribe(subjects.command_result_filter(), cb=on_result)
-    fdb_pid = int((REPO / ".local" / "run" / "ferretdb.pid").read_text())
     flow_pid = h.flow.procs[0].pid
-    flow_cpu, fdb_cpu = process_cpu_s(flow_pid), process_cpu_s(fdb_pid)
+    flow_cpu, store_cpu = process_cpu_s(flow_pid), store.cpu()
     started = time.perf_counter()
     try:
         for i, body in enumerate(bodies):
@@ -50,16 +78,7 @@ async def paced_latency(h: RoomHarness, bodies: list[dict[str, Any]], *, rate: f
     finally:
         await sub.unsubscribe()
     wall = time.perf_counter() - started
-    flow_cpu, fdb_cpu = process_cpu_s(flow_pid) - flow_cpu, process_cpu_s(fdb_pid) - fdb_cpu
-    ms = [v * 1000 for v in took.values()]
-    n = len(bodies)
-    return "\n".join(
-        [
-            f"paced: {n} creates at {rate:.0f}/s, load average {os.getloadavg()[0]:.2f}",
-            "",
-            "| commands | achieved commands/s | p50 ms | p95 ms | p99 ms | max ms | flow CPU-s per 10k | FerretDB CPU-s per 10k |",
-            "|---|---|---|---|---|---|---|---|",
-            f"| {n} | {n / wall:,.1f} | {_pct(ms, 0.5):,.0f} | {_pct(ms, 0.95):,.0f} | {_pct(ms, 0.99):,.0f} | {max(ms):,.0f} "
-            f"| {per_10k(flow_cpu, n):.1f} | {per_10k(fdb_cpu, n):.1f} |",
-        ]
+    return Paced(
+        n=len(bodies), rate=rate, achieved=len(bodies) / wall, ms=[v * 1000 for v in took.values()],
+        flow_cpu=process_cpu_s(flow_pid) - flow_cpu, store_cpu=cpu_delta(store_cpu, store.cpu()), load=os.getloadavg()[0],
     )

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
-from typing import Any
+import weakref
+from collections.abc import Iterable, Sequence
+from typing import Any, Final
 
 from pymongo import ASCENDING, MongoClient
 from pymongo.collection import Collection
@@ -19,6 +20,9 @@ TRANSIENT_ERRORS: tuple[type[Exception], ...] = (ConnectionFailure,)
 
 Document = dict[str, Any]
 DUPLICATE_KEY = 11000
+# values per `$in` where the server pushes `$in` down (FerretDB on PostgreSQL, scripts/ferretdb/postgresql-in-pushdown.patch):
+# served from an index, but each row read is checked against the whole list again, so n values cost about n²/2 checks
+IN_CHUNK: Final = 100
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -30,7 +34,7 @@ def insert_missing(collection: Collection[Document], docs: Sequence[Document]) -
     """Insert `docs` (unordered); return the `_id`s that existed already (an earlier delivery's or a race's insert).
 
     `insert_many` rather than upserts with `$setOnInsert`: FerretDB drops null fields from `$setOnInsert`
-    (a dm's `roles: null` would vanish), and on FerretDB every filtered write scans its collection.
+    (a dm's `roles: null` would vanish), and on FerretDB/SQLite every filtered write scans its collection.
     """
     if not docs:
         return set()
@@ -42,6 +46,44 @@ def insert_missing(collection: Collection[Document], docs: Sequence[Document]) -
             raise
         return {str(docs[e["index"]]["_id"]) for e in errors}
     return set()
+
+
+_pushes_in: weakref.WeakKeyDictionary[MongoClient[Document], bool] = weakref.WeakKeyDictionary()  # per server
+
+
+def pushes_in_down(coll: Collection[Document]) -> bool:
+    """Whether the server hands an `$in` to its storage as SQL (FerretDB on PostgreSQL, patched): asked once per server.
+
+    Not MongoDB (no `filterPushdown` in its `explain`; it serves any `$in` from an index), nor FerretDB on SQLite, which
+    scans the collection once per query: there one query beats several.
+    """
+    client = coll.database.client
+    known = _pushes_in.get(client)
+    if known is None:
+        plan = coll.database.command("explain", {"find": coll.name, "filter": {"_id": {"$in": [""]}}})
+        if "filterPushdown" in plan and not plan.get("queryPlanner"):
+            return False  # FerretDB, and no such collection yet: nothing to read; ask again next time
+        known = _pushes_in[client] = plan.get("filterPushdown") is True
+    return known
+
+
+def in_chunks(coll: Collection[Document], values: Iterable[Any]) -> list[list[Any]]:
+    """The distinct `values`, sorted, in lists of at most IN_CHUNK where `coll`'s server pushes `$in` down: one `$in` each."""
+    wanted = sorted(set(values))
+    size = IN_CHUNK if wanted and pushes_in_down(coll) else max(len(wanted), 1)
+    return [wanted[i : i + size] for i in range(0, len(wanted), size)]
+
+
+def find_in(
+    coll: Collection[Document], field: str, values: Iterable[Any], *, also: Document | None = None, projection: Document | None = None
+) -> list[Document]:
+    """The documents whose `field` is one of `values` (and that match `also`), in chunks (`in_chunks`)."""
+    return [d for chunk in in_chunks(coll, values) for d in coll.find({field: {"$in": chunk}, **(also or {})}, projection)]
+
+
+def delete_in(coll: Collection[Document], field: str, values: Iterable[Any]) -> int:
+    """Delete the documents whose `field` is one of `values`, a statement per chunk (`in_chunks`); returns how many."""
+    return sum(int(coll.delete_many({field: {"$in": chunk}}).deleted_count) for chunk in in_chunks(coll, values))
 
 
 def client(settings: MongoSettings, **overrides: Any) -> MongoClient[Document]:

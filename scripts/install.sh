@@ -11,6 +11,7 @@ ES_URL=https://repo1.maven.org/maven2/org/elasticsearch/distribution/integ-test-
 ES_HOME=$ROOT/.local/opt/elasticsearch-$ES_VERSION
 FERRETDB_VERSION=v1.24.2
 ES_USER=chatfed-es
+PG_USER=chatfed-pg
 
 say() { echo "install: $*"; }
 die() { echo "install: error: $*" >&2; exit 1; }
@@ -82,11 +83,24 @@ install_elasticsearch() {
   fi
 }
 
-# --- FerretDB, built from its Go module (a plain `go install` binary panics on a missing version.txt) ---
+# apt-get install, as root only; a fresh image may have no package lists yet: update once, then retry
+apt_install() {
+  local log=.local/logs/install-apt.log
+  [[ $(id -u) == 0 ]] || die "$* missing: sudo apt-get install $*"
+  say "apt-get install $* (log: $log)"
+  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@" >"$log" 2>&1; then
+    { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@"; } >>"$log" 2>&1 \
+      || { tail -n 30 "$log" >&2; die "apt-get install $* failed, see $log"; }
+  fi
+}
+
+# --- FerretDB, built from its Go module (a plain `go install` binary panics on a missing version.txt), with our
+#     patches (scripts/ferretdb/*.patch); the binary's package name tells which patches it has ---
 install_ferretdb() {
-  local bin=.local/bin/ferretdb
-  # (grep -q would close the pipe early and fail the pipeline under pipefail)
-  if [[ -x $bin && $("$bin" --version 2>/dev/null) == *"version: $FERRETDB_VERSION"* ]]; then
+  local bin=.local/bin/ferretdb out patches
+  patches=chatfed-$(cat scripts/ferretdb/*.patch | sha256sum | cut -c1-12)
+  out=$("$bin" --version 2>/dev/null || true)  # (grep -q would close the pipe early and fail under pipefail)
+  if [[ $out == *"version: $FERRETDB_VERSION"* && $out == *"package: $patches"* ]]; then
     return
   fi
   local go=go
@@ -100,17 +114,38 @@ install_ferretdb() {
   rm -rf .local/build/ferretdb
   cp -r "$src" .local/build/ferretdb
   chmod -R u+w .local/build/ferretdb
+  command -v patch >/dev/null || apt_install patch
+  for p in scripts/ferretdb/*.patch; do
+    patch -p1 --forward --quiet -d .local/build/ferretdb <"$p" >>"$log" 2>&1 || die "$p does not apply to FerretDB $FERRETDB_VERSION, see $log"
+  done
   echo "$FERRETDB_VERSION" >.local/build/ferretdb/build/version/version.txt
+  echo "$patches" >.local/build/ferretdb/build/version/package.txt
   if ! (cd .local/build/ferretdb && "$go" build -o "$ROOT/$bin.new" ./cmd/ferretdb) >>"$log" 2>&1; then
     tail -n 30 "$log" >&2
     die "FerretDB build failed, see $log"
   fi
   mv "$bin.new" "$bin"
-  [[ $("$bin" --version) == *"version: $FERRETDB_VERSION"* ]] || die "built FerretDB does not report $FERRETDB_VERSION"
+  [[ $("$bin" --version) == *"package: $patches"* ]] || die "built FerretDB does not report package $patches"
+}
+
+# --- PostgreSQL, FerretDB's storage when CHATFED_MONGO_BACKEND=postgresql (not with an external CHATFED_MONGO_URI)
+#     (scripts/localservers/servers.py runs a private cluster under .local/data/postgres) ---
+install_postgresql() {
+  [[ ${CHATFED_MONGO_BACKEND:-sqlite} == postgresql && -z ${CHATFED_MONGO_URI:-}${MONGO_URI:-} ]] || return 0
+  if ! compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null; then
+    apt_install postgresql
+    compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || die "no /usr/lib/postgresql/*/bin/postgres after apt-get install"
+  fi
+  # PostgreSQL refuses to run as root: as root it runs as a dedicated system user
+  if [[ $(id -u) == 0 ]] && ! id -u "$PG_USER" >/dev/null 2>&1; then
+    say "creating system user $PG_USER (PostgreSQL refuses to run as root)"
+    useradd --system --no-create-home --shell /usr/sbin/nologin "$PG_USER"
+  fi
 }
 
 install_python
 install_elasticsearch
 install_ferretdb
+install_postgresql
 # the private CA and the servers' certificates (silent when they exist; see scripts/localservers/pki.py)
 .venv/bin/python scripts/services.py tls

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Start, stop and describe chatfed's local servers: a NATS hub, one JetStream NATS per site, ES, FerretDB.
+"""Start, stop and describe chatfed's local servers: a NATS hub, one JetStream NATS per site, ES, FerretDB (and
+the PostgreSQL it stores in, unless CHATFED_MONGO_BACKEND=sqlite).
 
 Usage: services.py up [--lease PID] | down [--purge] [NAME...] | start NAME... | status | info | release PID | rotate-secrets | tls
   `up --lease` and `release` serve ./run.sh test: the last run to release stops what the runs started.
@@ -16,7 +17,9 @@ scripts/localservers/), except that issuing certificates needs the venv's `crypt
   CHATFED_PORT_BASE      NATS: hub base+0, hub leafnodes base+1, hub monitor base+2,
                          site i client base+10+i, site i monitor base+30+i (default 14220)
   CHATFED_ES_PORT        Elasticsearch http port (default 19200; transport port +100)
-  CHATFED_FERRET_PORT    FerretDB port (default 37017; debug port +1)
+  CHATFED_FERRET_PORT    FerretDB port (default 37017; debug port +1; its PostgreSQL's unix socket is named +2)
+  CHATFED_MONGO_BACKEND  FerretDB's storage: sqlite (default; files in data/ferretdb/sqlite) or postgresql (a private
+                         cluster in data/postgres, reached through the socket in run/postgres)
   CHATFED_STATE_DIR      instead of .local/ for data, logs, run, conf, secrets (a private set of servers)
   CHATFED_MONGO_URI (or MONGO_URI), CHATFED_ES_URL, CHATFED_NATS_URL_<SITE>
                          use an existing server instead of starting one

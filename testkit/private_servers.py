@@ -4,6 +4,8 @@
 so a test may stop and start these servers while other test runs keep using the shared ones. `info` has the
 shape of `services.py info` (the `servers` fixture), so every test helper takes it unchanged. A set may own only
 some kinds of server ("nats", "ferretdb", "es") and use the shared ones for the rest (services.py's overrides).
+Its FerretDB stores on CHATFED_MONGO_BACKEND's backend, or on `backend` (the benches compare them); with
+PostgreSQL the set has a `postgres` server too.
 """
 
 from __future__ import annotations
@@ -76,7 +78,9 @@ class PrivateServers:
     `own`: the kinds of server of its own; the others are `shared`'s (the `servers` fixture), never stopped here.
     """
 
-    def __init__(self, name: str = "servers", own: tuple[str, ...] = KINDS, shared: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, name: str = "servers", own: tuple[str, ...] = KINDS, shared: dict[str, Any] | None = None, backend: str | None = None
+    ) -> None:
         self.state = PRIVATE / f"{name}-{uuid.uuid4().hex[:6]}"
         rnd = random.Random()
         nats_offsets = (0, 1, 2, *(10 + i for i in range(len(SITES))), *(30 + i for i in range(len(SITES))))
@@ -86,8 +90,10 @@ class PrivateServers:
             CHATFED_SITES=" ".join(SITES),
             CHATFED_PORT_BASE=str(_free_block(nats_offsets, rnd)),
             CHATFED_ES_PORT=str(_free_block((0, 100), rnd)),
-            CHATFED_FERRET_PORT=str(_free_block((0, 1), rnd)),
+            CHATFED_FERRET_PORT=str(_free_block((0, 1, 2), rnd)),  # FerretDB, its debug port, its PostgreSQL's socket name
         )
+        if backend := backend or os.environ.get("CHATFED_MONGO_BACKEND"):
+            env["CHATFED_MONGO_BACKEND"] = backend
         if "nats" not in own or set(own) - set(KINDS) or (set(own) != set(KINDS) and shared is None):
             raise ValueError(f"own={own}: nats and any of {KINDS[1:]}; the shared servers' info for the others")
         if "ferretdb" not in own:  # the shared one, as its user (services.py info passes these on)
@@ -117,8 +123,10 @@ class PrivateServers:
         self.state.mkdir()
         for path in (PRIVATE, self.state):  # Elasticsearch runs as its own user when we are root: let it through
             path.chmod(0o755)
-        self.services("up")
         self.info = json.loads(self.services("info"))
+        if "ferretdb" in self.names and self.info["mongo_backend"] == "postgresql":  # known before `up`: `close` stops it
+            self.names.insert(self.names.index("ferretdb"), "postgres")
+        self.services("up")
         return self
 
     def stop(self, server: str) -> None:
@@ -151,9 +159,11 @@ class PrivateServers:
 
 
 @contextmanager
-def private_servers(name: str, own: tuple[str, ...] = KINDS, shared: dict[str, Any] | None = None) -> Iterator[PrivateServers]:
+def private_servers(
+    name: str, own: tuple[str, ...] = KINDS, shared: dict[str, Any] | None = None, backend: str | None = None
+) -> Iterator[PrivateServers]:
     """A started private set, stopped at the end."""
-    servers = PrivateServers(name, own, shared)
+    servers = PrivateServers(name, own, shared, backend)
     try:
         yield servers.up()
     finally:

@@ -77,8 +77,8 @@ def version_of(kind: Kind, ts: int) -> int:
 
 
 def guard_id(room_id: str, account: str) -> str:
-    """`_id` of a guard register; a NUL separator cannot occur in either token."""
-    return f"{room_id}\x00{account}"
+    """`key` of a guard register; a space cannot occur in either token (`schemas.names`; no NUL: PostgreSQL refuses it)."""
+    return f"{room_id} {account}"
 
 
 def is_change(item: Change | Settle) -> TypeGuard[Change]:
@@ -103,7 +103,7 @@ def decode(delivery: Delivery) -> Decoded:
     # a site only announces its own rooms, proven by the OUTBOX the server sourced it from (issue 7)
     problem = origin_problem(delivery.headers, envelope_site=envelope.site_id, room_site=room_site)
     if problem is None and event is not None:
-        problem = _identifier_problem(event)
+        problem = _identifier_problem(event) or _nul_problem(event)
     if problem is not None:
         return poison(delivery, problem)
     if event is None:
@@ -123,6 +123,19 @@ def _identifier_problem(event: InnerEvent) -> str | None:
     if isinstance(event, RoleUpdatedEvent):
         return identifier_problem(room_ids=[event.subscription.room_id], accounts=[event.subscription.u.account])
     return identifier_problem(room_ids=[event.room_id])
+
+
+def _nul_problem(event: InnerEvent) -> str | None:
+    """A NUL character in any string: the store (FerretDB on PostgreSQL: jsonb) refuses the document for good."""
+
+    def has_nul(value: object) -> bool:
+        if isinstance(value, str):
+            return "\x00" in value
+        if isinstance(value, dict):
+            return any(has_nul(v) for v in value.values())
+        return isinstance(value, list) and any(has_nul(v) for v in value)
+
+    return "a string holds a NUL character, which the store cannot hold" if has_nul(msgspec.to_builtins(event)) else None
 
 
 def _changes(ack: AckHandle, event: object, ts: int) -> list[Change] | str:

@@ -13,7 +13,7 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 
 from connectors import metrics
-from connectors.mongo import TRANSIENT_ERRORS, Document, ensure_indexes, insert_missing
+from connectors.mongo import TRANSIENT_ERRORS, Document, delete_in, ensure_indexes, find_in, in_chunks, insert_missing
 from connectors.operators import PartOutcome
 from dataflows.inbox_mirror import rules as mirror
 from dataflows.inbox_mirror.rules import Change, Guard, MemberKey
@@ -131,7 +131,7 @@ class SubscriptionWriter:
         """Every stored version of each register, by version."""
         found: dict[MemberKey, dict[int, Document]] = {}
         if keys:
-            for doc in self._db[GUARDS].find({"key": {"$in": [mirror.guard_id(*key) for key in keys]}}):
+            for doc in find_in(self._db[GUARDS], "key", [mirror.guard_id(*key) for key in keys]):
                 found.setdefault((doc["roomId"], doc["account"]), {})[doc["version"]] = doc
         return found
 
@@ -153,7 +153,7 @@ class SubscriptionWriter:
 
     def _reshape(self, wanted: Mapping[MemberKey, Document], finals: Mapping[MemberKey, Folded]) -> list[Document]:
         """Give existing subscriptions the shape of their membership's oldest add (SYSTEM.md §4); returns the shapes applied."""
-        # one statement per distinct change (a room's members re-shaped by one add share it): FerretDB scans per statement
+        # one statement per distinct change (a room's members re-shaped by one add share it): FerretDB/SQLite scans per statement
         groups: dict[str, tuple[Document, list[str]]] = {}
         applied: list[Document] = []
         for doc in self._find_subs(list(wanted), {"_id": 1, "roomId": 1, "u.account": 1, SHAPED_BY: 1, "rolesUpdatedAt": 1}):
@@ -164,14 +164,18 @@ class SubscriptionWriter:
             change = _reshape_change(doc, wanted[key], since.ts)
             groups.setdefault(repr(change), (change, []))[1].append(doc["_id"])
             applied.append(wanted[key])
-        statements = [{"q": {"_id": {"$in": ids}, SHAPED_BY: change["shapedBy"]}, "u": change["u"], "multi": True} for change, ids in groups.values()]
+        statements = [
+            {"q": {"_id": {"$in": chunk}, SHAPED_BY: change["shapedBy"]}, "u": change["u"], "multi": True}
+            for change, ids in groups.values()
+            for chunk in in_chunks(self._db.subscriptions, ids)
+        ]
         for start in range(0, len(statements), RESHAPE_CHUNK):  # a command per few statements: each stays well under the socket timeout
             run_updates(self._db.subscriptions, statements[start : start + RESHAPE_CHUNK])
         return applied
 
     def _find_subs(self, keys: Sequence[MemberKey], projection: Document) -> list[Document]:
         rooms, accounts = sorted({r for r, _ in keys}), sorted({a for _, a in keys})
-        return list(self._db.subscriptions.find({"roomId": {"$in": rooms}, "u.account": {"$in": accounts}}, projection))
+        return find_in(self._db.subscriptions, "roomId", rooms, also={"u.account": {"$in": accounts}}, projection=projection)
 
     def _apply_roles(self, roles: Mapping[MemberKey, Change], finals: Mapping[MemberKey, Guard], failures: dict[tuple[mirror.Kind, MemberKey], str]) -> None:
         pending = {key: c for key, c in roles.items() if not mirror.is_stale_roles(c, finals.get(key))}
@@ -179,7 +183,7 @@ class SubscriptionWriter:
             return
         rooms = sorted({room for room, _ in pending})
         accounts = sorted({account for _, account in pending})
-        found = self._db.subscriptions.find({"roomId": {"$in": rooms}, "u.account": {"$in": accounts}}, {"roomId": 1, "u.account": 1})
+        found = find_in(self._db.subscriptions, "roomId", rooms, also={"u.account": {"$in": accounts}}, projection={"roomId": 1, "u.account": 1})
         ids = {(d["roomId"], d["u"]["account"]): d["_id"] for d in found}
         updates: list[Document] = []
         for (room, account), c in pending.items():
@@ -212,29 +216,27 @@ class SubscriptionWriter:
         ids = sorted({*wanted, *also_read})
         if not ids:
             return {}
-        existing = {d["_id"]: d["version"] for d in coll.find({"_id": {"$in": list(wanted)}}, {"version": 1})} if wanted else {}
+        existing = {d["_id"]: d["version"] for d in find_in(coll, "_id", wanted, projection={"version": 1})}
         fresh = [{"_id": i, **doc} for i, doc in wanted.items() if i not in existing]
         collided = _insert_only(coll, fresh)  # inserted meanwhile by a racing worker: compare-and-set below
         raise_ids = [i for i, doc in wanted.items() if (i in existing and existing[i] < doc["version"]) or i in collided]
         # conditional, never an upsert: FerretDB stops an unordered update batch at its first duplicate key
         run_updates(coll, [{"q": {"_id": i, "version": {"$lt": wanted[i]["version"]}}, "u": {"$set": wanted[i]}} for i in raise_ids])
-        return {d["_id"]: d for d in coll.find({"_id": {"$in": ids}})}
+        return {d["_id"]: d for d in find_in(coll, "_id", ids)}
 
     def _user_ids(self, accounts: set[str]) -> dict[str, str]:
         if not accounts:
             return {}
-        return {d["account"]: str(d["_id"]) for d in self._db.users.find({"account": {"$in": sorted(accounts)}}, {"account": 1})}
+        return {d["account"]: str(d["_id"]) for d in find_in(self._db.users, "account", accounts, projection={"account": 1})}
 
     def _delete_ids(self, coll: Collection[Document], ids: Sequence[str]) -> None:
-        # one statement per chunk: FerretDB pays a full scan per filtered statement
-        for chunk in _chunks(ids):
-            coll.delete_many({"_id": {"$in": list(chunk)}})
+        delete_in(coll, "_id", ids)  # a statement per chunk of ids: FerretDB on SQLite pays a full scan per statement
 
 
 def _guard_doc(key: MemberKey, guard: Guard, sub: Document | None) -> Document:
     """One version of a register; an add carries the subscription it stands for, so anyone can re-insert it."""
     gid = mirror.guard_id(*key)
-    doc: Document = {"_id": f"{gid}\x00{guard.version}", "key": gid, "roomId": key[0], "account": key[1]}
+    doc: Document = {"_id": f"{gid} {guard.version}", "key": gid, "roomId": key[0], "account": key[1]}
     doc.update(version=guard.version, state=guard.state.value, ts=guard.ts)
     if sub is not None:
         doc["sub"] = sub

@@ -192,7 +192,7 @@ class RoomCommandRunner:
     def _prefetch(self, commands: Sequence[Command]) -> BatchReads:
         """The users (by account and by org) of every command of the batch, and its rooms' state, one query each.
 
-        On FerretDB a query by anything but `_id` scans its collection, so a lookup per command costs a
+        On FerretDB/SQLite a query by anything but `_id` scans its collection, so a lookup per command costs a
         scan of `users` per command. Users are not written by this flow, so reading them once per batch
         sees what a read per command would. A failed read leaves each command to read on its own (and
         retry in place).

@@ -16,7 +16,7 @@ from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
 from connectors import metrics
-from connectors.mongo import TRANSIENT_ERRORS, Document, insert_missing
+from connectors.mongo import TRANSIENT_ERRORS, Document, delete_in, find_in, insert_missing
 from dataflows.room_worker.outcomes import Outcome, Rename, RoomWrites, SetRoles, decode_outcome, encode_outcome
 from dataflows.room_worker.plans import room_counts
 from dataflows.room_worker.store import Claim, IntentPending, Member, StoreUnavailable
@@ -89,7 +89,7 @@ class RoomStore:
         wanted = sorted(set(accounts))
         if not wanted:
             return {}
-        return {u.account: u for u in (from_mongo(User, d) for d in self._db.users.find({"account": {"$in": wanted}}))}
+        return {u.account: u for u in (from_mongo(User, d) for d in find_in(self._db.users, "account", wanted))}
 
     @_unavailable
     def org_members(self, orgs: Iterable[str]) -> list[User]:
@@ -98,7 +98,7 @@ class RoomStore:
         if not wanted:
             return []
         # one `$in` per field, not an `$or` of them: FerretDB pushes `$in` down to an index (our patch), never `$or`
-        found = {d["_id"]: d for field in ("sectId", "deptId") for d in self._db.users.find({field: {"$in": wanted}})}
+        found = {d["_id"]: d for field in ("sectId", "deptId") for d in find_in(self._db.users, field, wanted)}
         return [from_mongo(User, d) for d in found.values()]
 
     @_unavailable
@@ -113,7 +113,7 @@ class RoomStore:
         wanted = sorted(set(room_ids))
         found: dict[str, Room | None] = dict.fromkeys(wanted)
         if wanted:
-            found |= {d["_id"]: from_mongo(Room, d) for d in self._db.rooms.find({"_id": {"$in": wanted}})}
+            found |= {d["_id"]: from_mongo(Room, d) for d in find_in(self._db.rooms, "_id", wanted)}
         return found
 
     @_unavailable
@@ -122,7 +122,7 @@ class RoomStore:
         wanted = sorted(set(room_ids))
         found: dict[str, dict[str, Member]] = {room: {} for room in wanted}
         if wanted:
-            for d in self._db.subscriptions.find({"roomId": {"$in": wanted}}, {"roomId": 1, "u": 1, "roles": 1}):
+            for d in find_in(self._db.subscriptions, "roomId", wanted, projection={"roomId": 1, "u": 1, "roles": 1}):
                 found[d["roomId"]][d["u"]["account"]] = _member(d)
         return found
 
@@ -132,7 +132,7 @@ class RoomStore:
         wanted = sorted(set(room_ids))
         found: dict[str, set[str]] = {room: set() for room in wanted}
         if wanted:
-            for r in self._db.room_members.find({"rid": {"$in": wanted}, "member.type": MemberType.ORG.value}, {"rid": 1, "member": 1}):
+            for r in find_in(self._db.room_members, "rid", wanted, also={"member.type": MemberType.ORG.value}, projection={"rid": 1, "member": 1}):
                 found[r["rid"]].add(r["member"]["id"])
         return found
 
@@ -151,7 +151,7 @@ class RoomStore:
     def members(self, room_id: str) -> dict[str, Member]:
         """The room's subscriptions by account: members' user ids, bot flags and roles, in one query.
 
-        On FerretDB every filter but `_id` scans the collection, so a command reads its room's
+        On FerretDB/SQLite every filter but `_id` scans the collection, so a command reads its room's
         subscriptions once and derives roles and counts from that (docs/inbox_mirror.md, "FerretDB facts").
         """
         docs = self._db.subscriptions.find({"roomId": room_id}, {"u": 1, "roles": 1})
@@ -261,7 +261,7 @@ class RoomStore:
         wanted = sorted(set(room_ids))
         if not wanted:
             return set()
-        return {d["_id"] for d in self._db[INTENTS].find({"_id": {"$in": wanted}}, {"_id": 1})}
+        return {d["_id"] for d in find_in(self._db[INTENTS], "_id", wanted, projection={"_id": 1})}
 
     @_unavailable
     def save_intents(self, claims: Sequence[Claim], now_ms: int) -> set[str]:
@@ -278,7 +278,7 @@ class RoomStore:
     def clear_intents(self, room_ids: Iterable[str]) -> None:
         wanted = sorted(set(room_ids))
         if wanted:
-            self._db[INTENTS].delete_many({"_id": {"$in": wanted}})
+            delete_in(self._db[INTENTS], "_id", wanted)
 
     def _recorded(self, request_key: str) -> Claim:
         stored = self._db[RECORDS].find_one({"_id": request_key})
@@ -309,7 +309,7 @@ class RoomStore:
     def record(self, claim: Claim, now_ms: int) -> Claim:
         """Record `claim` as its request's one answer, unless one is recorded already: return the recorded one.
 
-        An insert, so a new request costs no lookup (on FerretDB every lookup scans the collection, and
+        An insert, so a new request costs no lookup (on FerretDB/SQLite every lookup scans the collection, and
         this one holds a week of requests); only a retry or redelivery reads the record back.
         """
         try:

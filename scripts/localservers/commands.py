@@ -16,7 +16,7 @@ from .layout import CONF, DATA, HOST, HUB, LEASES, ROOT, RUN, SECRETS, Layout, S
 from .lifecycle import adopt, start, started_as_now, terminate, wait_for_leafnodes
 from .pki import ca_file, cert_file, client_name, describe, ensure_pki, key_file, rotate_pki
 from .processes import cmdline, own_processes, pid_alive, read_pid
-from .servers import all_servers
+from .servers import all_servers, pg_url, postgres
 
 
 def cmd_up(layout: Layout, lease: str | None) -> None:
@@ -68,7 +68,8 @@ def cmd_down(layout: Layout, names: list[str], purge: bool) -> None:
     started is stopped even if the environment no longer names it.
     """
     servers = {s.name: s for s in all_servers(layout)}
-    markers = {name: s.marker for name, s in servers.items()}
+    pg = postgres(layout)  # also when started under another CHATFED_MONGO_BACKEND
+    markers = {name: s.marker for name, s in servers.items()} | {pg.name: pg.marker}
     for pid_file in RUN.glob("nats-*.pid"):  # sites no longer in CHATFED_SITES
         markers.setdefault(pid_file.stem, str(CONF / f"{pid_file.stem}.conf"))
     if names:
@@ -89,7 +90,7 @@ def cmd_down(layout: Layout, names: list[str], purge: bool) -> None:
         for pid in filter(None, map(read_pid, [RUN / f"{name}.pid", *extra])):
             if pid_alive(pid, markers[name]):
                 victims[pid] = name
-    terminate(victims, markers)
+    terminate(victims, markers, {name: s.stop_signal for name, s in {**servers, pg.name: pg}.items()})
     for name in markers:
         for f in (RUN / f"{name}.pid", RUN / f"{name}.started-with"):
             f.unlink(missing_ok=True)
@@ -189,7 +190,18 @@ def es_info(layout: Layout) -> dict[str, str]:
 def cmd_info(layout: Layout) -> int:
     """Where everything is, as JSON; `tls_ca` is the CA every local server's certificate chains to."""
     sites = {s: site_info(layout, s) for s in layout.sites}
-    info: dict[str, object] = {"sites": sites, "tls_ca": str(ca_file()), "mongo_uri": layout.mongo_uri, **mongo_info(layout), "es_url": layout.es_url, **es_info(layout)}
+    backend = "external" if "ferretdb" in layout.overrides else layout.mongo_backend
+    store = {"postgres_url": pg_url(layout)} if backend == "postgresql" else {}  # for psql (benches)
+    info: dict[str, object] = {
+        "sites": sites,
+        "tls_ca": str(ca_file()),
+        "mongo_uri": layout.mongo_uri,
+        **mongo_info(layout),
+        "mongo_backend": backend,
+        **store,
+        "es_url": layout.es_url,
+        **es_info(layout),
+    }
     if layout.local_sites:  # where the hub listens (the TLS tests knock on every port)
         info["hub"] = {
             "nats_url": f"tls://{HOST}:{layout.port_base}",

@@ -19,6 +19,8 @@ DATA, LOGS, RUN, CONF, SECRETS = (STATE / d for d in ("data", "logs", "run", "co
 LEASES = RUN / "leases"
 HOST = "127.0.0.1"
 
+MONGO_BACKENDS = ("postgresql", "sqlite")  # FerretDB's storage (README, "The MongoDB-protocol store")
+DEFAULT_MONGO_BACKEND = "sqlite"
 HUB = "hub"  # the NATS hub's name among the sites' (its secrets file, its server): no site may take it
 MAX_SITES = 20  # site client ports base+10.. and monitor ports base+30.. must not overlap
 W = 12  # width of the name column in printed lines
@@ -36,6 +38,7 @@ class Layout:
     port_base: int
     es_port: int
     ferret_port: int
+    mongo_backend: str = DEFAULT_MONGO_BACKEND
     overrides: dict[str, tuple[str, str]] = field(default_factory=dict)  # server -> (env var, url)
 
     @property
@@ -72,6 +75,10 @@ class Layout:
         return Path(tempfile.gettempdir()) / f"chatfed-{hashlib.sha256(str(STATE).encode()).hexdigest()[:16]}" / "db.sock"
 
     @property
+    def postgres_port(self) -> int:
+        return self.ferret_port + 2  # names its unix socket only: PostgreSQL listens on no TCP port
+
+    @property
     def mongo_uri(self) -> str:
         return self.url("ferretdb", f"mongodb://{quote(str(self.ferret_socket), safe='')}/")
 
@@ -104,10 +111,14 @@ def load_layout(env: dict[str, str]) -> Layout:
         var = next((v for v in variables if env.get(v)), None)
         if var:
             overrides[server] = (var, env[var])
+    backend = env.get("CHATFED_MONGO_BACKEND", "").strip() or DEFAULT_MONGO_BACKEND
+    if backend not in MONGO_BACKENDS:
+        raise ServiceError(f"CHATFED_MONGO_BACKEND={backend!r}: expected one of {', '.join(MONGO_BACKENDS)}")
     return Layout(
         sites=sites,
         port_base=_port(env, "CHATFED_PORT_BASE", 14220),
         es_port=_port(env, "CHATFED_ES_PORT", 19200),
         ferret_port=_port(env, "CHATFED_FERRET_PORT", 37017),
+        mongo_backend=backend,
         overrides=overrides,
     )

@@ -22,7 +22,7 @@ STOP_WAIT_S = 30.0
 
 def start(server: Server) -> None:
     """Start one server and wait until it is ready; raises ServiceError pointing at its log."""
-    if tcp_open(HOST, server.port, timeout=0.3):
+    if server.port is not None and tcp_open(HOST, server.port, timeout=0.3):
         raise ServiceError(
             f"{server.name}: port {server.port} is in use by a process this checkout did not start; "
             "stop it or move the ports (CHATFED_PORT_BASE, CHATFED_ES_PORT, CHATFED_FERRET_PORT)"
@@ -81,6 +81,7 @@ def _wait_ready(server: Server, proc: subprocess.Popen[bytes]) -> None:
         if time.monotonic() > deadline:
             raise server.failure(f"not ready after {server.ready_timeout:.0f} s (stopped)")
         time.sleep(0.2)
+    server.setup()
 
 
 def wait_for_leafnodes(layout: Layout, timeout: float = 30.0) -> None:
@@ -115,11 +116,12 @@ def started_as_now(server: Server) -> bool:
     return started_with == server.fingerprint()
 
 
-def terminate(victims: dict[int, str], markers: dict[str, str]) -> None:
-    """SIGTERM the processes, SIGKILL those still alive after STOP_WAIT_S, and wait for them to be gone."""
-    for pid in victims:
+def terminate(victims: dict[int, str], markers: dict[str, str], signals: dict[str, int] | None = None) -> None:
+    """Signal the processes (SIGTERM unless `signals` names another), SIGKILL those still alive after STOP_WAIT_S, and
+    wait for them to be gone."""
+    for pid, name in victims.items():
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
+            os.kill(pid, (signals or {}).get(name, signal.SIGTERM))
     deadline = time.monotonic() + STOP_WAIT_S
     while any(pid_alive(p, markers[n]) for p, n in victims.items()) and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pwd
 import shutil
+import signal
 import ssl
 import stat
+import subprocess
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +28,10 @@ ES_HOME = LOCAL / "opt" / f"elasticsearch-{ES_VERSION}"
 ES_USER = "chatfed-es"
 ES_JAVA_HOMES = ("/usr/lib/jvm/java-17-openjdk-amd64", "/usr/lib/jvm/temurin-25-jdk-amd64")
 FERRET_BIN = LOCAL / "bin" / "ferretdb"
+PG_USER = "chatfed-pg"
+PG_SUPERUSER = "postgres"
+PG_DATABASE = "ferretdb"
+PG_SETUP = Path(__file__).with_name("postgres.sql")
 
 
 @dataclass
@@ -32,7 +40,7 @@ class Server:
 
     name: str
     address: str  # what clients connect to, for status lines
-    port: int  # must be free before start
+    port: int | None  # must be free before start (None: the server listens on no TCP port)
     marker: str  # unique to this checkout, found in the process's command line
     argv: Callable[[], list[str]]
     ready: Callable[[], bool]
@@ -45,6 +53,8 @@ class Server:
     ready_timeout: float = 60.0
     external: str | None = None  # env variable that points at an existing server instead
     extra_logs: tuple[Path, ...] = ()
+    setup: Callable[[], None] = lambda: None  # once ready, at every start (idempotent)
+    stop_signal: int = signal.SIGTERM
 
     @property
     def pid_file(self) -> Path:
@@ -113,6 +123,14 @@ def nats_site(layout: Layout, site: str) -> Server:
     )
 
 
+def _let_through(*dirs: Path) -> None:
+    """Let a server's own user reach its files under `dirs` (o+x on them and on every parent)."""
+    for parent in (p for d in dirs for p in (*reversed(d.parents), d)):
+        mode = parent.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            parent.chmod(mode | stat.S_IXOTH)
+
+
 def es_java_home() -> str:
     for home in (os.environ.get("ES_JAVA_HOME"), *ES_JAVA_HOMES):
         if home and Path(home, "bin", "java").exists():
@@ -142,10 +160,7 @@ def es(layout: Layout) -> Server:
                 shutil.chown(d, ES_USER, ES_USER)
             for path in (conf, *conf.rglob("*")):  # its config, keys and users: readable by it alone
                 shutil.chown(path, ES_USER, ES_USER)
-            for parent in (*reversed(LOCAL.parents), LOCAL, LOCAL / "opt", DATA, LOGS, RUN, CONF):
-                mode = parent.stat().st_mode
-                if not mode & stat.S_IXOTH:
-                    parent.chmod(mode | stat.S_IXOTH)
+            _let_through(LOCAL / "opt", DATA, LOGS, RUN, CONF)
 
     settings = {
         "network.host": HOST,
@@ -183,6 +198,86 @@ def es(layout: Layout) -> Server:
     )
 
 
+def pg_bin() -> Path:
+    """The newest installed PostgreSQL's bin directory (Debian's `postgresql` package)."""
+    found = [p.parent for p in Path("/usr/lib/postgresql").glob("*/bin/postgres") if p.parent.parent.name.isdigit()]
+    if not found:
+        raise ServiceError("PostgreSQL missing (/usr/lib/postgresql/*/bin): run CHATFED_MONGO_BACKEND=postgresql ./run.sh install")
+    return max(found, key=lambda p: int(p.parent.name))
+
+
+def pg_socket_dir() -> Path:
+    """Where the local PostgreSQL's unix socket lives: run/postgres, or a directory in /tmp named after it when that
+    path is too long for a socket (at most 107 bytes with the socket's own name)."""
+    sock = RUN / "postgres"
+    return sock if len(str(sock)) <= 80 else Path(tempfile.gettempdir()) / f"chatfed-pg-{hashlib.sha256(str(sock).encode()).hexdigest()[:12]}"
+
+
+def pg_url(layout: Layout) -> str:
+    """libpq URL of FerretDB's database on the local PostgreSQL (trust: only who can enter the socket's directory)."""
+    return f"postgresql://{PG_SUPERUSER}@/{PG_DATABASE}?host={pg_socket_dir()}&port={layout.postgres_port}"
+
+
+def postgres(layout: Layout) -> Server:
+    """FerretDB's PostgreSQL: a private cluster reached through a unix socket in a 0700 directory (no TCP port)."""
+    data, sock, port = DATA / "postgres", pg_socket_dir(), layout.postgres_port
+    user = PG_USER if os.geteuid() == 0 else None  # PostgreSQL refuses root
+    as_user = {"user": user, "group": user, "extra_groups": []} if user else {}
+
+    def run(*argv: str, sql: str | None = None) -> subprocess.CompletedProcess[str]:
+        # in its data directory, with the SQL on stdin: the server's user may not read the checkout
+        out = subprocess.run(argv, input=sql, capture_output=True, text=True, check=False, cwd=data, **as_user)  # type: ignore[call-overload]  # noqa: S603
+        if out.returncode != 0:
+            raise ServiceError(f"postgres: {' '.join(argv[:2])} failed (exit {out.returncode}): {(out.stderr or out.stdout).strip()[-2000:]}")
+        return out
+
+    def prepare() -> None:
+        for d in (data, sock):
+            d.mkdir(parents=True, exist_ok=True)
+            d.chmod(0o700)
+        if user:
+            try:
+                pwd.getpwnam(user)
+            except KeyError:
+                raise ServiceError(f"user {user} missing: run CHATFED_MONGO_BACKEND=postgresql ./run.sh install") from None
+            for d in (data, sock):
+                shutil.chown(d, user, user)
+            _let_through(DATA, RUN)
+        if not (data / "PG_VERSION").exists():
+            run(str(pg_bin() / "initdb"), "-D", str(data), "-U", PG_SUPERUSER, "--auth=trust", "-E", "UTF8", "--locale=C")
+
+    def psql(database: str, sql: str) -> str:
+        return run(str(pg_bin() / "psql"), "-h", str(sock), "-p", str(port), "-U", PG_SUPERUSER, "-d", database, "-v", "ON_ERROR_STOP=1", "-qAt", sql=sql).stdout
+
+    def setup() -> None:
+        if not psql("postgres", f"SELECT 1 FROM pg_database WHERE datname = '{PG_DATABASE}'").strip():
+            psql("postgres", f"CREATE DATABASE {PG_DATABASE}")
+        psql(PG_DATABASE, PG_SETUP.read_text())
+
+    settings = {
+        "listen_addresses": "",  # the socket only: its 0700 directory admits this user (and root) alone
+        "unix_socket_directories": sock,
+        "unix_socket_permissions": "0700",
+        # FerretDB sends `_jsonb -> $1 @> $2` as a prepared statement: plan each with its field name, which is what
+        # lets the GIN twins (postgres.sql) match; a generic plan would read the whole table
+        "plan_cache_mode": "force_custom_plan",
+        "jit": "off",  # no compile pauses on big scans
+    }
+    ready = [str(pg_bin() / "pg_isready"), "-q", "-h", str(sock), "-p", str(port), "-U", PG_SUPERUSER, "-d", "postgres"]
+    return Server(
+        name="postgres",
+        address=f"{sock}/.s.PGSQL.{port} (database {PG_DATABASE})",
+        port=None,
+        marker=f"-D {data} ",
+        argv=lambda: [str(pg_bin() / "postgres"), "-D", str(data), "-p", str(port), *(a for k, v in settings.items() for a in ("-c", f"{k}={v}"))],
+        prepare=prepare,
+        ready=lambda: subprocess.run(ready, check=False).returncode == 0,  # noqa: S603
+        setup=setup,
+        user=user,
+        stop_signal=signal.SIGINT,  # fast shutdown: SIGTERM would wait for FerretDB's pooled connections to end
+    )
+
+
 def ferretdb(layout: Layout) -> Server:
     """FerretDB with authentication (SCRAM-SHA-256; `--test-enable-new-auth` works on any backend) on a unix socket in
     a 0700 folder instead of a TCP port: FerretDB checks who logs in but not what they may do (roles are ignored), so
@@ -202,10 +297,13 @@ def ferretdb(layout: Layout) -> Server:
         sock.unlink(missing_ok=True)  # left by a killed server (start() runs only when none is running)
 
     port = layout.ferret_port
+    if layout.mongo_backend == "postgresql":
+        backend = ["--handler=postgresql", f"--postgresql-url={pg_url(layout)}"]
+    else:
+        backend = ["--handler=sqlite", f"--sqlite-url=file:{data / 'sqlite'}/"]
     argv = [
         str(FERRET_BIN),
-        "--handler=sqlite",
-        f"--sqlite-url=file:{data / 'sqlite'}/",
+        *backend,
         "--listen-addr=",  # no TCP listener
         f"--listen-unix={sock}",
         f"--debug-addr={HOST}:{port + 1}",  # metrics and probes only, no data
@@ -231,7 +329,8 @@ def ferretdb(layout: Layout) -> Server:
 def all_servers(layout: Layout) -> list[Server]:
     """Every server, in start order (the hub before the sites that connect to it)."""
     hub = [nats_hub(layout)] if layout.local_sites else []
-    servers = [*hub, *(nats_site(layout, s) for s in layout.sites), ferretdb(layout), es(layout)]
+    store = [postgres(layout)] if layout.mongo_backend == "postgresql" and "ferretdb" not in layout.overrides else []
+    servers = [*hub, *(nats_site(layout, s) for s in layout.sites), *store, ferretdb(layout), es(layout)]
     for server in servers:
         server.external = layout.overrides.get(server.name, (None, ""))[0]
     return servers

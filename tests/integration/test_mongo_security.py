@@ -10,6 +10,7 @@ import stat
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlparse
 
 import pytest
 from pymongo import MongoClient, uri_parser
@@ -100,3 +101,23 @@ def _exists(user: str) -> bool:
     except KeyError:
         return False
     return True
+
+
+def test_on_postgresql_its_socket_and_data_are_the_server_users_alone(servers: dict[str, Any]) -> None:
+    """FerretDB's PostgreSQL (CHATFED_MONGO_BACKEND=postgresql) trusts whoever reaches its socket: a 0700 folder of its
+    own OS user (chatfed-pg under root), no TCP port. Nothing to check on SQLite or an external MongoDB."""
+    if servers.get("mongo_backend") != "postgresql":
+        return
+    query = parse_qs(urlparse(servers["postgres_url"]).query)
+    folder, port = Path(query["host"][0]), int(query["port"][0])
+    owner = pwd.getpwnam("chatfed-pg").pw_uid if os.geteuid() == 0 else os.geteuid()
+    data = [folder.parents[1] / "data" / "postgres"] if folder.name == "postgres" and folder.parent.name == "run" else []
+    for path in (folder, *data):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o700 and path.stat().st_uid == owner, path
+    with socket.socket() as tcp:  # listen_addresses is empty
+        assert tcp.connect_ex(("127.0.0.1", port)) != 0
+    sock = folder / f".s.PGSQL.{port}"
+    assert _connect_as(None, sock) == "connected"
+    if os.geteuid() == 0:
+        other = next(name for name in ("nobody", "chatfed-es") if _exists(name))
+        assert _connect_as(other, sock) == "PermissionError"

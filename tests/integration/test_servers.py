@@ -14,6 +14,7 @@ from nats.js.errors import ServiceUnavailableError
 from pymongo import ASCENDING
 from pymongo.errors import DuplicateKeyError
 
+from connectors.mongo import IN_CHUNK, delete_in, ensure_indexes, find_in, pushes_in_down
 from testkit.clients import connect_nats, es_client, mongo_client, nats_settings
 
 
@@ -43,6 +44,30 @@ def test_mongo_unique_index_rejects_duplicate(servers: dict[str, Any]) -> None:
         assert subs.count_documents({}) == 1
     finally:
         client.drop_database(db_name)
+        client.close()
+
+
+def test_in_lookups_read_every_chunk_and_on_postgresql_an_index(servers: dict[str, Any]) -> None:
+    """`find_in`/`delete_in` (connectors/mongo.py) miss nothing across chunks; on FerretDB on PostgreSQL an `$in` and an
+    equality are served by the GIN twin of the field's index (scripts/localservers/postgres.sql, the `$in` patch)."""
+    client = mongo_client(servers, serverSelectionTimeoutMS=10_000)
+    db = client[f"chatfed_test_{uuid.uuid4().hex[:12]}"]
+    try:
+        ensure_indexes(db)
+        n = IN_CHUNK * 2 + 50
+        db.users.insert_many([{"_id": f"u{i}", "account": f"a{i}"} for i in range(n)])
+        on_postgresql = servers.get("mongo_backend") == "postgresql"
+        assert pushes_in_down(db.users) == on_postgresql
+        got = find_in(db.users, "account", [f"a{i}" for i in range(n)] + ["nobody"], projection={"_id": 1})
+        assert sorted(d["_id"] for d in got) == sorted(f"u{i}" for i in range(n))
+        if on_postgresql:
+            for flt in ({"account": {"$in": ["a1", "a2"]}}, {"account": "a1"}, {"_id": {"$in": ["u1"]}}):
+                plan = str(db.command("explain", {"find": "users", "filter": flt})["queryPlanner"])
+                assert "Bitmap Index Scan" in plan and "_gin" in plan, (flt, plan)
+        assert delete_in(db.users, "_id", [f"u{i}" for i in range(0, n, 2)]) == n - n // 2
+        assert db.users.count_documents({}) == n // 2
+    finally:
+        client.drop_database(db.name)
         client.close()
 
 

@@ -116,6 +116,21 @@ def test_invalid_identifiers_are_poison(event_type: str, make: object, bad: str)
     assert settle.verdict.value == "dead" and "invalid" in settle.reason
 
 
+@pytest.mark.parametrize(
+    ("event_type", "payload"),
+    [
+        ("member_added", encode_event(MemberAddEvent(type="member_added", room_id="r", room_name="n\x00", accounts=["a"], site_id="s1", joined_at=1, timestamp=2))),
+        ("room_renamed", encode_event(RoomRenamedEvent(room_id="r", new_name="x\x00y", timestamp=4))),
+        ("role_updated", encode_event(RoleUpdatedEvent(user_id="u", subscription=RoleSubscription(room_id="r", u=RoleUser(account="a"), roles=["o\x00"]), action="role_updated", timestamp=3))),
+    ],
+    ids=["add-room-name", "rename", "roles"],
+)
+def test_nul_in_a_string_is_poison(event_type: str, payload: bytes) -> None:
+    settle = mirror.decode(envelope(event_type, payload))
+    assert not isinstance(settle, list)
+    assert settle.verdict.value == "dead" and "NUL" in settle.reason
+
+
 def test_bot_accounts_pass() -> None:
     assert [c.account for c in mirror.decode(envelope("member_added", _add(accounts=("helper.bot", "p_x")))) if isinstance(c, Change)] == ["helper.bot", "p_x"]
 
