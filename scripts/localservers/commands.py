@@ -16,7 +16,7 @@ from .layout import CONF, DATA, HOST, HUB, LEASES, ROOT, RUN, SECRETS, Layout, S
 from .lifecycle import adopt, start, started_as_now, terminate, wait_for_leafnodes
 from .pki import ca_file, cert_file, client_name, describe, ensure_pki, key_file, rotate_pki
 from .processes import cmdline, own_processes, pid_alive, read_pid
-from .servers import all_servers, pg_url, postgres
+from .servers import PG_DROP_USERS, all_servers, pg_url, postgres
 
 
 def cmd_up(layout: Layout, lease: str | None) -> None:
@@ -234,6 +234,8 @@ def cmd_rotate_secrets(layout: Layout) -> None:
     mongo_service()
     for old_users in (DATA / "ferretdb" / "sqlite").glob(f"{MONGO_AUTH_DB}.sqlite*"):  # its next start creates the user anew
         old_users.unlink()
+    if (DATA / "postgres" / "PG_VERSION").exists():  # on PostgreSQL that database is a schema: dropped at its next start
+        PG_DROP_USERS.touch()
     print(f"{'secrets':<{W}} new passwords in {SECRETS.relative_to(ROOT)}/; clients need the new ones (services info)")
     if rotate_pki():
         ensure_pki(layout)

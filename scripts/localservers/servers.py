@@ -32,6 +32,9 @@ PG_USER = "chatfed-pg"
 PG_SUPERUSER = "postgres"
 PG_DATABASE = "ferretdb"
 PG_SETUP = Path(__file__).with_name("postgres.sql")
+# left by `rotate-secrets`: PostgreSQL's next start drops FerretDB's users (its `admin` database, a schema there), before
+# FerretDB starts and creates its user anew with the new password (it creates none while that database exists)
+PG_DROP_USERS = DATA / "postgres-drop-ferretdb-users"
 
 
 @dataclass
@@ -253,6 +256,9 @@ def postgres(layout: Layout) -> Server:
         if not psql("postgres", f"SELECT 1 FROM pg_database WHERE datname = '{PG_DATABASE}'").strip():
             psql("postgres", f"CREATE DATABASE {PG_DATABASE}")
         psql(PG_DATABASE, PG_SETUP.read_text())
+        if PG_DROP_USERS.exists():
+            psql(PG_DATABASE, f'DROP SCHEMA IF EXISTS "{MONGO_AUTH_DB}" CASCADE')
+            PG_DROP_USERS.unlink()
 
     settings = {
         "listen_addresses": "",  # the socket only: its 0700 directory admits this user (and root) alone
