@@ -131,7 +131,7 @@ install_ferretdb() {
 # --- PostgreSQL, FerretDB's storage when CHATFED_MONGO_BACKEND=postgresql (not with an external CHATFED_MONGO_URI)
 #     (scripts/localservers/servers.py runs a private cluster under .local/data/postgres) ---
 install_postgresql() {
-  [[ ${CHATFED_MONGO_BACKEND:-sqlite} == postgresql && -z ${CHATFED_MONGO_URI:-}${MONGO_URI:-} ]] || return 0
+  [[ ${CHATFED_MONGO_BACKEND:-postgresql} == postgresql && -z ${CHATFED_MONGO_URI:-}${MONGO_URI:-} ]] || return 0
   if ! compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null; then
     apt_install postgresql
     compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || die "no /usr/lib/postgresql/*/bin/postgres after apt-get install"

@@ -18,8 +18,8 @@ scripts/localservers/), except that issuing certificates needs the venv's `crypt
                          site i client base+10+i, site i monitor base+30+i (default 14220)
   CHATFED_ES_PORT        Elasticsearch http port (default 19200; transport port +100)
   CHATFED_FERRET_PORT    FerretDB port (default 37017; debug port +1; its PostgreSQL's unix socket is named +2)
-  CHATFED_MONGO_BACKEND  FerretDB's storage: sqlite (default; files in data/ferretdb/sqlite) or postgresql (a private
-                         cluster in data/postgres, reached through the socket in run/postgres)
+  CHATFED_MONGO_BACKEND  FerretDB's storage: postgresql (default: a private cluster in data/postgres,
+                         reached through the socket in run/postgres) or sqlite (files in data/ferretdb/sqlite)
   CHATFED_STATE_DIR      instead of .local/ for data, logs, run, conf, secrets (a private set of servers)
   CHATFED_MONGO_URI (or MONGO_URI), CHATFED_ES_URL, CHATFED_NATS_URL_<SITE>
                          use an existing server instead of starting one

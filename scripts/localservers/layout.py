@@ -20,7 +20,7 @@ LEASES = RUN / "leases"
 HOST = "127.0.0.1"
 
 MONGO_BACKENDS = ("postgresql", "sqlite")  # FerretDB's storage (README, "The MongoDB-protocol store")
-DEFAULT_MONGO_BACKEND = "sqlite"
+DEFAULT_MONGO_BACKEND = "postgresql"  # the faster at realistic sizes (README, "The MongoDB-protocol store")
 HUB = "hub"  # the NATS hub's name among the sites' (its secrets file, its server): no site may take it
 MAX_SITES = 20  # site client ports base+10.. and monitor ports base+30.. must not overlap
 W = 12  # width of the name column in printed lines

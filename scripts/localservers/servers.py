@@ -205,7 +205,7 @@ def pg_bin() -> Path:
     """The newest installed PostgreSQL's bin directory (Debian's `postgresql` package)."""
     found = [p.parent for p in Path("/usr/lib/postgresql").glob("*/bin/postgres") if p.parent.parent.name.isdigit()]
     if not found:
-        raise ServiceError("PostgreSQL missing (/usr/lib/postgresql/*/bin): run CHATFED_MONGO_BACKEND=postgresql ./run.sh install")
+        raise ServiceError("PostgreSQL missing (/usr/lib/postgresql/*/bin): run ./run.sh install")
     return max(found, key=lambda p: int(p.parent.name))
 
 
@@ -242,7 +242,7 @@ def postgres(layout: Layout) -> Server:
             try:
                 pwd.getpwnam(user)
             except KeyError:
-                raise ServiceError(f"user {user} missing: run CHATFED_MONGO_BACKEND=postgresql ./run.sh install") from None
+                raise ServiceError(f"user {user} missing: run ./run.sh install") from None
             for d in (data, sock):
                 shutil.chown(d, user, user)
             _let_through(DATA, RUN)
