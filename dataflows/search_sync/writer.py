@@ -23,6 +23,7 @@ from connectors.operators import PartOutcome
 from connectors.settings import ElasticSettings
 from dataflows.search_sync import parts as search_parts
 from dataflows.search_sync import views
+from dataflows.search_sync.cache import WriteCache
 from dataflows.search_sync.indexes import SearchIndexes
 from dataflows.search_sync.parts import MemberChange, RoomRename
 from dataflows.search_sync.renames import MAX_ROUNDS, OVERLOADED, Meta, rename_room
@@ -37,7 +38,9 @@ Action = tuple[dict[str, Any], msgspec.Struct | None]
 
 STORE: Final = "elasticsearch"
 CACHED_ACCOUNTS: Final = 20_000  # user-room documents remembered with the seq_no of our own last write
+CACHED_BYTES: Final = 8 * 1024 * 1024  # ... and within this many bytes, encoded (cache.py), however big the documents (issue 12)
 CACHED_NAMES: Final = 100_000  # room names last seen
+MEMBER_SLICE: Final = 1_000  # accounts read, planned and written together (their documents are decoded at once)
 RENAME_PAGE: Final = 500
 
 
@@ -70,7 +73,7 @@ class SearchViewsWriter:
         # Hints for a batch's first round, so a backlog is not re-read document by document (see `_fetch`).
         # A wrong hint costs one more round, never a wrong write: every write is guarded by seq_no or `create`,
         # and every spotlight name is checked against room-names after the write (`_renamed_meanwhile`).
-        self._user_rooms: dict[str, tuple[UserRoomBody, Meta]] = {}
+        self._user_rooms = WriteCache(UserRoomBody, max_bytes=CACHED_BYTES, max_entries=CACHED_ACCOUNTS)
         self._names: dict[str, RoomName] = {}
 
     @property
@@ -95,8 +98,9 @@ class SearchViewsWriter:
                 parts.append(item)
         failed: dict[str, str] = {}
         try:
-            if members:
-                self._write_members(members, failed)
+            accounts = sorted(members)
+            for start in range(0, len(accounts), MEMBER_SLICE):  # bounds the batch's peak memory, whatever its size (issue 12)
+                self._write_members({account: members[account] for account in accounts[start : start + MEMBER_SLICE]}, failed)
             for key, room_renames in renames.items():
                 if reason := rename_room(self, room_renames):
                     failed[key] = reason
@@ -180,11 +184,10 @@ class SearchViewsWriter:
             del self._names[next(iter(self._names))]  # oldest first
 
     def _remember_user_room(self, account: str, entry: tuple[UserRoomBody, Meta] | None) -> None:
-        self._user_rooms.pop(account, None)
-        if entry is not None:
-            self._user_rooms[account] = entry
-            if len(self._user_rooms) > CACHED_ACCOUNTS:
-                del self._user_rooms[next(iter(self._user_rooms))]
+        if entry is None:
+            self._user_rooms.discard(account)
+        else:
+            self._user_rooms.put(account, *entry)
 
     def _bulk(self, actions: list[Action]) -> list[tuple[ItemOutcome, Meta | None]]:
         """Each action's outcome, with the written document's new (seq_no, primary_term) when it is known."""

@@ -18,8 +18,11 @@ from elasticsearch import Elasticsearch
 from connectors.operators import PartOutcome
 from connectors.settings import ElasticSettings
 from dataflows.search_sync import parts as search_parts
+from dataflows.search_sync import writer as search_writer
+from dataflows.search_sync.cache import WriteCache
 from dataflows.search_sync.indexes import SearchIndexes, install
 from dataflows.search_sync.renames import MAX_ROUNDS
+from dataflows.search_sync.views import UserRoomBody
 from dataflows.search_sync.writer import SearchViewsWriter
 from testkit.clients import es_client, es_settings
 from testkit.search_oracle import Event, added, delivery, event_bytes, oracle, renamed
@@ -245,6 +248,18 @@ def test_warm_and_cold_writers_write_the_same_documents(servers: dict[str, Any],
             assert documents(site.es, getattr(site.indexes, view)) == documents(site.es, getattr(cold_site.indexes, view))
     finally:
         cleanup_indexes(site.es, cold_site.site)
+
+
+def test_a_writer_with_a_tiny_cache_and_tiny_slices_writes_what_the_oracle_says(site: Views, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 12's bounds change no document: the cache is only hints, and a batch's accounts are written slice by slice."""
+    monkeypatch.setattr(search_writer, "MEMBER_SLICE", 2)
+    events, order = random_history(400, accounts=6, rooms=5, seed=11)
+    writer = site.writer()
+    writer._user_rooms = WriteCache(UserRoomBody, max_bytes=1_000, max_entries=2)  # two small documents at most
+    for start in range(0, len(order), 20):
+        assert_ok(write(writer, *order[start : start + 20]))
+    assert 0 < len(writer._user_rooms) <= 2
+    site.assert_oracle(events)
 
 
 def test_a_cached_copy_changed_behind_the_writers_back_conflicts_and_is_re_read(site: Views) -> None:
