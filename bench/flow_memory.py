@@ -2,9 +2,11 @@
 
     .venv/bin/python -m bench.flow_memory [--events 1000000] [--chunk 100000] [--accounts 20000] [--rooms 5000]
                                           [--flows search_sync,inbox_mirror] [--mirror-events N] [--flow-env NAME=VALUE ...]
+                                          [--private]
 
-A private set of servers (testkit/private_servers.py: own NATS, Elasticsearch, FerretDB; the dev servers are
-untouched) and one flow process. Member events, one account each, over `--accounts` accounts and `--rooms` rooms
+The running dev servers (`./run.sh services up`, with the same CHATFED_* environment; a fresh test site of its
+own, deleted at the end), or with `--private` a private set (testkit/private_servers.py: own NATS, Elasticsearch,
+FerretDB), and one flow process. Member events, one account each, over `--accounts` accounts and `--rooms` rooms
 (every 10th room restricted): adds, and every 5th event removes the oldest membership added so far. They go in as
 a backlog of `--chunk` events at a time (published while the flow runs), and the stream is purged once the flow has
 drained a chunk, so JetStream holds one chunk at most. The flow's RSS (/proc VmRSS) is read at start (idle, after a
@@ -23,26 +25,29 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import json
 import os
 import random
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
-
-from elasticsearch import Elasticsearch
 
 from bench.cpu import per_10k, process_cpu_s
 from dataflows.search_sync.indexes import install
 from schemas import names, subjects
+from testkit.clients import es_client
 from testkit.mirror_site import add as mirror_add
 from testkit.mirror_site import mirror_site
 from testkit.mirror_site import remove as mirror_remove
 from testkit.private_servers import PrivateServers
 from testkit.search_oracle import added, removed
 from testkit.search_site import close_site, open_site
+from testkit.support import REPO
 
 SAMPLE_S = 0.5
 
@@ -128,8 +133,16 @@ class Sampler:
         return peak
 
 
-async def search_sync_run(servers: PrivateServers, mix: MemberMix, events: int, chunk: int, env: dict[str, str]) -> Run:
-    es = Elasticsearch(servers.info["es_url"], request_timeout=120)
+@dataclass
+class Servers:
+    """`services.py info` of the servers used, and their state directory (pid files under `run/`)."""
+
+    info: dict[str, Any]
+    state: Path
+
+
+async def search_sync_run(servers: Servers, mix: MemberMix, events: int, chunk: int, env: dict[str, str]) -> Run:
+    es = es_client(servers.info, request_timeout=120)
     site = await open_site(servers.info, es)
     install(es, site.indexes)
     run = Run("search_sync", "ES")
@@ -168,7 +181,7 @@ async def search_sync_run(servers: PrivateServers, mix: MemberMix, events: int, 
     return run
 
 
-def inbox_mirror_run(servers: PrivateServers, mix: MemberMix, events: int, chunk: int, env: dict[str, str]) -> Run:
+def inbox_mirror_run(servers: Servers, mix: MemberMix, events: int, chunk: int, env: dict[str, str]) -> Run:
     run = Run("inbox_mirror", "FerretDB")
     fdb_pid = _pid(servers, "ferretdb")
     with mirror_site(servers.info) as site:
@@ -227,8 +240,16 @@ async def _chunks(run: Run, pid: int, store_pid: int, sampler: Sampler, events: 
         print(f"[{run.flow}] {_line(row, run.rows[-2].rss)}", flush=True)
 
 
-def _pid(servers: PrivateServers, server: str) -> int:
-    return int((servers.state / "run" / f"{server}.pid").read_text().split()[0])
+def _pid(servers: Servers, server: str) -> int:
+    run = servers.state / "run"
+    path = run / "es" / "jvm.pid" if server == "es" else run / f"{server}.pid"  # `elasticsearch -d` leaves the JVM's pid there
+    return int(path.read_text().split()[0])
+
+
+def _shared_info() -> dict[str, Any]:
+    out = subprocess.run([sys.executable, str(REPO / "scripts" / "services.py"), "info"], capture_output=True, text=True, check=True)
+    info: dict[str, Any] = json.loads(out.stdout)
+    return info
 
 
 def slope(rows: list[Row]) -> float:
@@ -276,6 +297,7 @@ def main() -> None:
     cli.add_argument("--rooms", type=int, default=5_000)
     cli.add_argument("--flows", default="search_sync", help="comma-separated: search_sync, inbox_mirror")
     cli.add_argument("--mirror-events", type=int, default=0, help="inbox_mirror's own event count (default: --events)")
+    cli.add_argument("--private", action="store_true", help="a private set of servers instead of the running dev servers")
     cli.add_argument("--flow-env", action="append", default=[], metavar="NAME=VALUE", help="extra environment of the flow process")
     args = cli.parse_args()
     flows = [f.strip() for f in args.flows.split(",") if f.strip()]
@@ -283,11 +305,14 @@ def main() -> None:
         cli.error(f"--flows: search_sync and/or inbox_mirror, not {args.flows!r}")
     env = dict(pair.split("=", 1) for pair in args.flow_env if "=" in pair)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a kill still stops the private servers (finally)
-    servers = PrivateServers("flow-memory")
+    private = PrivateServers("flow-memory") if args.private else None
     runs: list[Run] = []
     try:
-        print(f"starting private servers in {servers.state} ...", flush=True)
-        servers.up()
+        if private is not None:
+            print(f"starting private servers in {private.state} ...", flush=True)
+            servers = Servers(private.up().info, private.state)
+        else:
+            servers = Servers(_shared_info(), Path(os.environ.get("CHATFED_STATE_DIR") or REPO / ".local"))
         for flow in flows:
             mix = MemberMix(args.accounts, args.rooms)
             if flow == "search_sync":
@@ -295,7 +320,8 @@ def main() -> None:
             else:
                 runs.append(inbox_mirror_run(servers, mix, args.mirror_events or args.events, args.chunk, env))
     finally:
-        servers.close()
+        if private is not None:
+            private.close()
     for run in runs:
         report(run, args.accounts, args.rooms, args.chunk)
 
