@@ -47,9 +47,10 @@ from testkit.mirror_site import remove as mirror_remove
 from testkit.private_servers import PrivateServers
 from testkit.search_oracle import added, removed
 from testkit.search_site import close_site, open_site
-from testkit.support import REPO
+from testkit.support import REPO, FlowProcess
 
 SAMPLE_S = 0.5
+STARTED: list[FlowProcess] = []  # every flow process started, stopped again at exit whatever happens
 
 
 def rss_mb(pid: int, field_name: str = "VmRSS") -> float:
@@ -159,7 +160,9 @@ async def search_sync_run(servers: Servers, mix: MemberMix, events: int, chunk: 
         ]
 
     try:
-        pid = site.start_flow(**env).procs[0].pid
+        flow = site.start_flow(**env)
+        STARTED.append(flow)
+        pid = flow.procs[0].pid
         await site.publish(local(mix.take(10)))  # warm-up: the flow is up, connected and has written once
         await site.drain(timeout=300)
         run.rows.append(Row(0, rss_mb(pid), rss_mb(pid), 0, 0, 0, os.getloadavg()[0]))
@@ -194,6 +197,7 @@ def inbox_mirror_run(servers: Servers, mix: MemberMix, events: int, chunk: int, 
             ]
 
         flow = site.flow(**env).start()
+        STARTED.append(flow)
         try:
             pid = flow.procs[0].pid
             site.publish(items(mix.take(10)))
@@ -321,6 +325,8 @@ def main() -> None:
             else:
                 runs.append(inbox_mirror_run(servers, mix, args.mirror_events or args.events, args.chunk, env))
     finally:
+        for flow_process in STARTED:  # a SIGTERM may skip the runs' own cleanup (their test sites stay): never leave a flow running
+            flow_process.stop()
         if private is not None:
             private.close()
     for run in runs:
