@@ -2,9 +2,11 @@
 
     .venv/bin/python -m bench.flow_memory [--events 1000000] [--chunk 100000] [--accounts 20000] [--rooms 5000]
                                           [--flows search_sync,inbox_mirror] [--mirror-events N] [--flow-env NAME=VALUE ...]
+                                          [--private]
 
-A private set of servers (testkit/private_servers.py: own NATS, Elasticsearch, FerretDB; the dev servers are
-untouched) and one flow process. Member events, one account each, over `--accounts` accounts and `--rooms` rooms
+The running dev servers (`./run.sh services up`, with the same CHATFED_* environment; a fresh test site of its
+own, deleted at the end), or with `--private` a private set (testkit/private_servers.py: own NATS, Elasticsearch,
+FerretDB), and one flow process. Member events, one account each, over `--accounts` accounts and `--rooms` rooms
 (every 10th room restricted): adds, and every 5th event removes the oldest membership added so far. They go in as
 a backlog of `--chunk` events at a time (published while the flow runs), and the stream is purged once the flow has
 drained a chunk, so JetStream holds one chunk at most. The flow's RSS (/proc VmRSS) is read at start (idle, after a
@@ -23,13 +25,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import json
 import os
 import random
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from bench.cpu import per_10k, process_cpu_s
@@ -42,8 +47,10 @@ from testkit.mirror_site import remove as mirror_remove
 from testkit.private_servers import PrivateServers
 from testkit.search_oracle import added, removed
 from testkit.search_site import close_site, open_site
+from testkit.support import REPO, FlowProcess
 
 SAMPLE_S = 0.5
+STARTED: list[FlowProcess] = []  # every flow process started, stopped again at exit whatever happens
 
 
 def rss_mb(pid: int, field_name: str = "VmRSS") -> float:
@@ -127,7 +134,15 @@ class Sampler:
         return peak
 
 
-async def search_sync_run(servers: PrivateServers, mix: MemberMix, events: int, chunk: int, env: dict[str, str]) -> Run:
+@dataclass
+class Servers:
+    """`services.py info` of the servers used, and their state directory (pid files under `run/`)."""
+
+    info: dict[str, Any]
+    state: Path
+
+
+async def search_sync_run(servers: Servers, mix: MemberMix, events: int, chunk: int, env: dict[str, str]) -> Run:
     es = es_client(servers.info, request_timeout=120)
     site = await open_site(servers.info, es)
     install(es, site.indexes)
@@ -145,7 +160,9 @@ async def search_sync_run(servers: PrivateServers, mix: MemberMix, events: int, 
         ]
 
     try:
-        pid = site.start_flow(**env).procs[0].pid
+        flow = site.start_flow(**env)
+        STARTED.append(flow)
+        pid = flow.procs[0].pid
         await site.publish(local(mix.take(10)))  # warm-up: the flow is up, connected and has written once
         await site.drain(timeout=300)
         run.rows.append(Row(0, rss_mb(pid), rss_mb(pid), 0, 0, 0, os.getloadavg()[0]))
@@ -167,7 +184,7 @@ async def search_sync_run(servers: PrivateServers, mix: MemberMix, events: int, 
     return run
 
 
-def inbox_mirror_run(servers: PrivateServers, mix: MemberMix, events: int, chunk: int, env: dict[str, str]) -> Run:
+def inbox_mirror_run(servers: Servers, mix: MemberMix, events: int, chunk: int, env: dict[str, str]) -> Run:
     run = Run("inbox_mirror", "FerretDB")
     fdb_pid = _pid(servers, "ferretdb")
     with mirror_site(servers.info) as site:
@@ -180,6 +197,7 @@ def inbox_mirror_run(servers: PrivateServers, mix: MemberMix, events: int, chunk
             ]
 
         flow = site.flow(**env).start()
+        STARTED.append(flow)
         try:
             pid = flow.procs[0].pid
             site.publish(items(mix.take(10)))
@@ -226,8 +244,16 @@ async def _chunks(run: Run, pid: int, store_pid: int, sampler: Sampler, events: 
         print(f"[{run.flow}] {_line(row, run.rows[-2].rss)}", flush=True)
 
 
-def _pid(servers: PrivateServers, server: str) -> int:
-    return int((servers.state / "run" / f"{server}.pid").read_text().split()[0])
+def _pid(servers: Servers, server: str) -> int:
+    run = servers.state / "run"
+    path = run / "es" / "jvm.pid" if server == "es" else run / f"{server}.pid"  # `elasticsearch -d` leaves the JVM's pid there
+    return int(path.read_text().split()[0])
+
+
+def _shared_info() -> dict[str, Any]:
+    out = subprocess.run([sys.executable, str(REPO / "scripts" / "services.py"), "info"], capture_output=True, text=True, check=True)
+    info: dict[str, Any] = json.loads(out.stdout)
+    return info
 
 
 def slope(rows: list[Row]) -> float:
@@ -263,7 +289,8 @@ def report(run: Run, accounts: int, rooms: int, chunk: int) -> None:
     store_cpu = sum(r.store_cpu * (r.events - p.events) for r, p in zip(work, rows)) / max(total, 1)
     print(
         f"RSS start {rows[0].rss:.1f} MB, end {rows[-1].rss:.1f} MB, peak (VmHWM) {run.hwm:.1f} MB; slope {slope(rows):+.2f} MB per 100k"
-        f" (after the first chunk); {total / seconds:,.0f} events/s; CPU-s/10k flow {flow_cpu:.2f} + {run.store} {store_cpu:.2f}"
+        f" (after the first chunk); {total / seconds:,.0f} events/s ({seconds:,.0f} s publish to drained, summed over chunks);"
+        f" CPU-s/10k flow {flow_cpu:.2f} + {run.store} {store_cpu:.2f}"
     )
 
 
@@ -275,6 +302,7 @@ def main() -> None:
     cli.add_argument("--rooms", type=int, default=5_000)
     cli.add_argument("--flows", default="search_sync", help="comma-separated: search_sync, inbox_mirror")
     cli.add_argument("--mirror-events", type=int, default=0, help="inbox_mirror's own event count (default: --events)")
+    cli.add_argument("--private", action="store_true", help="a private set of servers instead of the running dev servers")
     cli.add_argument("--flow-env", action="append", default=[], metavar="NAME=VALUE", help="extra environment of the flow process")
     args = cli.parse_args()
     flows = [f.strip() for f in args.flows.split(",") if f.strip()]
@@ -282,11 +310,14 @@ def main() -> None:
         cli.error(f"--flows: search_sync and/or inbox_mirror, not {args.flows!r}")
     env = dict(pair.split("=", 1) for pair in args.flow_env if "=" in pair)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a kill still stops the private servers (finally)
-    servers = PrivateServers("flow-memory")
+    private = PrivateServers("flow-memory") if args.private else None
     runs: list[Run] = []
     try:
-        print(f"starting private servers in {servers.state} ...", flush=True)
-        servers.up()
+        if private is not None:
+            print(f"starting private servers in {private.state} ...", flush=True)
+            servers = Servers(private.up().info, private.state)
+        else:
+            servers = Servers(_shared_info(), Path(os.environ.get("CHATFED_STATE_DIR") or REPO / ".local"))
         for flow in flows:
             mix = MemberMix(args.accounts, args.rooms)
             if flow == "search_sync":
@@ -294,7 +325,10 @@ def main() -> None:
             else:
                 runs.append(inbox_mirror_run(servers, mix, args.mirror_events or args.events, args.chunk, env))
     finally:
-        servers.close()
+        for flow_process in STARTED:  # a SIGTERM may skip the runs' own cleanup (their test sites stay): never leave a flow running
+            flow_process.stop()
+        if private is not None:
+            private.close()
     for run in runs:
         report(run, args.accounts, args.rooms, args.chunk)
 

@@ -6,6 +6,7 @@ import asyncio
 import collections
 import json
 import logging
+import sys
 import time
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta, timezone
@@ -95,10 +96,11 @@ class _JetStreamPartition(StatelessSourcePartition[Delivery]):
             log.error("dropping non-JetStream message on pull inbox: subject=%s", msg.subject)
             return
         delivery = Delivery(
-            subject=msg.subject,
+            # one copy of each subject and stream name for every message in flight (up to max_ack_pending; issue 12)
+            subject=sys.intern(msg.subject),
             data=msg.data,
             reply=msg.reply,
-            stream=stream,
+            stream=sys.intern(stream),
             stream_seq=seq,
             num_delivered=delivered,
             headers=dict(headers) if headers else None,

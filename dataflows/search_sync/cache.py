@@ -15,7 +15,7 @@ import msgspec
 T = TypeVar("T", bound=msgspec.Struct)
 Meta = tuple[int, int]  # (_seq_no, _primary_term)
 
-ENTRY_OVERHEAD: Final = 200  # bytes an entry costs besides its encoding: dict slot, tuples, ints, the bytes header
+ENTRY_OVERHEAD: Final = 300  # bytes an entry costs besides its encoding: key, dict slot, tuple, ints, bytes header (measured: ~270-330)
 
 
 class WriteCache(Generic[T]):
@@ -26,12 +26,12 @@ class WriteCache(Generic[T]):
         self._encoder = msgspec.msgpack.Encoder()
         self._max_bytes = max_bytes
         self._max_entries = max_entries
-        self._entries: dict[str, tuple[bytes, Meta]] = {}  # least recently written first
+        self._entries: dict[str, tuple[bytes, int, int]] = {}  # (encoded, seq_no, primary_term), least recently written first
         self._bytes = 0
 
     def get(self, key: str) -> tuple[T, Meta] | None:
         found = self._entries.get(key)
-        return None if found is None else (self._decoder.decode(found[0]), found[1])
+        return None if found is None else (self._decoder.decode(found[0]), (found[1], found[2]))
 
     def put(self, key: str, doc: T, meta: Meta) -> None:
         """Remember `doc` as the most recently written; drop the least recently written past either limit."""
@@ -39,7 +39,7 @@ class WriteCache(Generic[T]):
         data = self._encoder.encode(doc)
         if len(data) + ENTRY_OVERHEAD > self._max_bytes:
             return  # a document bigger than the whole budget is read each time rather than evict everything
-        self._entries[key] = (data, meta)
+        self._entries[key] = (data, *meta)
         self._bytes += len(data) + ENTRY_OVERHEAD
         while self._bytes > self._max_bytes or len(self._entries) > self._max_entries:
             self.discard(next(iter(self._entries)))

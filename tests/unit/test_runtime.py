@@ -9,6 +9,7 @@ import pytest
 from nats.js.api import ConsumerConfig
 from pymongo.errors import OperationFailure, ServerSelectionTimeoutError
 
+from connectors import runtime
 from connectors.bootstrap import DurableMismatch, contract_problems
 from connectors.errors import ConfigError
 from connectors.natsio import NotPermitted
@@ -64,3 +65,30 @@ def test_a_retry_traceback_is_kept_once_per_outage() -> None:
 def test_summary_is_one_short_line() -> None:
     line = summary(ValueError("a\nlong\n" + "x" * 1000))
     assert "\n" not in line and line.startswith("ValueError: a long ") and len(line) < 320
+
+
+class _Libc:
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int]] = []
+
+    def mallopt(self, param: int, value: int) -> int:
+        self.calls.append((param, value))
+        return 1
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"), [({}, [(-3, 65_536), (-1, 131_072)]), ({"MALLOC_MMAP_THRESHOLD_": "1"}, [(-1, 131_072)])], ids=["defaults", "env wins"]
+)
+def test_a_flow_process_sets_glibc_thresholds_the_environment_leaves_alone(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], expected: list[tuple[int, int]]
+) -> None:
+    """Issue 12: large freed blocks go back to the system (connectors/runtime.py `_MALLOC_OPTIONS`)."""
+    libc = _Libc()
+    monkeypatch.setattr(runtime.sys, "platform", "linux")
+    monkeypatch.setattr(runtime.ctypes, "CDLL", lambda name: libc)
+    for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    runtime.return_freed_memory()
+    assert libc.calls == expected
