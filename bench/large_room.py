@@ -3,11 +3,15 @@
 Run with the servers up: `.venv/bin/python -m bench.large_room [--sizes 1000,5000,10000] [--timeout 600]`.
 
 Per N, a fresh two-site stack (testkit/stack.py: all six flows), users seeded on both sites (half homed on
-each), then (a) a channel created with N members and (b) an org of N/2 members added to another channel.
+each), then a 4-member warm-up channel (the stack's first command also creates collections: timed apart),
+(a) a channel created with N members and (b) an org of N/2 members added to another channel.
 From publishing the command, every store is counted until it holds the room's memberships: home and remote
 subscriptions (MongoDB of each site), user-room entries and spotlight documents (Elasticsearch of each
-site). Reported: time to the result, to each store, to the last one; CPU-seconds of the six flows, of
-FerretDB and of Elasticsearch (both shared with whatever else runs on the box); peak RSS of each flow.
+site). Subscriptions are counted in FerretDB's PostgreSQL through the GIN index when that is the backend: FerretDB
+reads every document it counts (~0.1 ms each), so polling its count of a 10k-member room every 0.2 s would be
+much of the store's load. Reported: time to the result, to each store, to the last one; CPU-seconds of the six
+flows, of FerretDB, of PostgreSQL and of Elasticsearch (shared with whatever else runs on the box); peak RSS of
+each flow.
 The summary compares time(N)/time(1k) and CPU(N)/CPU(1k) with N/1k (linear = equal).
 """
 
@@ -15,17 +19,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from bench.cpu import process_cpu_s
+from bench.stores import Store, store_servers
 from schemas import names
 from schemas.names import FLOWS
 from testkit.stack import Stack
@@ -35,17 +38,9 @@ T0 = 1_767_225_600_000
 STORES = ("subs", "user_room", "spotlight")
 
 
-def _servers() -> dict[str, Any]:
-    out = subprocess.run([sys.executable, str(REPO / "scripts" / "services.py"), "info"], capture_output=True, text=True, check=True)
-    info: dict[str, Any] = json.loads(out.stdout)
-    return info
-
-
-def _server_pid(name: str) -> int | None:
-    """The pid of a local server (ferretdb, es) from services.py's pid file, for their CPU-seconds (FerretDB listens on a
-    unix socket: no port to look up)."""
+def _es_pid(store: Store) -> int | None:
     try:
-        return int((REPO / ".local" / "run" / f"{name}.pid").read_text().strip())
+        return int((store.run_dir / "es.pid").read_text().strip())
     except (OSError, ValueError):
         return None
 
@@ -73,23 +68,39 @@ class Phase:
 
 
 class Bench:
-    def __init__(self, servers: dict[str, Any], timeout: float, profile: str = "") -> None:
-        self.servers = servers
+    def __init__(self, store: Store, timeout: float, profile: str = "") -> None:
+        self.store = store
+        self.servers = store.servers
         self.timeout = timeout
         self.profile = profile  # a directory: py-spy records every flow process into it (collapsed stacks)
-        self.pids = {"ferretdb": _server_pid("ferretdb"), "es": _server_pid("es")}
+        self.es_pid = _es_pid(store)
+        self._tables: dict[str, str] = {}  # site -> FerretDB's PostgreSQL table of its subscriptions
 
     def _cpu(self, stack: Stack) -> dict[str, float]:
         cpu = {flow: sum(process_cpu_s(p.pid) for (_, f), proc in stack.flows.items() if f == flow for p in proc.procs) for flow in FLOWS}
         cpu["flows"] = sum(cpu[flow] for flow in FLOWS)
-        for name, pid in self.pids.items():
-            cpu[name] = process_cpu_s(pid) if pid else float("nan")
+        cpu |= {"postgres": 0.0} | self.store.cpu()
+        cpu["es"] = process_cpu_s(self.es_pid) if self.es_pid else float("nan")
         return cpu
+
+    def _pg_count(self, site: str, room: str) -> int:
+        """The room's subscriptions counted by PostgreSQL from the GIN twin of `roomId` (ids here are [a-z0-9-])."""
+        schema = names.mongo_database(site)
+        if site not in self._tables:
+            found = self.store.psql(f"SELECT tablename FROM pg_tables WHERE schemaname = '{schema}' AND tablename LIKE 'subscriptions\\_%';").split()
+            if not found:
+                return 0  # no subscription written yet
+            self._tables[site] = found[0]
+        sql = f"""SELECT count(*) FROM "{schema}"."{self._tables[site]}" WHERE _jsonb -> 'roomId' @> '"{room}"'::jsonb;"""
+        return int(self.store.psql(sql).strip())
 
     def _count(self, stack: Stack, key: str, room: str) -> int:
         label, store = key.split(":")
         site = stack.sites[0] if label == "home" else stack.sites[1]
-        if store == "subs":  # the whole collection's count (cheap): a filtered count is a scan on FerretDB, polled it slows the flows
+        if store == "subs":
+            if self.store.backend == "postgresql":
+                return self._pg_count(site, room)
+            # another backend: the whole collection's count (cheaper than a filtered one on FerretDB/SQLite)
             return stack.db(site).subscriptions.estimated_document_count()
         index, fld = (names.user_room_alias(site), "rooms") if store == "user_room" else (names.spotlight_alias(site), "roomId")
         try:
@@ -111,7 +122,7 @@ class Bench:
     async def measure(self, stack: Stack, phase: Phase, room: str, expected: dict[str, int], op: str, body: dict[str, Any]) -> Phase:
         before = {}  # the collection's count less the room's own subscriptions (a count that scans, untimed)
         for key in expected:
-            if key.endswith(":subs"):
+            if key.endswith(":subs") and self.store.backend != "postgresql":
                 site = stack.sites[0] if key.startswith("home") else stack.sites[1]
                 before[key] = self._count(stack, key, room) - stack.db(site).subscriptions.count_documents({"roomId": room})
         expected = {key: want + before.get(key, 0) for key, want in expected.items()}
@@ -123,9 +134,9 @@ class Bench:
         answer = await call
         assert answer["status"] == "ok", answer
         phase.cpu = {k: v - cpu0[k] for k, v in self._cpu(stack).items()}
-        for key in before:  # and the room's own subscriptions, counted once (not timed)
+        for key in (k for k in expected if k.endswith(":subs")):  # and the room's own subscriptions through FerretDB, once (untimed)
             site = stack.sites[0] if key.startswith("home") else stack.sites[1]
-            got, want = stack.db(site).subscriptions.count_documents({"roomId": room}), expected[key] - before[key]
+            got, want = stack.db(site).subscriptions.count_documents({"roomId": room}), expected[key] - before.get(key, 0)
             if got != want:
                 phase.missing[key] = (got, want)
         return phase
@@ -152,6 +163,10 @@ class Bench:
                 on_remote = sum(1 for a in members if site_of[a] == remote)
                 return {f"{s}:{store}": (len(members) if s == "home" else on_remote) for s in ("home", "remote") for store in STORES}
 
+            # the first command of a fresh stack also creates collections and warms every flow: timed on its own
+            warm_room, warm_members = f"w-{tag}", people[:3]
+            warm = {"name": f"warm-up {tag}", "users": warm_members, "roomId": warm_room, "requesterAccount": alice, "timestamp": T0}
+            phases.append(await self.measure(stack, Phase("warm-up", len(warm_members) + 1), warm_room, expected([alice, *warm_members]), "create", warm))
             room = f"r-{tag}"
             create = {"name": f"company {tag}", "users": people, "roomId": room, "requesterAccount": alice, "timestamp": T0}
             phases.append(await self.measure(stack, Phase("channel", n), room, expected([alice, *people]), "create", create))
@@ -190,10 +205,10 @@ def report(results: dict[int, tuple[list[Phase], dict[str, float]]]) -> None:
         print(f"\n=== N = {n}  (load average {' '.join(f'{x:.2f}' for x in os.getloadavg())})")
         keys = [f"{s}:{store}" for s in ("home", "remote") for store in STORES]
         print(f"{'phase':10} {'members':>8} " + " ".join(f"{k.split(':')[1][:9] + '@' + k[0]:>12}" for k in keys)
-              + f" {'result s':>8} {'last s':>8} {'cpu flows':>9} {'room_w':>6} {'inbox_m':>7} {'search_s':>8} {'cpu ferret':>10} {'cpu es':>8}")
+              + f" {'result s':>8} {'last s':>8} {'cpu flows':>9} {'room_w':>6} {'inbox_m':>7} {'search_s':>8} {'cpu ferret':>10} {'cpu pg':>7} {'cpu es':>8}")
         for p in phases:
             cells = " ".join(f"{p.store_s[k]:12.2f}" if k in p.store_s else f"{'%d/%d' % p.missing[k]:>12}" for k in keys)
-            print(f"{p.name:10} {p.n:8d} {cells} {_fmt(p.result_s)} {_fmt(p.last_s)} {p.cpu['flows']:9.2f} {p.cpu[names.ROOM_WORKER_FLOW]:6.2f} {p.cpu[names.INBOX_MIRROR_FLOW]:7.2f} {p.cpu[names.SEARCH_SYNC_FLOW]:8.2f} {p.cpu['ferretdb']:10.2f} {p.cpu['es']:8.2f}")
+            print(f"{p.name:10} {p.n:8d} {cells} {_fmt(p.result_s)} {_fmt(p.last_s)} {p.cpu['flows']:9.2f} {p.cpu[names.ROOM_WORKER_FLOW]:6.2f} {p.cpu[names.INBOX_MIRROR_FLOW]:7.2f} {p.cpu[names.SEARCH_SYNC_FLOW]:8.2f} {p.cpu['ferretdb']:10.2f} {p.cpu['postgres']:7.2f} {p.cpu['es']:8.2f}")
         for p in phases:
             if p.missing:
                 print(f"INCOMPLETE {p.name}: " + ", ".join(f"{k} {got}/{want}" for k, (got, want) in p.missing.items()))
@@ -222,11 +237,12 @@ def main(argv: list[str] | None = None) -> None:
             raise ValueError
     except ValueError:
         parser.error(f"--sizes must be comma-separated integers >= 4, got {args.sizes!r}")
-    bench = Bench(_servers(), args.timeout, args.profile)
-    results = {}
-    for n in sizes:
-        results[n] = asyncio.run(bench.run(n))
-        print(f"N = {n} done: " + ", ".join(f"{p.name} last {p.last_s:.2f}s" for p in results[n][0]), flush=True)
+    with store_servers(None) as store:
+        bench = Bench(store, args.timeout, args.profile)
+        results = {}
+        for n in sizes:
+            results[n] = asyncio.run(bench.run(n))
+            print(f"N = {n} done: " + ", ".join(f"{p.name} last {p.last_s:.2f}s" for p in results[n][0]), flush=True)
     report(results)
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Iterable, Sequence
-from typing import Any, Final
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Final, TypeVar
 
 from pymongo import ASCENDING, MongoClient
 from pymongo.collection import Collection
@@ -23,6 +24,12 @@ DUPLICATE_KEY = 11000
 # values per `$in` where the server pushes `$in` down (FerretDB on PostgreSQL, scripts/ferretdb/postgresql-in-pushdown.patch):
 # served from an index, but each row read is checked against the whole list again, so n values cost about n²/2 checks
 IN_CHUNK: Final = 100
+INSERT_CHUNK: Final = 1_000  # documents per insert_many sent side by side to such a server (issue 12: a 10k-member room)
+CHUNKS_IN_FLIGHT: Final = 4  # FerretDB and PostgreSQL work a statement on a core each: a chunk in flight per core, and more
+
+T = TypeVar("T")
+R = TypeVar("R")
+_chunk_pool: ThreadPoolExecutor | None = None
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -30,12 +37,36 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, TRANSIENT_ERRORS)
 
 
+def each_chunk(work: Callable[[T], R], chunks: Sequence[T]) -> list[R]:
+    """`work` of every chunk, up to CHUNKS_IN_FLIGHT at once; every chunk has ended when this returns or raises."""
+    global _chunk_pool
+    if len(chunks) <= 1:
+        return [work(chunk) for chunk in chunks]
+    with _lock:
+        if _chunk_pool is None:
+            _chunk_pool = ThreadPoolExecutor(CHUNKS_IN_FLIGHT, thread_name_prefix="mongo-chunk")
+    futures = [_chunk_pool.submit(work, chunk) for chunk in chunks]
+    errors = [error for future in futures if (error := future.exception()) is not None]
+    if errors:
+        raise errors[0]
+    return [future.result() for future in futures]
+
+
 def insert_missing(collection: Collection[Document], docs: Sequence[Document]) -> set[str]:
     """Insert `docs` (unordered); return the `_id`s that existed already (an earlier delivery's or a race's insert).
 
     `insert_many` rather than upserts with `$setOnInsert`: FerretDB drops null fields from `$setOnInsert`
     (a dm's `roles: null` would vanish), and on FerretDB/SQLite every filtered write scans its collection.
+    Many documents go in chunks of INSERT_CHUNK, side by side where the server works them on several cores
+    (`pushes_in_down`), one after another elsewhere (a command each stays well under the socket timeout).
     """
+    chunks = [docs[i : i + INSERT_CHUNK] for i in range(0, len(docs), INSERT_CHUNK)]
+    if len(chunks) > 1 and pushes_in_down(collection):
+        return set().union(*each_chunk(lambda chunk: _insert_missing(collection, chunk), chunks))
+    return set().union(*(_insert_missing(collection, chunk) for chunk in chunks))
+
+
+def _insert_missing(collection: Collection[Document], docs: Sequence[Document]) -> set[str]:
     if not docs:
         return set()
     try:
@@ -77,13 +108,14 @@ def in_chunks(coll: Collection[Document], values: Iterable[Any]) -> list[list[An
 def find_in(
     coll: Collection[Document], field: str, values: Iterable[Any], *, also: Document | None = None, projection: Document | None = None
 ) -> list[Document]:
-    """The documents whose `field` is one of `values` (and that match `also`), in chunks (`in_chunks`)."""
-    return [d for chunk in in_chunks(coll, values) for d in coll.find({field: {"$in": chunk}, **(also or {})}, projection)]
+    """The documents whose `field` is one of `values` (and that match `also`), in chunks (`in_chunks`) read side by side."""
+    found = each_chunk(lambda chunk: list(coll.find({field: {"$in": chunk}, **(also or {})}, projection)), in_chunks(coll, values))
+    return [d for docs in found for d in docs]
 
 
 def delete_in(coll: Collection[Document], field: str, values: Iterable[Any]) -> int:
     """Delete the documents whose `field` is one of `values`, a statement per chunk (`in_chunks`); returns how many."""
-    return sum(int(coll.delete_many({field: {"$in": chunk}}).deleted_count) for chunk in in_chunks(coll, values))
+    return sum(each_chunk(lambda chunk: int(coll.delete_many({field: {"$in": chunk}}).deleted_count), in_chunks(coll, values)))
 
 
 def client(settings: MongoSettings, **overrides: Any) -> MongoClient[Document]:

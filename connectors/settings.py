@@ -53,6 +53,7 @@ class Tuning(msgspec.Struct, frozen=True, kw_only=True):
     max_buffered: PositiveInt = 20_000  # stop asking for more while this many wait for Bytewax
     flush_ms: PositiveInt = 100  # coalescing deadline of a lone event
     flush_max: PositiveInt = 2_000  # changes coalesced per key before a forced flush
+    write_lanes: PositiveInt = 2  # search_sync: disjoint sets of accounts written by concurrent bulks (writer.py)
     ack_wait_s: PositiveInt = streams.ACK_WAIT_S
     max_deliver: PositiveInt = streams.MAX_DELIVER
     backoff_base_ms: PositiveInt = 500
@@ -100,6 +101,7 @@ _TUNING_VARS: Final = {
     "max_buffered": "CHATFED_MAX_BUFFERED",
     "flush_ms": "CHATFED_FLUSH_MS",
     "flush_max": "CHATFED_FLUSH_MAX",
+    "write_lanes": "CHATFED_WRITE_LANES",
     "ack_wait_s": "CHATFED_ACK_WAIT_S",
     "max_deliver": "CHATFED_MAX_DELIVER",
     "backoff_base_ms": "CHATFED_BACKOFF_BASE_MS",

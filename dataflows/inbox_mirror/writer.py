@@ -109,7 +109,7 @@ class SubscriptionWriter:
             for c in fresh:
                 sub = to_mongo(mirror.subscription_of(c, user_id=users[c.account], sub_id=new_id())) if c.kind is mirror.Kind.ADD else None
                 versions.append(_guard_doc(key, mirror.guard_for(c), sub))
-        _insert_only(self._db[GUARDS], versions)  # a duplicate is the same version, written by an earlier delivery
+        insert_missing(self._db[GUARDS], versions)  # a duplicate is the same version, written by an earlier delivery
         stored = {key: dict(by_version) for key, by_version in docs.items()}
         for doc in versions:
             stored.setdefault((doc["roomId"], doc["account"]), {}).setdefault(doc["version"], doc)
@@ -145,7 +145,7 @@ class SubscriptionWriter:
             wanted = set(gone)
             self._delete_ids(self._db.subscriptions, [d["_id"] for d in self._find_subs(gone, {"roomId": 1, "u.account": 1}) if _sub_key(d) in wanted])
         subs = {key: {**doc["sub"], SHAPED_BY: doc["version"]} for key, (m, doc) in finals.items() if mirror.should_exist(m) and doc and doc.get("sub")}
-        existed = _insert_only(self._db.subscriptions, list(subs.values()))
+        existed = insert_missing(self._db.subscriptions, list(subs.values()))
         changed = [sub for sub in subs.values() if sub["_id"] not in existed]
         if existed:  # insert-only lost to an existing subscription: it keeps its `_id` and read state, maybe not its shape
             changed += self._reshape({key: sub for key, sub in subs.items() if sub["_id"] in existed}, finals)
@@ -218,7 +218,7 @@ class SubscriptionWriter:
             return {}
         existing = {d["_id"]: d["version"] for d in find_in(coll, "_id", wanted, projection={"version": 1})}
         fresh = [{"_id": i, **doc} for i, doc in wanted.items() if i not in existing]
-        collided = _insert_only(coll, fresh)  # inserted meanwhile by a racing worker: compare-and-set below
+        collided = insert_missing(coll, fresh)  # inserted meanwhile by a racing worker: compare-and-set below
         raise_ids = [i for i, doc in wanted.items() if (i in existing and existing[i] < doc["version"]) or i in collided]
         # conditional, never an upsert: FerretDB stops an unordered update batch at its first duplicate key
         run_updates(coll, [{"q": {"_id": i, "version": {"$lt": wanted[i]["version"]}}, "u": {"$set": wanted[i]}} for i in raise_ids])
@@ -278,13 +278,6 @@ def run_updates(coll: Collection[Document], updates: Sequence[Document]) -> None
         if errors := reply.get("writeErrors"):
             raise WriteRejected(f"update {coll.name}: {errors[:3]}")
 
-
-def _insert_only(coll: Collection[Document], docs: Sequence[Document]) -> set[str]:
-    """Insert `docs`; a duplicate key means an earlier delivery (or a racing worker) inserted it. Returns those `_id`s."""
-    collided: set[str] = set()
-    for chunk in _chunks(docs):
-        collided |= insert_missing(coll, chunk)
-    return collided
 
 
 def _failure(change: Change, failures: Mapping[tuple[mirror.Kind, MemberKey], str]) -> str | None:

@@ -41,7 +41,7 @@ def build_flow(source: Source[Delivery], write: Writer, sink: Sink[Settle], *, f
 def from_settings(settings: Settings) -> Dataflow:
     """The flow wired to the servers the `CHATFED_*` settings name; installs templates and aliases first if missing."""
     views_indexes = indexes.SearchIndexes.for_site(settings.require_elastic(), settings.site)
-    search_writer = writer.SearchViewsWriter(settings.elastic, views_indexes, flow=FLOW)
+    search_writer = writer.SearchViewsWriter(settings.elastic, views_indexes, flow=FLOW, lanes=settings.tuning.write_lanes)
     indexes.ensure_installed(search_writer.es, views_indexes)
     return build_flow(
         JetStreamSource(

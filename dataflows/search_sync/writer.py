@@ -10,8 +10,10 @@ member path (read with hints, plan, guarded bulk, re-read) is one protocol over 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final, TypeVar, cast
 
 import msgspec
@@ -41,6 +43,7 @@ CACHED_ACCOUNTS: Final = 20_000  # user-room documents remembered with the seq_n
 CACHED_BYTES: Final = 8 * 1024 * 1024  # ... and within this many bytes, encoded (cache.py), however big the documents (issue 12)
 CACHED_NAMES: Final = 100_000  # room names last seen
 MEMBER_SLICE: Final = 1_000  # accounts read, planned and written together (their documents are decoded at once)
+MIN_LANE: Final = 300  # lanes only for a batch this big per lane: a backlog or a big room; small batches fare better in one (issue 12 bench)
 RENAME_PAGE: Final = 500
 
 
@@ -65,11 +68,17 @@ class _Fetched:
 class SearchViewsWriter:
     """Writes coalesced batches to user-room and spotlight; one `PartOutcome` per part (SYSTEM.md §5)."""
 
-    def __init__(self, settings: ElasticSettings, indexes: SearchIndexes, *, flow: str) -> None:
+    def __init__(self, settings: ElasticSettings, indexes: SearchIndexes, *, flow: str, lanes: int = 1) -> None:
         self._settings = settings
         self._indexes = indexes
         self._flow = flow
         self._es: Elasticsearch | None = None
+        # Disjoint sets of accounts written side by side: one lane plans while another's bulk is in Elasticsearch,
+        # which indexes concurrent bulks into one shard on several threads (issue 12: serial, the flow waited on
+        # the bulk and the bulk on the flow). Lanes share the caches below, under `_lock`.
+        self._lanes = lanes
+        self._pool = ThreadPoolExecutor(lanes - 1, thread_name_prefix=f"{flow}-lane") if lanes > 1 else None
+        self._lock = threading.Lock()
         # Hints for a batch's first round, so a backlog is not re-read document by document (see `_fetch`).
         # A wrong hint costs one more round, never a wrong write: every write is guarded by seq_no or `create`,
         # and every spotlight name is checked against room-names after the write (`_renamed_meanwhile`).
@@ -98,9 +107,7 @@ class SearchViewsWriter:
                 parts.append(item)
         failed: dict[str, str] = {}
         try:
-            accounts = sorted(members)
-            for start in range(0, len(accounts), MEMBER_SLICE):  # bounds the batch's peak memory, whatever its size (issue 12)
-                self._write_members({account: members[account] for account in accounts[start : start + MEMBER_SLICE]}, failed)
+            self._write_lanes(members, failed)
             for key, room_renames in renames.items():
                 if reason := rename_room(self, room_renames):
                     failed[key] = reason
@@ -112,6 +119,34 @@ class SearchViewsWriter:
             PartOutcome(ack=p.ack, ok=search_parts.part_key(p) not in failed, reason=failed.get(search_parts.part_key(p), ""))
             for p in parts
         ]
+
+    def _write_lanes(self, members: dict[str, list[MemberChange]], failed: dict[str, str]) -> None:
+        """Every account's changes, in up to `lanes` lanes of accounts written concurrently; returns when all are done."""
+        accounts = sorted(members)
+        count = max(1, min(self._lanes, len(accounts) // MIN_LANE))
+        lanes = [accounts[i::count] for i in range(count)]
+        if self._pool is None or count == 1:
+            self._write_lane(lanes[0], members, failed)
+            return
+        _ = self.es  # opened once, before the lanes share it
+        lane_failed: list[dict[str, str]] = [{} for _ in lanes]
+        futures = [self._pool.submit(self._write_lane, lane, members, lane_failed[i]) for i, lane in enumerate(lanes) if i]
+        errors: list[BaseException] = []
+        try:
+            self._write_lane(lanes[0], members, lane_failed[0])
+        except Exception as exc:  # noqa: BLE001 - re-raised below, once every lane has stopped writing
+            errors.append(exc)
+        for future in futures:
+            if (error := future.exception()) is not None:
+                errors.append(error)
+        for found in lane_failed:
+            failed.update(found)
+        if errors:  # a fatal error before a transient one: it must stop the flow, not be retried
+            raise next((e for e in errors if not isinstance(e, Transient)), errors[0])
+
+    def _write_lane(self, accounts: list[str], members: Mapping[str, list[MemberChange]], failed: dict[str, str]) -> None:
+        for start in range(0, len(accounts), MEMBER_SLICE):  # bounds the batch's peak memory, whatever its size (issue 12)
+            self._write_members({account: members[account] for account in accounts[start : start + MEMBER_SLICE]}, failed)
 
     def _call(self, what: str, fn: Any, **kwargs: Any) -> Any:
         try:
@@ -146,7 +181,11 @@ class SearchViewsWriter:
         rooms: set[str] = set()
         fetched = _Fetched()
         for account in accounts:
-            cached = self._user_rooms.get(account) if hinted else None
+            if hinted:
+                with self._lock:
+                    cached = self._user_rooms.get(account)
+            else:
+                cached = None
             if cached is not None:
                 fetched.user_rooms[account] = cached
                 fetched.from_cache.add(account)
@@ -161,7 +200,8 @@ class SearchViewsWriter:
                     wanted.append({"_index": idx.spotlight, "_id": spotlight_doc_id(account=account, room_id=room_id)})
                 rooms.add(room_id)
         if hinted:
-            fetched.names = {room_id: (name, (0, 0)) for room_id in rooms if (name := self._names.get(room_id)) is not None}
+            with self._lock:
+                fetched.names = {room_id: (name, (0, 0)) for room_id in rooms if (name := self._names.get(room_id)) is not None}
         else:
             wanted.extend({"_index": idx.room_names, "_id": room_id} for room_id in sorted(rooms))
         for doc, want in zip(self._mget(wanted), wanted):
@@ -178,16 +218,18 @@ class SearchViewsWriter:
         return fetched
 
     def _remember_name(self, name: RoomName) -> None:
-        known = self._names.pop(name.room_id, None)
-        self._names[name.room_id] = name if known is None or name.name_ts >= known.name_ts else known
-        if len(self._names) > CACHED_NAMES:
-            del self._names[next(iter(self._names))]  # oldest first
+        with self._lock:
+            known = self._names.pop(name.room_id, None)
+            self._names[name.room_id] = name if known is None or name.name_ts >= known.name_ts else known
+            if len(self._names) > CACHED_NAMES:
+                del self._names[next(iter(self._names))]  # oldest first
 
     def _remember_user_room(self, account: str, entry: tuple[UserRoomBody, Meta] | None) -> None:
-        if entry is None:
-            self._user_rooms.discard(account)
-        else:
-            self._user_rooms.put(account, *entry)
+        with self._lock:
+            if entry is None:
+                self._user_rooms.discard(account)
+            else:
+                self._user_rooms.put(account, *entry)
 
     def _bulk(self, actions: list[Action]) -> list[tuple[ItemOutcome, Meta | None]]:
         """Each action's outcome, with the written document's new (seq_no, primary_term) when it is known."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import socket
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -259,6 +260,25 @@ def test_a_writer_with_a_tiny_cache_and_tiny_slices_writes_what_the_oracle_says(
     for start in range(0, len(order), 20):
         assert_ok(write(writer, *order[start : start + 20]))
     assert 0 < len(writer._user_rooms) <= 2
+    site.assert_oracle(events)
+
+
+def test_a_writer_with_concurrent_lanes_writes_what_the_oracle_says(site: Views, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lanes (issue 12) write disjoint accounts side by side over shared caches: the same documents as one lane."""
+    monkeypatch.setattr(search_writer, "MIN_LANE", 1)
+    events, order = random_history(600, accounts=12, rooms=6, seed=13)
+    writer = SearchViewsWriter(site.settings, site.indexes, flow="test_writer", lanes=3)
+    threads: set[str] = set()
+    write_lane = writer._write_lane
+
+    def recorded(*args: Any) -> None:
+        threads.add(threading.current_thread().name)
+        write_lane(*args)
+
+    monkeypatch.setattr(writer, "_write_lane", recorded)
+    for start in range(0, len(order), 40):
+        assert_ok(write(writer, *order[start : start + 40]))
+    assert len(threads) == 3, threads
     site.assert_oracle(events)
 
 

@@ -14,7 +14,7 @@ from nats.js.errors import ServiceUnavailableError
 from pymongo import ASCENDING
 from pymongo.errors import DuplicateKeyError
 
-from connectors.mongo import IN_CHUNK, delete_in, ensure_indexes, find_in, pushes_in_down
+from connectors.mongo import IN_CHUNK, INSERT_CHUNK, delete_in, ensure_indexes, find_in, insert_missing, pushes_in_down
 from testkit.clients import connect_nats, es_client, mongo_client, nats_settings
 
 
@@ -66,6 +66,11 @@ def test_in_lookups_read_every_chunk_and_on_postgresql_an_index(servers: dict[st
                 assert "Bitmap Index Scan" in plan and "_gin" in plan, (flt, plan)
         assert delete_in(db.users, "_id", [f"u{i}" for i in range(0, n, 2)]) == n - n // 2
         assert db.users.count_documents({}) == n // 2
+        # inserted in chunks (side by side on PostgreSQL): exactly the documents that were there already are reported
+        m = INSERT_CHUNK * 2 + 10
+        existed = insert_missing(db.users, [{"_id": f"u{i}", "account": f"a{i}"} for i in range(m)])
+        assert existed == {f"u{i}" for i in range(1, n, 2)}
+        assert db.users.count_documents({}) == m
     finally:
         client.drop_database(db.name)
         client.close()
