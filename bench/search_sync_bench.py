@@ -17,6 +17,7 @@ from typing import Any
 
 from bench import naive_search
 from bench.cpu import per_10k, process_cpu_s
+from bench.search_sync_steady import env_pair
 from dataflows.search_sync.indexes import SearchIndexes, install
 from schemas import subjects
 from testkit.clients import es_client
@@ -75,10 +76,11 @@ def _pct(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, int(p * len(values)))] * 1000
 
 
-async def main(backlog: int, rate: int, seconds: int) -> None:
+async def main(backlog: int, rate: int, seconds: int, flow_env: dict[str, str] | None = None) -> None:
     servers = _servers()
     es = es_client(servers, request_timeout=60)
-    rows: list[tuple[str, float, float, float, float]] = []
+    rows: list[tuple[str, float, float, float, float, float]] = []
+    es_pid = int((REPO / ".local" / "run" / "es.pid").read_text().split()[0])
     interval = "?"
     for name in ("search_sync flow", "baseline fetch+bulk+ack"):
         site = await open_site(servers, es)
@@ -88,31 +90,31 @@ async def main(backlog: int, rate: int, seconds: int) -> None:
             stop = asyncio.Event()
             naive = None
             if name.startswith("search_sync"):
-                site.start_flow()
+                site.start_flow(**(flow_env or {}))
             else:
                 naive = asyncio.create_task(naive_search.consume(site.nc, site.es, site.site, site.indexes, stop))
             refresh = es.indices.get_settings(index=site.indexes.spotlight, name="index.refresh_interval", include_defaults=True)
             interval = next(iter(refresh.values()))
             interval = interval.get("settings", {}).get("index", {}).get("refresh_interval") or interval["defaults"]["index"]["refresh_interval"]
             cpu_of = (lambda: process_cpu_s(site.flows[-1].procs[0].pid)) if naive is None else time.process_time
-            cpu_before = cpu_of()
+            cpu_before, es_before = cpu_of(), process_cpu_s(es_pid)
             throughput = await _drain_time(site, backlog)
-            cpu = cpu_of() - cpu_before
+            cpu, es_cpu = cpu_of() - cpu_before, process_cpu_s(es_pid) - es_before
             lat = await _latencies(site, rate, seconds)
             stop.set()
             if naive:
                 await naive
-            rows.append((name, throughput, _pct(lat, 0.5), _pct(lat, 0.99), per_10k(cpu, backlog)))
+            rows.append((name, throughput, _pct(lat, 0.5), _pct(lat, 0.99), per_10k(cpu, backlog), per_10k(es_cpu, backlog)))
         finally:
             await close_site(site)
     print(f"\nbacklog {backlog:,} events; steady {rate}/s for {seconds}s (spotlight refresh_interval {interval}); load average {os.getloadavg()[0]:.2f}")
-    print("CPU-s/10k: the consumer's own process while it drains the backlog (not Elasticsearch's)")
+    print("CPU-s/10k while the backlog drains: the consumer's own process, Elasticsearch's, and both (x: against the baseline)")
     baseline = rows[-1]  # measured in the same run, after the flow
-    print(f"{'consumer':<26} {'backlog ev/s':>12} {'x baseline':>10} {'p50 ms':>8} {'p99 ms':>8} {'p50 x':>6} {'CPU-s/10k':>10} {'CPU x':>6}")
-    for name, throughput, p50, p99, cpu in rows:
+    print(f"{'consumer':<26} {'backlog ev/s':>12} {'x baseline':>10} {'p50 ms':>8} {'p99 ms':>8} {'p50 x':>6} {'CPU-s/10k':>10} {'ES':>6} {'both':>6} {'both x':>6}")
+    for name, throughput, p50, p99, cpu, es_cpu in rows:
         print(
             f"{name:<26} {throughput:>12,.0f} {throughput / baseline[1]:>10.2f} {p50:>8.0f} {p99:>8.0f} {p50 / baseline[2]:>6.2f}"
-            f" {cpu:>10.2f} {cpu / baseline[4]:>6.2f}"
+            f" {cpu:>10.2f} {es_cpu:>6.2f} {cpu + es_cpu:>6.2f} {(cpu + es_cpu) / (baseline[4] + baseline[5]):>6.2f}"
         )
 
 
@@ -126,5 +128,6 @@ if __name__ == "__main__":
     parser.add_argument("--backlog", type=int, default=100_000)
     parser.add_argument("--rate", type=int, default=200)
     parser.add_argument("--seconds", type=int, default=20)
+    parser.add_argument("--flow-env", type=env_pair, action="append", default=[], metavar="CHATFED_X=V", help="extra setting for the flow process")
     args = parser.parse_args()
-    asyncio.run(main(args.backlog, args.rate, args.seconds))
+    asyncio.run(main(args.backlog, args.rate, args.seconds, dict(args.flow_env)))

@@ -270,7 +270,7 @@ def _positive(text: str) -> int:
     return value
 
 
-def _env_pair(text: str) -> tuple[str, str]:
+def env_pair(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key.startswith("CHATFED_"):
         raise argparse.ArgumentTypeError(f"expected CHATFED_NAME=value, got {text!r}")
@@ -282,7 +282,7 @@ def parser() -> argparse.ArgumentParser:
     cli.add_argument("--seconds", type=_positive, default=30, help="seconds per rate (default 30)")
     cli.add_argument("--rates", type=_rates, default=[500, 1000, 2000, 4000], help="events/s, comma-separated (default 500,1000,2000,4000)")
     cli.add_argument("--consumers", type=_consumers, default=list(CONSUMERS), help="flow1 (one process), flow2 (two), naive; default all")
-    cli.add_argument("--flow-env", type=_env_pair, action="append", default=[], metavar="CHATFED_X=V", help="extra setting for the flow processes")
+    cli.add_argument("--flow-env", type=env_pair, action="append", default=[], metavar="CHATFED_X=V", help="extra setting for the flow processes")
     return cli
 
 
