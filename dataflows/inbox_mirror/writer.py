@@ -13,7 +13,16 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 
 from connectors import metrics
-from connectors.mongo import TRANSIENT_ERRORS, Document, delete_in, ensure_indexes, find_in, in_chunks, insert_missing
+from connectors.mongo import (
+    TRANSIENT_ERRORS,
+    Document,
+    delete_in,
+    ensure_indexes,
+    find_in,
+    in_chunks,
+    insert_missing,
+    pushes_in_down,
+)
 from connectors.operators import PartOutcome
 from dataflows.inbox_mirror import rules as mirror
 from dataflows.inbox_mirror.rules import Change, Guard, MemberKey
@@ -57,6 +66,34 @@ def purge_registers(db: Database[Document], now_ms: int) -> int:
     return sum(db[name].delete_many({"ts": {"$lt": cutoff}}).deleted_count for name in (GUARDS, ROOM_NAMES))
 
 
+LEGACY_SEPARATOR: Final = "\x00"  # between room and account in guard keys written before the space (issue 12)
+MIGRATIONS: Final = "migrations"  # one document per one-off data change carried out on this store
+GUARD_KEYS_MIGRATION: Final = "membership_guards.key-space-separator"
+
+
+def rekey_legacy_guards(db: Database[Document]) -> int:
+    """Give guards written with the old NUL separator the current key (`rules.guard_id`), once; returns how many.
+
+    Only stores that could hold a NUL have them (FerretDB on SQLite, MongoDB; PostgreSQL's jsonb never could). Insert
+    the re-keyed copy, then delete the original, then mark the store done (`MIGRATIONS`): stopped half way, the next
+    start finishes it (a copy already there is a duplicate key, ignored). Without this a register written before the
+    upgrade would not be found, and an event older than it, redelivered after the upgrade, would be applied.
+    """
+    guards = db[GUARDS]
+    if pushes_in_down(guards) or db[MIGRATIONS].find_one({"_id": GUARD_KEYS_MIGRATION}) is not None:
+        return 0  # FerretDB on PostgreSQL (a regex would read every guard, and none can match), or done before
+    legacy = list(guards.find({"key": {"$regex": "\\x00"}}))  # the escape, not the byte: MongoDB refuses a NUL in a pattern
+    if legacy:
+        insert_missing(guards, [_rekeyed(doc) for doc in legacy])
+        delete_in(guards, "_id", [doc["_id"] for doc in legacy])
+    insert_missing(db[MIGRATIONS], [{"_id": GUARD_KEYS_MIGRATION, "rekeyed": len(legacy)}])
+    return len(legacy)
+
+
+def _rekeyed(doc: Document) -> Document:
+    return {**doc, "_id": doc["_id"].replace(LEGACY_SEPARATOR, " "), "key": mirror.guard_id(doc["roomId"], doc["account"])}
+
+
 def _chunks(items: Sequence[Any]) -> Iterable[Sequence[Any]]:
     for start in range(0, len(items), CHUNK):
         yield items[start : start + CHUNK]
@@ -70,10 +107,11 @@ class SubscriptionWriter:
 
     @classmethod
     def start(cls, db: Database[Document]) -> SubscriptionWriter:
-        """Create the indexes and purge expired registers, then return a writer."""
+        """Create the indexes, purge expired registers and re-key those of an older version, then return a writer."""
         ensure_indexes(db)
         purged = purge_registers(db, int(time.time() * 1000))
-        log.info("inbox_mirror: indexes ready, %d expired registers purged", purged)
+        rekeyed = rekey_legacy_guards(db)
+        log.info("inbox_mirror: indexes ready, %d expired registers purged, %d older guards re-keyed", purged, rekeyed)
         return cls(db)
 
     def write(self, batch: list[tuple[str, list[object]]]) -> list[PartOutcome]:
