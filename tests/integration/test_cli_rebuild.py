@@ -10,12 +10,29 @@ from typing import Any, cast
 import pytest
 from elasticsearch import Elasticsearch
 
-from chatfed_cli.rebuild import rebuild_site
+from chatfed_cli.rebuild import RebuildReport, rebuild_site
 from dataflows.search_sync.queries import rooms_for, typeahead
 from testkit.clients import es_client, es_settings, nats_settings
 from testkit.search_oracle import Event, oracle
 from testkit.search_site import SearchSite, close_site, open_site, publishable, random_history
 from testkit.support import flow_env
+
+
+def _rebuild_in_background(servers: dict[str, Any], site: str, method: str) -> asyncio.Task[RebuildReport]:
+    """`chatfed rebuild` of `site` on a thread; `method`: replay, bulk, or bulk:K (K decoding worker processes)."""
+    name, _, workers = method.partition(":")
+    return asyncio.create_task(
+        asyncio.to_thread(
+            rebuild_site,
+            site=site,
+            nats_settings=nats_settings(servers, "s1"),
+            elastic_settings=es_settings(servers),
+            flow_env=flow_env(servers, site),
+            timeout=300,
+            method=name,
+            parse_workers=int(workers) if workers else None,
+        )
+    )
 
 
 @pytest.fixture
@@ -73,17 +90,7 @@ async def test_rebuild_under_live_traffic_swaps_in_views_equal_to_the_oracle(sea
     search_site.es.indices.refresh(index=f"spotlight-{site}")  # searches are near-real-time; gets are not
     reader = Reader(es_client(servers), site, steady)
     reader.start()
-    rebuild = asyncio.create_task(
-        asyncio.to_thread(
-            rebuild_site,
-            site=site,
-            nats_settings=nats_settings(servers, "s1"),
-            elastic_settings=es_settings(servers),
-            flow_env=flow_env(servers, site),
-            timeout=300,
-            method=method,
-        )
-    )
+    rebuild = _rebuild_in_background(servers, site, method)
     items = publishable(site, traffic_order)
     while not rebuild.done() or items:
         chunk, items = items[:50], items[50:]
@@ -127,18 +134,7 @@ async def test_rebuild_with_traffic_on_the_same_documents_loses_nothing_and_rest
     search_site.start_flow()
     await search_site.publish(publishable(site, order))
     await search_site.drain()
-    rebuild = asyncio.create_task(
-        asyncio.to_thread(
-            rebuild_site,
-            site=site,
-            nats_settings=nats_settings(servers, "s1"),
-            elastic_settings=es_settings(servers),
-            flow_env=flow_env(servers, site),
-            timeout=300,
-            method=method.partition(":")[0],
-            parse_workers=int(method.partition(":")[2]) if ":" in method else None,
-        )
-    )
+    rebuild = _rebuild_in_background(servers, site, method)
     items = publishable(site, later)
     while not rebuild.done() or items:
         chunk, items = items[:25], items[25:]
