@@ -195,6 +195,11 @@ class Bench:
         return spies
 
 
+def _cpu_all(phase: Phase) -> float:
+    """The flows', FerretDB's, PostgreSQL's and Elasticsearch's CPU-seconds (each flow is also in "flows": once)."""
+    return sum(phase.cpu[k] for k in ("flows", "ferretdb", "postgres", "es"))
+
+
 def _fmt(x: float) -> str:
     return f"{x:8.2f}"
 
@@ -219,7 +224,7 @@ def report(results: dict[int, tuple[list[Phase], dict[str, float]]]) -> None:
         base = next(p for p in results[base_n][0] if p.name == name)
         for n, (phases, rss) in results.items():
             p = next(x for x in phases if x.name == name)
-            total, base_total = sum(p.cpu.values()), sum(base.cpu.values())
+            total, base_total = _cpu_all(p), _cpu_all(base)
             print(f"{name:10} {n:6d} {n / base_n:8.1f} {p.last_s:8.2f} {p.last_s / base.last_s:7.2f} {total:8.1f} {total / base_total:6.2f} "
                   f"{p.cpu['flows'] / base.cpu['flows']:7.2f} {p.cpu['ferretdb'] / base.cpu['ferretdb']:8.2f} {p.cpu['es'] / base.cpu['es']:6.2f} "
                   f"{max(rss.values()):8.0f}")
