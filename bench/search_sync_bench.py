@@ -17,7 +17,7 @@ from typing import Any
 
 from bench import naive_search
 from bench.cpu import per_10k, process_cpu_s
-from bench.search_sync_steady import env_pair
+from bench.search_sync_steady import env_pair, es_pid
 from dataflows.search_sync.indexes import SearchIndexes, install
 from schemas import subjects
 from testkit.clients import es_client
@@ -80,7 +80,7 @@ async def main(backlog: int, rate: int, seconds: int, flow_env: dict[str, str] |
     servers = _servers()
     es = es_client(servers, request_timeout=60)
     rows: list[tuple[str, float, float, float, float, float]] = []
-    es_pid = int((REPO / ".local" / "run" / "es.pid").read_text().split()[0])
+    es_process = es_pid()
     interval = "?"
     for name in ("search_sync flow", "baseline fetch+bulk+ack"):
         site = await open_site(servers, es)
@@ -97,9 +97,9 @@ async def main(backlog: int, rate: int, seconds: int, flow_env: dict[str, str] |
             interval = next(iter(refresh.values()))
             interval = interval.get("settings", {}).get("index", {}).get("refresh_interval") or interval["defaults"]["index"]["refresh_interval"]
             cpu_of = (lambda: process_cpu_s(site.flows[-1].procs[0].pid)) if naive is None else time.process_time
-            cpu_before, es_before = cpu_of(), process_cpu_s(es_pid)
+            cpu_before, es_before = cpu_of(), process_cpu_s(es_process)
             throughput = await _drain_time(site, backlog)
-            cpu, es_cpu = cpu_of() - cpu_before, process_cpu_s(es_pid) - es_before
+            cpu, es_cpu = cpu_of() - cpu_before, process_cpu_s(es_process) - es_before
             lat = await _latencies(site, rate, seconds)
             stop.set()
             if naive:

@@ -69,7 +69,7 @@ def _pct(values: Sequence[float], p: float) -> float:
     return values[min(len(values) - 1, int(p * len(values)))] * 1000 if values else float("nan")
 
 
-def _es_pid() -> int:
+def es_pid() -> int:
     return int((REPO / ".local" / "run" / "es.pid").read_text().split()[0])
 
 
@@ -159,7 +159,7 @@ async def run_consumer(servers: Mapping[str, Any], es: Elasticsearch, consumer: 
             pids = [proc.pid for proc in flow.procs]
         print(f"[{consumer}] site {site.site}, consumer pids {pids}", flush=True)
         consumer_cpu: Callable[[], float] = lambda: sum(process_cpu_s(pid) for pid in pids)  # noqa: E731
-        es_pid = _es_pid()
+        es_process = es_pid()
         first = 0
         # warm-up: the consumer is up and has written one document
         removable: collections.deque[int] = collections.deque()
@@ -168,14 +168,14 @@ async def run_consumer(servers: Mapping[str, Any], es: Elasticsearch, consumer: 
         first += 10
         for rate in rates:
             probe = Probe(es, site.indexes.spotlight, removable)
-            cpu0, es0 = consumer_cpu(), process_cpu_s(es_pid)
+            cpu0, es0 = consumer_cpu(), process_cpu_s(es_process)
             achieved = await _measure(site, probe, rate, seconds, first)
             await site.drain(timeout=600)
             events = rate * seconds
             lat = probe.latencies()
             rows.append(
                 Row(consumer, rate, achieved, events, _pct(lat, 0.5), _pct(lat, 0.95), _pct(lat, 0.99),
-                    per_10k(consumer_cpu() - cpu0, events), per_10k(process_cpu_s(es_pid) - es0, events), os.getloadavg()[0], events - len(lat))
+                    per_10k(consumer_cpu() - cpu0, events), per_10k(process_cpu_s(es_process) - es0, events), os.getloadavg()[0], events - len(lat))
             )  # fmt: skip
             print(_format(rows[-1], None), flush=True)
             first += events

@@ -13,6 +13,7 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError, ConnectionFailure
 
+from connectors.parallel import run_all
 from connectors.settings import MongoSettings
 
 # The store is down or failing over: retry with backoff, never dead-letter at once. ConnectionFailure covers
@@ -43,13 +44,9 @@ def each_chunk(work: Callable[[T], R], chunks: Sequence[T]) -> list[R]:
     if len(chunks) <= 1:
         return [work(chunk) for chunk in chunks]
     with _lock:
-        if _chunk_pool is None:
-            _chunk_pool = ThreadPoolExecutor(CHUNKS_IN_FLIGHT, thread_name_prefix="mongo-chunk")
-    futures = [_chunk_pool.submit(work, chunk) for chunk in chunks]
-    errors = [error for future in futures if (error := future.exception()) is not None]
-    if errors:
-        raise errors[0]
-    return [future.result() for future in futures]
+        if _chunk_pool is None:  # this thread runs one chunk itself
+            _chunk_pool = ThreadPoolExecutor(CHUNKS_IN_FLIGHT - 1, thread_name_prefix="mongo-chunk")
+    return run_all(_chunk_pool, work, chunks, retryable=TRANSIENT_ERRORS)
 
 
 def insert_missing(collection: Collection[Document], docs: Sequence[Document]) -> set[str]:

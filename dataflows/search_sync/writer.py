@@ -22,6 +22,7 @@ from elasticsearch import Elasticsearch
 from connectors import metrics
 from connectors.elastic import ENCODER, elastic_client, is_transient
 from connectors.operators import PartOutcome
+from connectors.parallel import run_all
 from connectors.settings import ElasticSettings
 from dataflows.search_sync import parts as search_parts
 from dataflows.search_sync import views
@@ -130,19 +131,11 @@ class SearchViewsWriter:
             return
         _ = self.es  # opened once, before the lanes share it
         lane_failed: list[dict[str, str]] = [{} for _ in lanes]
-        futures = [self._pool.submit(self._write_lane, lane, members, lane_failed[i]) for i, lane in enumerate(lanes) if i]
-        errors: list[BaseException] = []
         try:
-            self._write_lane(lanes[0], members, lane_failed[0])
-        except Exception as exc:  # noqa: BLE001 - re-raised below, once every lane has stopped writing
-            errors.append(exc)
-        for future in futures:
-            if (error := future.exception()) is not None:
-                errors.append(error)
-        for found in lane_failed:
-            failed.update(found)
-        if errors:  # a fatal error before a transient one: it must stop the flow, not be retried
-            raise next((e for e in errors if not isinstance(e, Transient)), errors[0])
+            run_all(self._pool, lambda i: self._write_lane(lanes[i], members, lane_failed[i]), range(count), retryable=(Transient,))
+        finally:
+            for found in lane_failed:
+                failed.update(found)
 
     def _write_lane(self, accounts: list[str], members: Mapping[str, list[MemberChange]], failed: dict[str, str]) -> None:
         for start in range(0, len(accounts), MEMBER_SLICE):  # bounds the batch's peak memory, whatever its size (issue 12)
