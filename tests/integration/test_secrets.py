@@ -30,6 +30,7 @@ from testkit.support import (
     flow_env,
     retune,
     wait_drained,
+    wait_for,
 )
 
 ES_PASSWORD = f"s3cret-es-{uuid.uuid4().hex[:8]}"
@@ -62,6 +63,11 @@ def assert_no_secret(text: str, secrets: list[str], where: str) -> None:
     assert secrets and all(secrets)
     leaked = [s for s in secrets if s in text]
     assert not leaked, f"{where} contains {len(leaked)} secret(s)"
+
+
+async def _acked_through(s: MirrorSite, durable: str, seq: int) -> bool:
+    info = await s.js.consumer_info(names.inbox_stream(s.site), durable)
+    return bool(info.ack_floor.stream_seq >= seq)
 
 
 def log_of(flow: FlowProcess) -> str:
@@ -131,8 +137,10 @@ def test_search_sync_log_carries_no_password(servers: dict[str, Any]) -> None:
             ts = int(time.time() * 1000)
             event = MemberAddEvent(type="member_added", room_id="r1", room_name="n", accounts=["alice"], site_id=s.site, joined_at=ts, timestamp=ts)
             data = envelope_bytes(event, event_type="member_added", site=s.site, dest=s.site, timestamp=ts)
-            s.run(s.js.publish(subjects.inbox_local(s.site, "member_added"), data))
-            s.run(wait_drained(s.js, names.inbox_stream(s.site), names.SEARCH_SYNC_DURABLE))
+            published = s.run(s.js.publish(subjects.inbox_local(s.site, "member_added"), data))
+            # a barrier on this event's ack, not on "nothing pending": that can hold before the server counts the
+            # event, and the flow would be stopped before it even logged its start
+            s.run(wait_for(lambda: _acked_through(s, names.SEARCH_SYNC_DURABLE, published.seq), what="the event acknowledged"))
             flow.assert_alive()
         text = log_of(flow)
         assert "search_sync starting" in text
